@@ -1,0 +1,102 @@
+"""PASCAL VOC 2007 detection in the course's format (``voc07_{train,val}.json`` + VOCdevkit images).
+
+The JSON files list ``[image_path, [{"name": class, "xyxy": [x1, y1, x2, y2]}, ...]]`` with
+paths relative to the dataset folder (``<root>/voc2007``). Images are resized so that the
+shorter side is `image_size`, centre-cropped to a square, converted to [0, 1] tensors and
+normalized with ImageNet statistics; boxes are transformed the same way, clipped, and padded
+to `max_boxes` rows of -1.
+"""
+import json
+import tarfile
+from pathlib import Path
+
+import torch
+
+from . import store
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _images_root(json_path: Path, sample_rel_path: str) -> Path:
+    """Folder against which the JSON's relative image paths resolve (data root or download cache)."""
+    for base in (json_path.parent, store.dataset_dir("voc2007"),
+                 store.cache_dir() / "downloads" / "voc2007"):
+        if (base / sample_rel_path).is_file():
+            return base
+    if store.offline():
+        raise store.DataError(
+            f"voc2007: image {sample_rel_path} not found beside {json_path}.\n"
+            f"  Put the VOCdevkit/VOC2007 tree under {store.dataset_dir('voc2007')}.\n"
+            f"  Get it from: {store.REGISTRY['voc2007'].files['VOCtrainval_06-Nov-2007.tar'].urls[0]}")
+    tar_path = store.fetch("voc2007", "VOCtrainval_06-Nov-2007.tar")
+    dest = store.cache_dir() / "downloads" / "voc2007"
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(dest, filter="data")
+    if not (dest / sample_rel_path).is_file():
+        raise store.DataError(f"{tar_path}: extracted, but {sample_rel_path} is not inside")
+    return dest
+
+
+class VOC2007Detection(torch.utils.data.Dataset):
+    """VOC 2007 detection split ("train": 2,501 images, "val": 2,510) in the course's format.
+
+    ``dataset[i]`` returns ``(image_path, image, gt_boxes)``: image (3, S, S) float32 normalized
+    with ImageNet statistics (S = image_size); gt_boxes (max_boxes, 5) float32 rows
+    (x1, y1, x2, y2, class_index) in crop pixels, padded with -1.
+    """
+
+    def __init__(self, split="train", image_size=224, max_boxes=40, num_images=None):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        json_path = store.fetch("voc2007", f"voc07_{split}.json")
+        try:
+            instances = json.loads(json_path.read_text())
+        except ValueError as e:
+            raise store.DataError(f"{json_path}: not valid JSON ({e})") from e
+        if not instances or not all(isinstance(i, list) and len(i) == 2 for i in instances):
+            raise store.DataError(f"{json_path}: expected a list of [image_path, [boxes]] pairs")
+        if num_images is not None:
+            if not 1 <= num_images <= len(instances):
+                raise ValueError(f"num_images must be in [1, {len(instances)}], got {num_images}")
+            instances = instances[:num_images]
+        self.instances = instances
+        self.root = _images_root(json_path, instances[0][0])
+        self.image_size, self.max_boxes = image_size, max_boxes
+        self.class_to_idx = {c: i for i, c in enumerate(VOC_CLASSES)}
+        self.idx_to_class = dict(enumerate(VOC_CLASSES))
+
+    def __len__(self):
+        return len(self.instances)
+
+    def __getitem__(self, index):
+        from PIL import Image
+        import numpy as np
+
+        rel_path, anns = self.instances[index]
+        path = self.root / rel_path
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            scale = self.image_size / min(w, h)
+            new_w, new_h = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+            img = img.resize((new_w, new_h), Image.BILINEAR)
+            left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
+            img = img.crop((left, top, left + self.image_size, top + self.image_size))
+            image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        image = (image - mean) / std
+
+        boxes = torch.tensor([a["xyxy"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        classes = torch.tensor([self.class_to_idx[a["name"]] for a in anns], dtype=torch.float32)
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] * new_w / w - left).clamp(0, self.image_size)
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] * new_h / h - top).clamp(0, self.image_size)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        gt = torch.full((self.max_boxes, 5), -1.0)
+        kept = torch.cat([boxes, classes[:, None]], dim=1)[valid][: self.max_boxes]
+        gt[: len(kept)] = kept
+        return str(path), image, gt

@@ -1,0 +1,85 @@
+"""Result records: what `make reproduce` and the notebooks write to results/.
+
+A record is a plain dict, one per headline figure, with the fields
+assignment, metric, value, unit, reference, data, device, seconds, date, mode, details.
+Records are merged into ``results/results.json`` keyed by (assignment, metric, mode), so a
+run replaces its own rows and keeps every other row; ``results/RESULTS.md`` is rendered
+from the merged file.
+"""
+import datetime as _dt
+import json
+from pathlib import Path
+
+from .utils import quick_mode
+
+FIELDS = ("assignment", "metric", "value", "unit", "reference", "data", "device",
+          "seconds", "date", "mode", "details")
+
+
+def make_record(assignment, metric, value, unit, data, device, seconds, reference=None,
+                details=None, mode=None):
+    """Build one result record; `mode` defaults to the current mode ("quick"/"full")."""
+    if not metric.replace("_", "").isalnum() or metric.lower() != metric:
+        raise ValueError(f"metric must be snake_case, got {metric!r}")
+    return {
+        "assignment": assignment, "metric": metric,
+        "value": float(value) if isinstance(value, (int, float)) else value,
+        "unit": unit, "reference": reference, "data": data, "device": device,
+        "seconds": round(float(seconds), 3), "date": _dt.date.today().isoformat(),
+        "mode": mode or ("quick" if quick_mode() else "full"), "details": details or {},
+    }
+
+
+def _key(record):
+    return (record["assignment"], record["metric"], record["mode"])
+
+
+def load_records(path):
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def merge_records(path, records):
+    """Merge `records` into the JSON list at `path` (replacing rows with the same key); return all."""
+    merged = {_key(r): r for r in load_records(path)}
+    merged.update({_key(r): r for r in records})
+    rows = sorted(merged.values(), key=lambda r: (r["assignment"], r["mode"], r["metric"]))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def render_markdown(records):
+    """A Markdown report: one table per assignment, full-mode rows first, quick rows apart."""
+    lines = ["# Results", "",
+             "Written by `make reproduce` from `results/results.json`; do not edit by hand.",
+             "Each row is one measured figure: the value, the reference solutions' value (if any), "
+             "the data copy, the device, the wall time of the measurement and the date.", ""]
+    for mode, title in (("full", "Full mode"), ("quick", "Quick mode (smoke runs on tiny subsets: not results)")):
+        rows = [r for r in records if r["mode"] == mode]
+        if not rows:
+            continue
+        lines += [f"## {title}", ""]
+        for assignment in sorted({r["assignment"] for r in rows}):
+            lines += [f"### {assignment}", "",
+                      "| metric | value | unit | reference | data | device | seconds | date |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for r in (r for r in rows if r["assignment"] == assignment):
+                lines.append("| " + " | ".join(_fmt(r[k]) for k in (
+                    "metric", "value", "unit", "reference", "data", "device", "seconds", "date")) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results_dir, records):
+    """Merge `records` into results_dir/results.json and re-render results_dir/RESULTS.md."""
+    results_dir = Path(results_dir)
+    rows = merge_records(results_dir / "results.json", records)
+    (results_dir / "RESULTS.md").write_text(render_markdown(rows))
+    return rows

@@ -1,0 +1,73 @@
+"""Small helpers every assignment uses: seeding, device choice, quick mode, timing."""
+import os
+import platform
+import random
+import time
+from contextlib import contextmanager
+
+import torch
+
+QUICK_ENV = "EECS598_QUICK"
+
+
+def reset_seed(number):
+    """Seed Python's `random` and torch (CPU and, if present, CUDA) with `number`."""
+    random.seed(number)
+    torch.manual_seed(number)
+
+
+def quick_mode():
+    """True when the environment variable EECS598_QUICK is set to a true value (1/true/yes).
+
+    Quick mode shrinks data and iterations so that every notebook runs on a 2-core CPU in
+    well under a minute (CI uses it). It never asserts accuracy targets.
+    """
+    return os.environ.get(QUICK_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pick(full, quick):
+    """Return `quick` in quick mode and `full` otherwise: `num_train = pick(full=5000, quick=500)`."""
+    return quick if quick_mode() else full
+
+
+def get_device(device=None):
+    """Resolve a device argument: None or "auto" -> CUDA when available, else CPU.
+
+    Anything else (a string or torch.device) is passed through `torch.device`.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def device_name(device=None):
+    """Human-readable name of a device for results tables, e.g. 'NVIDIA H200' or 'CPU (2 cores, x86_64)'."""
+    device = get_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    return f"CPU ({os.cpu_count()} cores, {cpu}, torch {torch.__version__.split('+')[0]})"
+
+
+@contextmanager
+def timer():
+    """Context manager measuring wall time; CUDA work is synchronized at both ends.
+
+        with timer() as t:
+            work()
+        print(t.seconds)
+    """
+
+    class _Elapsed:
+        seconds = 0.0
+
+    elapsed = _Elapsed()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    try:
+        yield elapsed
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        elapsed.seconds = time.perf_counter() - start

@@ -1,0 +1,374 @@
+"""The data layer: registry, data root / cache, downloads, checksums, bad inputs, loaders.
+
+Error-path tests build tiny fake files in a temporary, offline data root (`isolated_data`).
+Tests on the real copies skip when $EECS598_DATA does not hold them (CI has them).
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from eecs598.data import store
+from eecs598.data import cifar as cifar_mod
+from eecs598.data import (DataError, VOC2007Detection, arithmetic_expressions, caption_folder,
+                          cifar10, mnist, preprocess_cifar10, read_idx)
+from eecs598.testing import requires_cifar, shared_data_available
+
+requires_mnist = pytest.mark.skipif(not shared_data_available("mnist"), reason="MNIST not in $EECS598_DATA")
+
+
+# ---------------------------------------------------------------- roots, registry, fetch
+
+def test_roots_follow_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("EECS598_DATA", str(tmp_path / "d"))
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "c"))
+    assert store.data_root() == tmp_path / "d"
+    assert store.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+    assert store.dataset_dir("mnist") == tmp_path / "d" / "mnist"
+
+
+def test_every_registered_file_has_a_checksum_or_url():
+    for dataset in store.REGISTRY.values():
+        for spec in dataset.files.values():
+            assert spec.urls or spec.sha256 or spec.md5, f"{dataset.name}/{spec.name}"
+
+
+def test_missing_file_offline_says_what_where_and_source(isolated_data):
+    with pytest.raises(DataError) as err:
+        store.fetch("mnist", "train-images-idx3-ubyte.gz")
+    msg = str(err.value)
+    assert "train-images-idx3-ubyte.gz" in msg
+    assert str(isolated_data / "mnist" / "train-images-idx3-ubyte.gz") in msg
+    assert "https://" in msg and "EECS598_DATA" in msg
+
+
+def test_missing_cifar_offline_fails_clearly(isolated_data):
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+        cifar10(num_train=10, num_test=10)
+
+
+def test_unknown_file_is_an_error(isolated_data):
+    with pytest.raises(DataError, match="unknown dataset file"):
+        store.fetch("mnist", "nope.bin")
+
+
+def _register(monkeypatch, name, files):
+    registry = dict(store.REGISTRY)
+    registry[name] = store.Dataset(name, "test dataset", "https://example.invalid", {f.name: f for f in files})
+    monkeypatch.setattr(store, "REGISTRY", registry)
+
+
+def test_checksum_mismatch_in_data_root_names_file_expected_and_found(isolated_data, monkeypatch):
+    payload = b"not the real thing"
+    (isolated_data / "toy").mkdir()
+    (isolated_data / "toy" / "blob.bin").write_bytes(payload)
+    expected = "0" * 64
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", sha256=expected)])
+    with pytest.raises(DataError) as err:
+        store.fetch("toy", "blob.bin")
+    msg = str(err.value)
+    assert "blob.bin" in msg and expected in msg and hashlib.sha256(payload).hexdigest() in msg
+
+
+def test_download_verifies_and_keeps_good_file(isolated_data, monkeypatch, tmp_path):
+    source = tmp_path / "server" / "blob.bin"
+    source.parent.mkdir()
+    source.write_bytes(b"hello data" * 1000)
+    monkeypatch.delenv("EECS598_OFFLINE")
+    _register(monkeypatch, "toy", [store.RemoteFile(
+        "blob.bin", urls=(source.as_uri(),), sha256=hashlib.sha256(source.read_bytes()).hexdigest())])
+    path = store.fetch("toy", "blob.bin")
+    assert path == store.cache_dir() / "downloads" / "toy" / "blob.bin"
+    assert path.read_bytes() == source.read_bytes()
+    assert not list(isolated_data.iterdir()), "downloads must never go into the data root"
+
+
+def test_download_with_bad_checksum_keeps_nothing(isolated_data, monkeypatch, tmp_path):
+    source = tmp_path / "blob.bin"
+    source.write_bytes(b"corrupted")
+    monkeypatch.delenv("EECS598_OFFLINE")
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", urls=(source.as_uri(),), sha256="1" * 64)])
+    with pytest.raises(DataError) as err:
+        store.fetch("toy", "blob.bin")
+    assert "mismatch" in str(err.value) and "1" * 64 in str(err.value)
+    folder = store.cache_dir() / "downloads" / "toy"
+    assert not folder.exists() or not list(folder.iterdir()), "a bad download must not be kept"
+
+
+def test_truncated_file_with_known_size_is_rejected(isolated_data):
+    (isolated_data / "coco_captions").mkdir()
+    (isolated_data / "coco_captions" / "coco.pt").write_bytes(b"x" * 100)
+    with pytest.raises(DataError, match="truncated"):
+        store.fetch("coco_captions", "coco.pt")
+
+
+def test_verification_is_remembered_and_redone_when_file_changes(isolated_data, monkeypatch):
+    (isolated_data / "toy").mkdir()
+    path = isolated_data / "toy" / "blob.bin"
+    path.write_bytes(b"abc")
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", sha256=hashlib.sha256(b"abc").hexdigest())])
+    store.fetch("toy", "blob.bin")
+    path.write_bytes(b"abd")
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(DataError, match="mismatch"):
+        store.fetch("toy", "blob.bin")
+
+
+# ---------------------------------------------------------------- CIFAR-10 archives
+
+def test_num_train_out_of_range_is_value_error():
+    for bad in (0, -1, 50001, 2.5, True):
+        with pytest.raises(ValueError, match="num_train"):
+            cifar10(num_train=bad)
+    with pytest.raises(ValueError, match="num_test"):
+        cifar10(num_train=10, num_test=10001)
+
+
+def _jpeg_bytes(color):
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_jpeg_zip_with_wrong_layout_is_rejected(tmp_path):
+    path = tmp_path / "cifar10-jpeg.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("train/airplane/0000.jpg", _jpeg_bytes((255, 0, 0)))
+        z.writestr("train/spaceship/0000.jpg", _jpeg_bytes((0, 255, 0)))
+    with pytest.raises(DataError, match="wrong layout") as err:
+        cifar_mod._decode_jpeg_zip(path)
+    assert "spaceship" in str(err.value)
+
+
+def test_jpeg_zip_layout_decodes_with_labels(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar_mod, "TRAIN_SIZE", 20)
+    monkeypatch.setattr(cifar_mod, "TEST_SIZE", 10)
+    colors = {c: (20 * i, 255 - 20 * i, 128) for i, c in enumerate(cifar_mod.CLASSES)}
+    path = tmp_path / "cifar10-jpeg.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for cls, color in colors.items():
+            for i in range(2):
+                z.writestr(f"train/{cls}/{i:04d}.jpg", _jpeg_bytes(color))
+            z.writestr(f"test/{cls}/0000.jpg", _jpeg_bytes(color))
+    data = cifar_mod._decode_jpeg_zip(path)
+    assert data["x_train"].shape == (20, 3, 32, 32) and data["x_train"].dtype == torch.uint8
+    assert sorted(data["y_train"].tolist()) == sorted(list(range(10)) * 2)
+    for x, y in zip(data["x_test"], data["y_test"]):  # pixel colour identifies the class folder
+        expected = torch.tensor(colors[cifar_mod.CLASSES[y]], dtype=torch.float32)
+        assert (x.float().mean(dim=(1, 2)) - expected).abs().max() < 3
+
+
+def test_truncated_zip_is_rejected(tmp_path):
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr("train/airplane/0000.jpg", _jpeg_bytes((1, 2, 3)))
+    bad = tmp_path / "cifar10-jpeg.zip"
+    bad.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        cifar_mod._decode_jpeg_zip(bad)
+
+
+def _cifar_tarball(path, n_per_batch=3, truncate=False):
+    import pickle
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            blob = pickle.dumps({"data": torch.randint(0, 256, (n_per_batch, 3072), dtype=torch.uint8).numpy(),
+                                 "labels": list(range(n_per_batch))})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    raw = buf.getvalue()
+    path.write_bytes(raw[: len(raw) // 2] if truncate else raw)
+
+
+def test_official_tarball_layout_decodes(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    _cifar_tarball(path)
+    data = cifar_mod._decode_tarball(path)
+    assert data["x_train"].shape == (15, 3, 32, 32) and data["x_test"].shape == (3, 3, 32, 32)
+    assert data["y_train"].tolist() == [0, 1, 2] * 5
+
+
+def test_truncated_tarball_is_rejected(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    _cifar_tarball(path, truncate=True)
+    with pytest.raises(DataError, match="truncated"):
+        cifar_mod._decode_tarball(path)
+
+
+def test_extracted_folder_missing_batches_is_rejected(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"")
+    with pytest.raises(DataError, match="data_batch_2"):
+        cifar_mod._decode_folder(folder)
+
+
+# ---------------------------------------------------------------- real CIFAR-10 copy
+
+@requires_cifar
+def test_cifar10_shapes_range_and_balance():
+    x_train, y_train, x_test, y_test = cifar10()
+    assert x_train.shape == (50000, 3, 32, 32) and x_test.shape == (10000, 3, 32, 32)
+    assert x_train.dtype == torch.float32 and 0 <= x_train.min() and x_train.max() <= 1
+    assert torch.equal(y_train.bincount(), torch.full((10,), 5000))
+    assert torch.equal(y_test.bincount(), torch.full((10,), 1000))
+
+
+@requires_cifar
+def test_cifar10_subsets_are_deterministic_prefixes():
+    a = cifar10(num_train=100, num_test=50, x_dtype=torch.float64)
+    b = cifar10(num_train=300, num_test=70, x_dtype=torch.float64)
+    assert a[0].dtype == torch.float64
+    assert torch.equal(a[0], b[0][:100]) and torch.equal(a[1], b[1][:100])
+    assert torch.equal(a[2], b[2][:50]) and torch.equal(a[3], b[3][:50])
+    assert len(set(a[1].tolist())) == 10, "the first 100 samples must not be a single class"
+
+
+@requires_cifar
+def test_cifar_cache_goes_to_cache_not_data_root(tmp_path, monkeypatch):
+    root = Path(os.environ["EECS598_DATA"])
+    before = sorted(p.name for p in root.rglob("*") if p.parent == root / "cifar10")
+    cifar10(num_train=10, num_test=10)
+    assert sorted(p.name for p in root.rglob("*") if p.parent == root / "cifar10") == before
+    assert list(store.cache_dir().glob("cifar10-*.pt"))
+
+
+@requires_cifar
+def test_preprocess_cifar10_course_options():
+    data = preprocess_cifar10(show_examples=False, bias_trick=True, num_train=1000, num_test=200,
+                              dtype=torch.float64, device="cpu")
+    assert data["X_train"].shape == (800, 3073) and data["X_val"].shape == (200, 3073)
+    assert data["X_test"].shape == (200, 3073) and data["X_train"].dtype == torch.float64
+    assert torch.all(data["X_train"][:, -1] == 1)
+    # per-channel mean of the whole training set (train + val tail) is removed
+    x = torch.cat([data["X_train"], data["X_val"]])[:, :-1].reshape(-1, 3, 32, 32)
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-10
+    raw_train, raw_y, _, _ = cifar10(num_train=1000, num_test=200, x_dtype=torch.float64)
+    assert torch.equal(data["y_val"], raw_y[800:])  # validation = tail of the training set
+    unflat = preprocess_cifar10(show_examples=False, flatten=False, validation_ratio=0.1,
+                                num_train=100, num_test=10, device="cpu")
+    assert unflat["X_train"].shape == (90, 3, 32, 32) and unflat["X_val"].shape == (10, 3, 32, 32)
+    with pytest.raises(ValueError):
+        preprocess_cifar10(show_examples=False, flatten=False, bias_trick=True, num_train=10, num_test=10)
+
+
+# ---------------------------------------------------------------- MNIST
+
+def _idx_bytes(array_uint8):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array_uint8.dim()) + struct.pack(f">{array_uint8.dim()}I", *array_uint8.shape)
+    return header + array_uint8.numpy().tobytes()
+
+
+def test_read_idx_round_trip_and_truncation(tmp_path):
+    x = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    good = tmp_path / "x.gz"
+    good.write_bytes(gzip.compress(_idx_bytes(x)))
+    assert torch.equal(read_idx(good), x)
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(gzip.compress(_idx_bytes(x)[:-10]))
+    with pytest.raises(DataError, match="needs"):
+        read_idx(bad)
+    notidx = tmp_path / "n.gz"
+    notidx.write_bytes(gzip.compress(b"\x01\x02\x03\x04rest"))
+    with pytest.raises(DataError, match="not a uint8 IDX"):
+        read_idx(notidx)
+
+
+def test_mnist_with_wrong_content_is_rejected(isolated_data):
+    (isolated_data / "mnist").mkdir()
+    x = torch.zeros((2, 28, 28), dtype=torch.uint8)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (isolated_data / "mnist" / name).write_bytes(gzip.compress(_idx_bytes(x)))
+    with pytest.raises(DataError, match="md5 of the decompressed content"):
+        mnist()
+
+
+@requires_mnist
+def test_mnist_real_copy():
+    x_train, y_train, x_test, y_test = mnist(num_test=100)
+    assert x_train.shape == (60000, 1, 28, 28) and x_test.shape == (100, 1, 28, 28)
+    assert 0 <= x_train.min() and x_train.max() == 1
+    # the official order begins 5 0 4 1 9 2 1 3 1 4 (train) and 7 2 1 0 4 (test)
+    assert y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert y_test[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+# ---------------------------------------------------------------- VOC, arithmetic, captions
+
+def test_voc_transform_on_synthetic_image(isolated_data):
+    from PIL import Image
+    folder = isolated_data / "voc2007"
+    (folder / "img").mkdir(parents=True)
+    Image.new("RGB", (448, 224), (255, 255, 255)).save(folder / "img" / "a.jpg")
+    boxes = [{"name": "dog", "xyxy": [100.0, 20.0, 200.0, 120.0]},
+             {"name": "cat", "xyxy": [0.0, 0.0, 50.0, 50.0]}]  # outside the centre crop
+    (folder / "voc07_train.json").write_text(json.dumps([["img/a.jpg", boxes]]))
+    original = store.REGISTRY["voc2007"].files["voc07_train.json"]
+    assert original.sha256 is None  # so the synthetic JSON passes verification
+    ds = VOC2007Detection("train", image_size=224, max_boxes=4)
+    path, image, gt = ds[0]
+    assert image.shape == (3, 224, 224)
+    white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(image.mean(dim=(1, 2)), white, atol=1e-2)
+    # 448x224 -> shorter side already 224; centre crop keeps x in [112, 336)
+    assert gt.shape == (4, 5)
+    assert torch.allclose(gt[0], torch.tensor([0.0, 20.0, 88.0, 120.0, 11.0]))
+    assert torch.all(gt[1:] == -1)
+
+
+@pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
+def test_voc_real_copy():
+    ds = VOC2007Detection("val", num_images=5)
+    assert len(ds) == 5
+    for _, image, gt in ds:
+        assert image.shape == (3, 224, 224)
+        real = gt[gt[:, 4] >= 0]
+        assert len(real) >= 1 and real[:, :4].min() >= 0 and real[:, :4].max() <= 224
+        assert torch.all(real[:, 2] > real[:, 0]) and torch.all(real[:, 3] > real[:, 1])
+
+
+@pytest.mark.skipif(not shared_data_available("arithmetic"), reason="arithmetic set not in $EECS598_DATA")
+def test_arithmetic_real_copy():
+    data = arithmetic_expressions()
+    assert len(data["inp_expression"]) == len(data["out_expression"]) == 5000
+    assert data["inp_expression"][0] == "BOS NEGATIVE 30 subtract NEGATIVE 34 EOS"
+    assert data["out_expression"][0] == "BOS POSITIVE 04 EOS"
+
+
+def test_arithmetic_wrong_checksum(isolated_data):
+    (isolated_data / "arithmetic").mkdir()
+    (isolated_data / "arithmetic" / "two_digit_op.json").write_text("{}")
+    with pytest.raises(DataError):
+        arithmetic_expressions()
+
+
+def test_caption_folder_errors(isolated_data):
+    folder = isolated_data / "mycaps"
+    (folder / "Images").mkdir(parents=True)
+    (folder / "captions.txt").write_text("img,text\na.jpg,hello\n")
+    with pytest.raises(DataError, match="header"):
+        caption_folder("mycaps")
+    (folder / "captions.txt").write_text("image,caption\na.jpg,hello, world\n")
+    with pytest.raises(DataError, match="missing"):
+        caption_folder("mycaps")
+    (folder / "Images" / "a.jpg").write_bytes(b"")
+    assert caption_folder("mycaps") == [(folder / "Images" / "a.jpg", ["hello, world"])]
+
+
+@pytest.mark.skipif(not shared_data_available("flickr8k-1k"), reason="Flickr8k subset not in $EECS598_DATA")
+def test_caption_folder_real_copy():
+    items = caption_folder("flickr8k-1k")
+    assert len(items) == 1000 and all(len(caps) == 5 for _, caps in items)
+    assert all(path.is_file() for path, _ in items[:20])

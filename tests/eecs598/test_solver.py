@@ -1,0 +1,281 @@
+"""eecs598.solver.Solver: the course's training loop on tiny hand-written models."""
+import time
+
+import pytest
+import torch
+
+from eecs598.solver import Solver
+from eecs598.testing import assert_close
+
+
+class LinearSoftmax:
+    """scores = X @ W + b, softmax cross-entropy; gradient derived by hand.
+
+    loss = -mean_i log softmax(s_i)[y_i];  dL/ds = (softmax(s) - onehot(y)) / N;
+    dW = X^T dL/ds;  db = sum_i dL/ds_i.
+    """
+
+    def __init__(self, D, C, std=1e-2, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.params = {"W": std * torch.randn(D, C, generator=g, dtype=torch.float64),
+                       "b": torch.zeros(C, dtype=torch.float64)}
+
+    def loss(self, X, y=None):
+        scores = X @ self.params["W"] + self.params["b"]
+        if y is None:
+            return scores
+        N = X.shape[0]
+        shifted = scores - scores.max(dim=1, keepdim=True).values
+        log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
+        loss = -log_probs[torch.arange(N), y].mean()
+        dscores = log_probs.exp()
+        dscores[torch.arange(N), y] -= 1
+        dscores /= N
+        return loss, {"W": X.t() @ dscores, "b": dscores.sum(dim=0)}
+
+
+def blobs(n_per_class, C=3, D=2, seed=0, spread=0.3):
+    """Well separated Gaussian blobs: centres at distance ~4, std `spread`."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 4 * torch.eye(C, D, dtype=torch.float64) if D >= C else 4 * torch.randn(C, D, generator=g).double()
+    X = torch.cat([centres[c] + spread * torch.randn(n_per_class, D, generator=g, dtype=torch.float64)
+                   for c in range(C)])
+    y = torch.arange(C).repeat_interleave(n_per_class)
+    return X, y
+
+
+def toy_data(n_train=100, n_val=30, C=3, D=3):
+    X_train, y_train = blobs(n_train, C, D, seed=0)
+    X_val, y_val = blobs(n_val, C, D, seed=1)
+    return {"X_train": X_train, "y_train": y_train, "X_val": X_val, "y_val": y_val}
+
+
+def noop_rule(w, dw, config):
+    return w, config
+
+
+class ConstantModel:
+    """One scalar param; loss returns zero gradients; scores predict class 0 for every sample."""
+
+    def __init__(self, sleep=0.0):
+        self.params = {"w": torch.zeros(1)}
+        self.sleep = sleep
+        self.seen = []
+
+    def loss(self, X, y=None):
+        if y is None:
+            self.seen.append(X.clone())
+            return torch.stack([torch.ones(X.shape[0]), torch.zeros(X.shape[0])], dim=1)
+        if self.sleep:
+            time.sleep(self.sleep)
+        return torch.tensor(0.0), {"w": torch.zeros(1)}
+
+
+def const_data(n_train, n_val=4):
+    return {"X_train": torch.zeros(n_train, 1), "y_train": torch.zeros(n_train, dtype=torch.long),
+            "X_val": torch.zeros(n_val, 1), "y_val": torch.zeros(n_val, dtype=torch.long)}
+
+
+def test_test_model_gradient_matches_autograd():
+    data = toy_data(5, 2)
+    model = LinearSoftmax(3, 3, std=1.0)
+    X, y = data["X_train"], data["y_train"]
+    loss, grads = model.loss(X, y)
+    W = model.params["W"].clone().requires_grad_()
+    b = model.params["b"].clone().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(X @ W + b, y)
+    ref.backward()
+    assert_close(loss, ref.detach(), 1e-12, "loss")
+    assert_close(grads["W"], W.grad, 1e-10, "dW")
+    assert_close(grads["b"], b.grad, 1e-10, "db")
+
+
+def test_solver_trains_linear_softmax():
+    torch.manual_seed(0)
+    model = LinearSoftmax(3, 3)
+    solver = Solver(model, toy_data(), optim_config={"learning_rate": 0.5}, batch_size=30,
+                    num_epochs=5, verbose=False)
+    solver.train()
+    assert len(solver.loss_history) == 5 * (300 // 30)
+    first, last = solver.loss_history[0], sum(solver.loss_history[-5:]) / 5
+    assert first == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=0.1)  # near-uniform start
+    assert last < 0.25 * first
+    assert solver.train_acc_history[-1] >= 0.95
+    assert solver.best_val_acc >= 0.95
+    assert all(isinstance(a, float) for a in solver.train_acc_history + solver.val_acc_history)
+
+
+def test_defaults_and_sgd():
+    model = LinearSoftmax(3, 3)
+    solver = Solver(model, toy_data(4, 2))
+    assert (solver.update_rule is Solver.sgd and solver.optim_config == {} and solver.lr_decay == 1.0
+            and solver.batch_size == 100 and solver.num_epochs == 10 and solver.num_train_samples == 1000
+            and solver.num_val_samples is None and solver.device == "cpu" and solver.checkpoint_name is None
+            and solver.print_every == 10 and solver.print_acc_every == 1 and solver.verbose is True)
+    assert solver.epoch == 0 and solver.best_val_acc == 0 and solver.best_params == {}
+    assert solver.loss_history == [] and solver.train_acc_history == [] and solver.val_acc_history == []
+    w, dw = torch.ones(3), torch.full((3,), 2.0)
+    config = {}
+    next_w, next_config = Solver.sgd(w, dw, config)
+    assert next_config["learning_rate"] == 1e-2
+    assert torch.allclose(next_w, torch.full((3,), 0.98))
+    next_w, _ = Solver.sgd(torch.ones(3), dw, {"learning_rate": 0.5})
+    assert torch.allclose(next_w, torch.zeros(3))
+
+
+@pytest.mark.parametrize("n_train,batch_size,num_epochs", [(250, 100, 3), (30, 100, 4), (60, 20, 1)])
+def test_iteration_count(n_train, batch_size, num_epochs):
+    model = ConstantModel()
+    solver = Solver(model, const_data(n_train), update_rule=noop_rule, batch_size=batch_size,
+                    num_epochs=num_epochs, verbose=False)
+    solver.train()
+    per_epoch = max(n_train // batch_size, 1)
+    assert len(solver.loss_history) == num_epochs * per_epoch
+    assert solver.epoch == num_epochs
+    # checks: first iteration + every epoch end (the last iteration is an epoch end)
+    expected_checks = num_epochs + (0 if per_epoch == 1 else 1)
+    assert len(solver.train_acc_history) == len(solver.val_acc_history) == expected_checks
+
+
+def test_lr_decay_per_epoch():
+    seen = []
+
+    def recording_rule(w, dw, config):
+        seen.append(config["learning_rate"])
+        return w, config
+
+    model = LinearSoftmax(3, 3)
+    optim_config = {"learning_rate": 1.0}
+    solver = Solver(model, toy_data(20, 2), update_rule=recording_rule, optim_config=optim_config,
+                    lr_decay=0.5, batch_size=30, num_epochs=3, verbose=False)  # 60 samples: 2 it/epoch
+    solver.train()
+    per_param = seen[0::2]  # W and b alternate
+    assert per_param == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert solver.optim_configs["W"]["learning_rate"] == 0.125
+    assert solver.optim_configs["b"]["learning_rate"] == 0.125
+    assert optim_config == {"learning_rate": 1.0}, "the caller's optim_config must not change"
+
+
+class StepModel:
+    """w counts the updates; val sample i is classified correctly iff i < 10 * ACC[w]."""
+
+    ACC = {1: 0.2, 2: 0.6, 3: 0.4, 4: 0.6, 5: 0.1}
+
+    def __init__(self):
+        self.params = {"w": torch.zeros(1)}
+
+    def loss(self, X, y=None):
+        if y is None:
+            k = round(10 * self.ACC[int(self.params["w"].item())])
+            correct = X[:, 0] < k  # X[i, 0] = i, labels are all 1
+            return torch.stack([(~correct).float(), correct.float()], dim=1)
+        return torch.tensor(0.0), {"w": torch.zeros(1)}
+
+
+def increment_in_place(w, dw, config):
+    w += 1  # in place: best_params must be clones, not references
+    return w, config
+
+
+@pytest.mark.parametrize("return_best_params", [True, False])
+def test_best_params_tracked(return_best_params):
+    idx = torch.arange(10, dtype=torch.float32).view(10, 1)
+    data = {"X_train": idx, "y_train": torch.ones(10, dtype=torch.long),
+            "X_val": idx, "y_val": torch.ones(10, dtype=torch.long)}
+    model = StepModel()
+    solver = Solver(model, data, update_rule=increment_in_place, batch_size=10, num_epochs=5, verbose=False)
+    solver.train(return_best_params=return_best_params)
+    assert solver.val_acc_history == pytest.approx([0.2, 0.6, 0.4, 0.6, 0.1])
+    assert solver.best_val_acc == pytest.approx(0.6)
+    assert solver.best_params["w"].item() == 2.0  # the first of the tied 0.6 (strictly better wins)
+    assert model.params["w"].item() == (2.0 if return_best_params else 5.0)
+
+
+def test_unknown_kwarg_raises():
+    with pytest.raises(ValueError, match="learning_rate"):
+        Solver(LinearSoftmax(3, 3), toy_data(4, 2), learning_rate=1e-3)
+
+
+def test_missing_data_key_raises():
+    data = toy_data(4, 2)
+    del data["y_val"]
+    with pytest.raises(KeyError):
+        Solver(LinearSoftmax(3, 3), data)
+
+
+def test_time_limit_stops_early():
+    model = ConstantModel(sleep=0.05)
+    solver = Solver(model, const_data(10), update_rule=noop_rule, batch_size=10, num_epochs=100, verbose=False)
+    start = time.perf_counter()
+    solver.train(time_limit=0.33)
+    elapsed = time.perf_counter() - start
+    # Each iteration takes >= 0.05 s; iteration t runs only if elapsed (>= 0.05 t) plus the
+    # previous iteration's duration (>= 0.05) fits in 0.33 s: t <= 5, so at most 6 iterations
+    # (without the duration estimate it would run 7).
+    assert 2 <= len(solver.loss_history) <= 6
+    assert elapsed < 5.0  # far below the 100 x 0.05 s of a full run
+
+
+def test_checkpoints_written_and_loadable(tmp_path):
+    name = str(tmp_path / "ckpt")
+    model = LinearSoftmax(3, 3)
+    solver = Solver(model, toy_data(4, 2), optim_config={"learning_rate": 0.1}, batch_size=6,
+                    num_epochs=2, checkpoint_name=name, verbose=False)  # 12 samples: 2 it/epoch
+    solver.train(return_best_params=False)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["ckpt_epoch_0.pkl", "ckpt_epoch_1.pkl", "ckpt_epoch_2.pkl"]
+    ckpt = torch.load(tmp_path / "ckpt_epoch_2.pkl")
+    assert ckpt["epoch"] == 2
+    assert ckpt["loss_history"] == solver.loss_history and len(ckpt["loss_history"]) == 4
+    assert ckpt["val_acc_history"] == solver.val_acc_history
+    assert set(ckpt["model_params"]) == {"W", "b"}
+    assert torch.equal(ckpt["model_params"]["W"], model.params["W"])
+    assert ckpt["optim_config"] == {"learning_rate": 0.1}
+    first = torch.load(tmp_path / "ckpt_epoch_0.pkl")
+    assert first["epoch"] == 0 and len(first["loss_history"]) == 1
+
+
+def test_check_accuracy_subsamples():
+    torch.manual_seed(0)
+    model = ConstantModel()  # predicts class 0
+    solver = Solver(model, const_data(4), verbose=False)
+    X = torch.arange(25, dtype=torch.float32).view(25, 1)
+    y = (torch.arange(25) % 2).long()  # even rows have label 0: 13 of 25 correct
+    acc = solver.check_accuracy(X, y, batch_size=10)
+    assert isinstance(acc, float) and acc == pytest.approx(13 / 25)
+    assert [len(s) for s in model.seen] == [10, 10, 5]
+
+    model.seen.clear()
+    acc = solver.check_accuracy(X, y, num_samples=10, batch_size=4)
+    assert [len(s) for s in model.seen] == [4, 4, 2]
+    rows = torch.cat(model.seen)[:, 0].long()
+    assert len(set(rows.tolist())) == 10, "subsample without replacement"
+    assert acc == pytest.approx((rows % 2 == 0).float().mean().item())
+
+    model.seen.clear()
+    solver.check_accuracy(X, y, num_samples=100)  # more than N: all samples, in order
+    assert torch.equal(torch.cat(model.seen), X)
+
+
+def test_custom_update_rule_gets_config_per_param():
+    calls = []
+
+    def rule(w, dw, config):
+        assert dw.shape == w.shape
+        calls.append(config["calls"])
+        next_config = dict(config, calls=config["calls"] + 1, shape=tuple(w.shape))
+        return w - next_config["learning_rate"] * dw, next_config
+
+    model = LinearSoftmax(3, 3)
+    W0 = model.params["W"].clone()
+    optim_config = {"learning_rate": 0.1, "calls": 0}
+    solver = Solver(model, toy_data(10, 2), update_rule=rule, optim_config=optim_config,
+                    batch_size=10, num_epochs=2, verbose=False)  # 30 samples: 3 it/epoch
+    assert solver.optim_configs["W"] is not solver.optim_configs["b"]
+    solver.train(return_best_params=False)
+    assert solver.optim_configs["W"]["calls"] == 6 and solver.optim_configs["b"]["calls"] == 6
+    assert solver.optim_configs["W"]["shape"] == (3, 3) and solver.optim_configs["b"]["shape"] == (3,)
+    # W and b alternate; each call gets the config the rule returned on that param's previous call
+    assert calls[0::2] == calls[1::2] == [0, 1, 2, 3, 4, 5]
+    assert optim_config == {"learning_rate": 0.1, "calls": 0}
+    assert not torch.equal(model.params["W"], W0), "the returned next_w is stored"

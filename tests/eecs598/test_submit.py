@@ -1,0 +1,108 @@
+"""eecs598.submit: zip contents, missing files, headless names."""
+import builtins
+import io
+import sys
+import zipfile
+
+import pytest
+
+from eecs598 import submit
+from eecs598.submit import SUBMISSION_FILES
+
+MAKERS = {f"A{i}": getattr(submit, f"make_a{i}_submission") for i in range(1, 7)}
+
+
+@pytest.fixture(autouse=True)
+def headless(monkeypatch):
+    """No names in the environment, no terminal, and input() must not be called."""
+    monkeypatch.delenv(submit.UNIQUENAME_ENV, raising=False)
+    monkeypatch.delenv(submit.UMID_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+
+    def no_input(prompt=""):
+        raise AssertionError(f"input() called headless: {prompt}")
+
+    monkeypatch.setattr(builtins, "input", no_input)
+
+
+def populate(folder, names):
+    for name in names:
+        (folder / name).write_bytes(f"content of {name}".encode())
+
+
+@pytest.mark.parametrize("assignment", sorted(SUBMISSION_FILES))
+def test_zip_contents(tmp_path, assignment):
+    populate(tmp_path, SUBMISSION_FILES[assignment])
+    (tmp_path / "unrelated.txt").write_text("not submitted")
+    path = MAKERS[assignment](tmp_path, "justincj", "12345678")
+    expected = tmp_path / f"justincj_12345678_{assignment}.zip"
+    assert str(path) == str(expected) and expected.is_file()
+    with zipfile.ZipFile(expected) as zf:
+        assert zf.namelist() == SUBMISSION_FILES[assignment]
+        for name in SUBMISSION_FILES[assignment]:
+            assert zf.read(name) == f"content of {name}".encode()
+
+
+def test_project_numbering():
+    assert "rnn_lstm_captioning.py" in SUBMISSION_FILES["A4"] and "transformers.py" in SUBMISSION_FILES["A4"]
+    assert "one_stage_detector.py" in SUBMISSION_FILES["A5"] and "common.py" in SUBMISSION_FILES["A5"]
+
+
+def test_all_missing_files_in_one_error(tmp_path):
+    files = SUBMISSION_FILES["A3"]
+    present, missing = files[::2], files[1::2]
+    populate(tmp_path, present)
+    with pytest.raises(FileNotFoundError) as info:
+        submit.make_a3_submission(tmp_path, "justincj", "12345678")
+    message = str(info.value)
+    for name in missing:
+        assert name in message
+    for name in present:
+        assert name not in message
+    assert not list(tmp_path.glob("*.zip")), "nothing is written when files are missing"
+
+
+def test_missing_files_reported_before_names(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        submit.make_a1_submission(tmp_path)
+
+
+def test_headless_without_names_raises_clear_error(tmp_path):
+    populate(tmp_path, SUBMISSION_FILES["A1"])
+    with pytest.raises(ValueError) as info:
+        submit.make_a1_submission(tmp_path)
+    message = str(info.value)
+    assert "uniquename" in message and "umid" in message
+    assert submit.UNIQUENAME_ENV in message and submit.UMID_ENV in message
+    assert not list(tmp_path.glob("*.zip"))
+
+
+def test_names_from_environment(tmp_path, monkeypatch):
+    populate(tmp_path, SUBMISSION_FILES["A2"])
+    monkeypatch.setenv("EECS598_UNIQUENAME", "envname")
+    monkeypatch.setenv("EECS598_UMID", "87654321")
+    submit.make_a2_submission(tmp_path)
+    assert (tmp_path / "envname_87654321_A2.zip").is_file()
+    submit.make_a2_submission(tmp_path, uniquename="argname")  # arguments win over the environment
+    assert (tmp_path / "argname_87654321_A2.zip").is_file()
+
+
+def test_prompts_on_a_terminal(tmp_path, monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    populate(tmp_path, SUBMISSION_FILES["A1"])
+    monkeypatch.setattr(sys, "stdin", Tty(""))
+    answers = iter(["promptname", "11112222"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
+    submit.make_a1_submission(tmp_path)
+    assert (tmp_path / "promptname_11112222_A1.zip").is_file()
+
+
+def test_rejects_path_like_names(tmp_path):
+    populate(tmp_path, SUBMISSION_FILES["A1"])
+    with pytest.raises(ValueError):
+        submit.make_a1_submission(tmp_path, "../evil", "123")
+    with pytest.raises(ValueError):
+        submit.make_a1_submission(tmp_path, "name", "")
