@@ -23,7 +23,7 @@ def make_record(assignment, metric, value, unit, data, device, seconds, referenc
         raise ValueError(f"metric must be snake_case, got {metric!r}")
     return {
         "assignment": assignment, "metric": metric,
-        "value": float(value) if isinstance(value, (int, float)) else value,
+        "value": value if isinstance(value, (bool, int, str)) or value is None else float(value),
         "unit": unit, "reference": reference, "data": data, "device": device,
         "seconds": round(float(seconds), 3), "date": _dt.date.today().isoformat(),
         "mode": mode or ("quick" if quick_mode() else "full"), "details": details or {},

@@ -1,0 +1,317 @@
+"""Write the stubbed student copy of the repository (`make student`).
+
+    python tools/make_student.py --out build/student [--root .]
+
+Copies the course files (README.md, CONTRIBUTING.md, Makefile, pyproject.toml,
+requirements.txt, .gitignore, eecs598/, tests/, tools/, benchmarks/ and every assignment
+folder A1/, A2/, ...) to --out, which is recreated. Virtual environments, build outputs,
+results, caches and data files (*.pt, *.pth, *.pkl, *.zip, *.npz) are left out.
+
+In every assignment file (A*/**/*.py and the cells of A*/**/*.ipynb) each solution region
+
+        ### BEGIN SOLUTION
+        ### HINT: optional message (must directly follow BEGIN)
+        ...solution...
+        ### END SOLUTION
+
+is replaced, at the BEGIN marker's indentation, by
+
+        raise NotImplementedError("optional message")
+
+(notebook code cells get a `# YOUR CODE HERE` line above the raise; notebook markdown cells
+get `YOUR ANSWER HERE`). Notebooks are also stripped of outputs and execution counts.
+Files without markers are copied unchanged. Unbalanced or nested markers are errors
+(reported as file:line, exit status 1) and leave any previous copy untouched.
+
+`stub_source(text)` and `make_student(root, out)` are importable for tests.
+"""
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+BEGIN = "### BEGIN SOLUTION"
+END = "### END SOLUTION"
+HINT = "### HINT:"
+DEFAULT_HINT = "Implement this: see the docstring above"
+NOTEBOOK_HINT = "Implement this cell"
+NOTEBOOK_TODO = "# YOUR CODE HERE"
+MARKDOWN_TODO = "YOUR ANSWER HERE"
+
+# What the student copy holds (relative to the repository root); missing ones are skipped.
+TOP_FILES = ["README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "requirements.txt",
+             ".gitignore"]
+TOP_DIRS = ["eecs598", "tests", "tools", "benchmarks"]
+ASSIGNMENT_GLOB = "A[0-9]*"  # the same folders tests/conftest.py puts on sys.path
+# Never copied, at any depth.
+SKIP_DIRS = {".venv", "venv", "build", "dist", "results", "__pycache__", ".git",
+             ".ipynb_checkpoints", ".pytest_cache", "cifar-10-batches-py", "VOCdevkit"}
+SKIP_PATTERNS = ["*.pt", "*.pth", "*.pkl", "*.zip", "*.npz", "*.pyc", "*.egg-info"]
+
+
+class StubError(ValueError):
+    """A malformed solution region; `line` is 1-based within the text that was stubbed."""
+
+    def __init__(self, message, line):
+        super().__init__(f"line {line}: {message}")
+        self.message = message
+        self.line = line
+
+
+def _literal(text):
+    """A double-quoted Python string literal for `text`."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _line_ending(line):
+    for ending in ("\r\n", "\n", "\r"):
+        if line.endswith(ending):
+            return ending
+    return ""
+
+
+def stub_source(text, *, kind="python", default_hint=None):
+    """Replace every solution region in `text`; return `(new_text, regions)`.
+
+    `regions` lists the removed solution texts (the lines strictly between the markers,
+    without the HINT line), in order. `kind` is "python" (a raise), "notebook" (a
+    `# YOUR CODE HERE` line plus the raise) or "markdown" (a `YOUR ANSWER HERE` line).
+    Raises StubError for an END without BEGIN, a BEGIN inside a region, or a BEGIN
+    without END. Text outside the regions is returned unchanged.
+    """
+    if kind not in ("python", "notebook", "markdown"):
+        raise ValueError(f"unknown kind {kind!r}")
+    if default_hint is None:
+        default_hint = NOTEBOOK_HINT if kind == "notebook" else DEFAULT_HINT
+    lines = text.splitlines(keepends=True)
+    out, regions = [], []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if stripped == END:
+            raise StubError(f"'{END}' without a matching '{BEGIN}'", i + 1)
+        if stripped != BEGIN:
+            out.append(line)
+            i += 1
+            continue
+        begin = i
+        indent = line[: len(line) - len(line.lstrip())]
+        newline = _line_ending(line) or "\n"
+        hint = None
+        j = i + 1
+        if j < len(lines) and lines[j].strip().startswith(HINT):
+            hint = lines[j].strip()[len(HINT):].strip() or None
+            j += 1
+        body_start = j
+        while j < len(lines) and lines[j].strip() not in (BEGIN, END):
+            j += 1
+        if j == len(lines):
+            raise StubError(f"'{BEGIN}' without a matching '{END}'", begin + 1)
+        if lines[j].strip() == BEGIN:
+            raise StubError(f"nested '{BEGIN}' (the region opened on line {begin + 1} "
+                            f"is not closed)", j + 1)
+        regions.append("".join(lines[body_start:j]))
+        message = hint or default_hint
+        if kind == "markdown":
+            out.append(f"{indent}{MARKDOWN_TODO}{newline}")
+        else:
+            if kind == "notebook":
+                out.append(f"{indent}{NOTEBOOK_TODO}{newline}")
+            out.append(f"{indent}raise NotImplementedError({_literal(message)}){newline}")
+        end_line = lines[j]
+        if not _line_ending(end_line):
+            # The END marker closed the text without a newline: do the same.
+            out[-1] = out[-1].rstrip("\r\n")
+        i = j + 1
+    return "".join(out), regions
+
+
+def _source_text(source):
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _source_lines(text):
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+
+
+def stub_notebook(text):
+    """Stub the cells of a notebook (JSON text); return `(new_text or None, regions)`.
+
+    Regions are replaced in code and markdown cells; code cells lose their outputs and
+    execution counts. Returns None as new text when nothing needed changing (the file is
+    then copied byte for byte). StubError.line is the line within the cell and the error
+    carries `cell` (0-based index).
+    """
+    nb = json.loads(text)
+    changed = False
+    regions = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        cell_type = cell.get("cell_type")
+        if cell_type in ("code", "markdown"):
+            source = _source_text(cell.get("source", ""))
+            try:
+                new, found = stub_source(source, kind="notebook" if cell_type == "code" else "markdown")
+            except StubError as err:
+                err.cell = index
+                raise
+            if found:
+                regions.extend(found)
+                cell["source"] = _source_lines(new)
+                changed = True
+        if cell_type == "code":
+            if cell.get("outputs") or cell.get("execution_count") is not None:
+                changed = True
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    if not changed:
+        return None, regions
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n", regions
+
+
+def _skipped(name, is_dir):
+    if is_dir and name in SKIP_DIRS:
+        return True
+    return any(fnmatch.fnmatch(name, pattern) for pattern in SKIP_PATTERNS)
+
+
+def _walk_files(directory, exclude):
+    """Files under `directory` to copy (sorted), pruning skipped names and `exclude`."""
+    for current, dirs, files in os.walk(directory):
+        current = Path(current)
+        dirs[:] = sorted(d for d in dirs if not _skipped(d, True)
+                         and (current / d).resolve() not in exclude
+                         and not (current / d).is_symlink())
+        for name in sorted(files):
+            if not _skipped(name, False):
+                yield current / name
+
+
+def _sources(root, exclude):
+    """(path, relative path, is_assignment_file) for everything the copy holds."""
+    for name in TOP_FILES:
+        path = root / name
+        if path.is_file():
+            yield path, Path(name), False
+    for name in TOP_DIRS:
+        if (root / name).is_dir():
+            for path in _walk_files(root / name, exclude):
+                yield path, path.relative_to(root), False
+    for folder in sorted(root.glob(ASSIGNMENT_GLOB)):
+        if folder.is_dir() and not _skipped(folder.name, True) and folder.resolve() not in exclude:
+            for path in _walk_files(folder, exclude):
+                yield path, path.relative_to(root), True
+
+
+class BuildError(Exception):
+    """One or more assignment files have malformed solution regions."""
+
+    def __init__(self, errors):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _stub_file(path, rel):
+    """New content for an assignment file, or None to copy it unchanged; and #regions."""
+    if path.suffix == ".py":
+        text = path.read_text(encoding="utf-8")
+        try:
+            new, regions = stub_source(text)
+        except StubError as err:
+            raise BuildError([f"{rel}:{err.line}: {err.message}"]) from None
+        return (new if regions else None), len(regions)
+    if path.suffix == ".ipynb":
+        text = path.read_text(encoding="utf-8")
+        try:
+            new, regions = stub_notebook(text)
+        except StubError as err:
+            raise BuildError([f"{rel}:cell {err.cell}:{err.line}: {err.message}"]) from None
+        except json.JSONDecodeError as err:
+            raise BuildError([f"{rel}:{err.lineno}: not a valid notebook ({err.msg})"]) from None
+        return new, len(regions)
+    return None, 0
+
+
+def make_student(root, out):
+    """Write the stubbed copy of the repository at `root` to `out` (recreated).
+
+    Returns {relative path: number of regions stubbed} for every assignment .py/.ipynb.
+    Raises BuildError (listing every file:line problem) without touching `out` when any
+    assignment file has malformed markers.
+    """
+    root = Path(root).resolve()
+    out = Path(out).resolve()
+    if out == root or out in root.parents:
+        raise ValueError(f"refusing to write the student copy over the repository itself: {out}")
+    if not (root / "eecs598").is_dir() and not list(root.glob(ASSIGNMENT_GLOB)):
+        raise ValueError(f"{root} does not look like the course repository (no eecs598/, no A*/)")
+
+    # Stub everything first (in memory), so a malformed file leaves the old copy intact.
+    plan, report, errors = [], {}, []
+    for path, rel, assignment in _sources(root, exclude={out}):
+        content = None
+        if assignment and path.suffix in (".py", ".ipynb"):
+            try:
+                content, count = _stub_file(path, rel)
+            except BuildError as err:
+                errors.extend(err.errors)
+                continue
+            report[rel.as_posix()] = count
+        plan.append((path, rel, content))
+    if errors:
+        raise BuildError(errors)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for path, rel, content in plan:
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                shutil.copy2(path, target)
+            else:
+                with open(target, "w", encoding="utf-8", newline="") as f:
+                    f.write(content)
+                shutil.copymode(path, target)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the student copy (recreated)")
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
+                        help="repository root (default: this script's repository)")
+    args = parser.parse_args(argv)
+    try:
+        report = make_student(args.root, args.out)
+    except BuildError as err:
+        for line in err.errors:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"make_student: {len(err.errors)} error(s); {args.out} left unchanged", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"make_student: {err}", file=sys.stderr)
+        return 1
+    width = max((len(name) for name in report), default=0)
+    for name, count in sorted(report.items()):
+        print(f"  {name:<{width}}  {count} region{'s' if count != 1 else ''} stubbed")
+    total = sum(report.values())
+    stubbed = sum(1 for count in report.values() if count)
+    print(f"student copy written to {args.out}: {total} regions stubbed in {stubbed} of "
+          f"{len(report)} assignment files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
