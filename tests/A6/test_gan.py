@@ -1,0 +1,267 @@
+"""Unit tests for A6/gan.py.
+
+References: the course's parameter counts (267,009 / 1,858,320 / 1,102,721 / 6,580,801;
+the course's notebook checks the generators with noise_dim=4), counts recomputed from the
+layer sizes for NOISE_DIM=96, F.binary_cross_entropy_with_logits and the explicit
+softplus formula in float64 for the GAN losses, the least-squares formulas written out
+here, and the moments of U(-1, 1) for sample_noise. Synthetic data only.
+"""
+import inspect
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import gan
+from eecs598.testing import assert_close
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _lin(fan_in, fan_out):
+    return fan_in * fan_out + fan_out
+
+
+def test_hello(capsys):
+    gan.hello_gan()
+    assert capsys.readouterr().out.strip() == "Hello from gan.py!"
+
+
+def test_noise_dim_constant():
+    assert gan.NOISE_DIM == 96
+
+
+# --- sample_noise ----------------------------------------------------------------------
+
+def test_sample_noise_shape_dtype_range_and_moments():
+    torch.manual_seed(0)
+    noise = gan.sample_noise(2000, 50)
+    assert noise.shape == (2000, 50) and noise.dtype == torch.float32 and noise.device.type == "cpu"
+    assert noise.min() >= -1 and noise.max() < 1
+    # U(-1, 1): mean 0 (std error sqrt(1/3)/sqrt(n)), variance 1/3; 5 standard errors.
+    n = noise.numel()
+    assert abs(noise.double().mean().item()) < 5 * (1 / 3) ** 0.5 / n ** 0.5
+    assert abs(noise.double().var().item() - 1 / 3) < 5 * (4 / 45 / n) ** 0.5
+    assert (noise < -0.9).any() and (noise > 0.9).any()
+    assert not torch.equal(noise, gan.sample_noise(2000, 50))
+
+
+def test_sample_noise_honours_dtype_and_device():
+    noise = gan.sample_noise(3, 4, dtype=torch.float64)
+    assert noise.dtype == torch.float64 and noise.shape == (3, 4)
+    meta = gan.sample_noise(3, 4, dtype=torch.float16, device="meta")
+    assert meta.device.type == "meta" and meta.dtype == torch.float16
+    assert gan.sample_noise(2, 3, device=torch.device("cpu")).device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sample_noise_on_cuda():
+    assert gan.sample_noise(2, 3, device="cuda").device.type == "cuda"
+
+
+# --- architectures ---------------------------------------------------------------------
+
+def test_discriminator_parameter_count_and_layers():
+    model = gan.discriminator()
+    assert _count(model) == 267_009  # course value
+    assert [type(m) for m in model] == [nn.Flatten, nn.Linear, nn.LeakyReLU, nn.Linear,
+                                        nn.LeakyReLU, nn.Linear]
+    assert all(m.negative_slope == 0.01 for m in model if isinstance(m, nn.LeakyReLU))
+
+
+def test_generator_parameter_count_and_layers():
+    assert _count(gan.generator(4)) == 1_858_320  # course value (its check uses noise_dim=4)
+    model = gan.generator()
+    assert _count(model) == _lin(96, 1024) + _lin(1024, 1024) + _lin(1024, 784) == 1_952_528
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear, nn.Tanh]
+
+
+def test_dc_classifier_parameter_count():
+    model = gan.build_dc_classifier()
+    assert _count(model) == 1_102_721  # course value
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 32, (5, 5)),
+                                                                               (32, 64, (5, 5))]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model) == 2
+
+
+def test_dc_generator_parameter_count():
+    assert _count(gan.build_dc_generator(4)) == 6_580_801  # course value (noise_dim=4)
+    bn = 2 * 1024 + 2 * 6272 + 2 * 64
+    convt = (128 * 64 * 16 + 64) + (64 * 1 * 16 + 1)
+    assert _count(gan.build_dc_generator()) == _lin(96, 1024) + _lin(1024, 6272) + bn + convt \
+        == 6_675_009
+
+
+@pytest.mark.parametrize("build", [gan.discriminator, gan.build_dc_classifier])
+def test_discriminators_take_flat_images_and_return_one_logit(build):
+    torch.manual_seed(0)
+    model = build()
+    out = model(torch.rand(5, 784) * 2 - 1)
+    assert out.shape == (5, 1)
+
+
+@pytest.mark.parametrize("build", [gan.generator, gan.build_dc_generator])
+def test_generators_output_flat_images_in_minus_one_one(build):
+    torch.manual_seed(0)
+    model = build()
+    out = model(gan.sample_noise(6, gan.NOISE_DIM))
+    assert out.shape == (6, 784)
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_dc_generator_output_size():
+    model = gan.build_dc_generator(8)
+    assert model(torch.rand(3, 8)).shape == (3, 784)
+
+
+# --- losses -----------------------------------------------------------------------------
+
+def _softplus(x):
+    return torch.log1p(torch.exp(-x.abs())) + x.clamp(min=0)
+
+
+@pytest.mark.parametrize("shape", [(64,), (64, 1)])
+def test_discriminator_loss_matches_references(shape):
+    torch.manual_seed(0)
+    real = torch.randn(shape, dtype=torch.float64) * 3
+    fake = torch.randn(shape, dtype=torch.float64) * 3
+    loss = gan.discriminator_loss(real, fake)
+    ref_bce = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
+        F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+    ref_formula = _softplus(-real).mean() + _softplus(fake).mean()  # -log s(r) - log(1 - s(f))
+    assert loss.dim() == 0
+    assert_close(loss, ref_bce, 1e-12, "discriminator_loss vs BCE-with-logits")
+    assert_close(loss, ref_formula, 1e-12, "discriminator_loss vs softplus formula")
+
+
+@pytest.mark.parametrize("shape", [(64,), (64, 1)])
+def test_generator_loss_matches_references(shape):
+    torch.manual_seed(1)
+    fake = torch.randn(shape, dtype=torch.float64) * 3
+    loss = gan.generator_loss(fake)
+    assert_close(loss, F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake)), 1e-12,
+                 "generator_loss vs BCE-with-logits")
+    assert_close(loss, _softplus(-fake).mean(), 1e-12, "generator_loss vs softplus formula")
+
+
+def test_bce_losses_are_stable_for_large_logits():
+    big = torch.tensor([100.0, -100.0, 50.0], dtype=torch.float64)
+    assert torch.isfinite(gan.discriminator_loss(big, -big))
+    assert torch.isfinite(gan.generator_loss(-big))
+
+
+def test_ls_losses_match_formulas():
+    torch.manual_seed(2)
+    real = torch.randn(32, 1, dtype=torch.float64)
+    fake = torch.randn(32, 1, dtype=torch.float64)
+    expected_d = 0.5 * sum((r - 1) ** 2 for r in real.flatten().tolist()) / 32 + \
+        0.5 * sum(f ** 2 for f in fake.flatten().tolist()) / 32
+    expected_g = 0.5 * sum((f - 1) ** 2 for f in fake.flatten().tolist()) / 32
+    assert abs(gan.ls_discriminator_loss(real, fake).item() - expected_d) < 1e-12
+    assert abs(gan.ls_generator_loss(fake).item() - expected_g) < 1e-12
+
+
+def test_losses_are_differentiable():
+    logits = torch.randn(8, 1, requires_grad=True)
+    for loss in (gan.generator_loss(logits), gan.ls_generator_loss(logits),
+                 gan.discriminator_loss(logits, logits), gan.ls_discriminator_loss(logits, logits)):
+        logits.grad = None
+        loss.backward()
+        assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # d/dx 0.5 * mean((x - 1)^2) = (x - 1) / N
+    logits.grad = None
+    gan.ls_generator_loss(logits).backward()
+    assert_close(logits.grad, (logits.detach() - 1) / 8, 1e-6, "d ls_generator_loss")
+
+
+def test_get_optimizer():
+    model = gan.discriminator()
+    optimizer = gan.get_optimizer(model)
+    assert isinstance(optimizer, torch.optim.Adam)
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 1e-3 and tuple(group["betas"]) == (0.5, 0.999)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == 267_009
+
+
+# --- run_a_gan --------------------------------------------------------------------------
+
+def _loader(n_batches, batch_size, last=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    batches = [(torch.rand(batch_size, 1, 28, 28, generator=gen), torch.zeros(batch_size))
+               for _ in range(n_batches)]
+    if last:
+        batches.append((torch.rand(last, 1, 28, 28, generator=gen), torch.zeros(last)))
+    return batches
+
+
+class _Tiny(nn.Module):
+    """A very small generator/discriminator pair keeps the loop test fast."""
+
+    def __init__(self, fan_in, fan_out, out=None):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(fan_in, fan_out))
+        self.out = out
+
+    def forward(self, x):
+        y = self.net(x)
+        return self.out(y) if self.out else y
+
+
+@pytest.mark.parametrize("losses", [(gan.discriminator_loss, gan.generator_loss),
+                                    (gan.ls_discriminator_loss, gan.ls_generator_loss)])
+def test_run_a_gan_trains_and_returns_history(losses):
+    torch.manual_seed(0)
+    D, G = _Tiny(784, 1), _Tiny(8, 784, nn.Tanh())
+    d0 = [p.detach().clone() for p in D.parameters()]
+    g0 = [p.detach().clone() for p in G.parameters()]
+    loader = _loader(3, 16, last=5)  # the short last batch is skipped, as in the course
+    history = gan.run_a_gan(D, G, gan.get_optimizer(D), gan.get_optimizer(G), *losses, loader,
+                            show_every=2, batch_size=16, noise_size=8, num_epochs=2,
+                            plot=False, verbose=False, num_snapshot=4)
+    assert history["iterations"] == 6
+    assert history["iteration"] == list(range(6))
+    assert len(history["d_loss"]) == len(history["g_loss"]) == 6
+    assert all(torch.isfinite(torch.tensor(history["d_loss"] + history["g_loss"])))
+    assert [it for it, _ in history["snapshots"]] == [0, 2, 4, 5]
+    assert all(img.shape == (4, 784) and img.device.type == "cpu" for _, img in history["snapshots"])
+    assert torch.equal(history["snapshots"][0][1], history["snapshots"][0][1].clamp(-1, 1))
+    assert all(not torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))
+
+
+def test_run_a_gan_max_iters_and_float64():
+    torch.manual_seed(0)
+    D, G = _Tiny(784, 1).double(), _Tiny(8, 784, nn.Tanh()).double()
+    history = gan.run_a_gan(D, G, gan.get_optimizer(D), gan.get_optimizer(G),
+                            gan.discriminator_loss, gan.generator_loss, _loader(5, 4),
+                            show_every=0, batch_size=4, noise_size=8, num_epochs=3, max_iters=7,
+                            plot=False, verbose=False)
+    assert history["iterations"] == 7
+    assert [it for it, _ in history["snapshots"]] == [6]
+
+
+def test_run_a_gan_with_the_dc_models():
+    torch.manual_seed(0)
+    D, G = gan.build_dc_classifier(), gan.build_dc_generator()
+    history = gan.run_a_gan(D, G, gan.get_optimizer(D), gan.get_optimizer(G),
+                            gan.discriminator_loss, gan.generator_loss, _loader(2, 4),
+                            show_every=1, batch_size=4, num_epochs=1, plot=False, verbose=False)
+    assert history["iterations"] == 2 and len(history["snapshots"]) == 2
+    assert history["snapshots"][0][1].shape == (16, 784)
+
+
+def test_image_grid_shape_and_range():
+    images = torch.linspace(-1, 1, 5 * 784).reshape(5, 784)
+    grid = gan.image_grid(images, nrow=3, padding=2)
+    assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)
+    assert grid.min() >= 0 and grid.max() <= 1
+
+
+def test_no_hard_coded_cuda():
+    source = inspect.getsource(gan)
+    assert not re.search(r"\.cuda\(|['\"]cuda", source), "gan.py must not hard-code CUDA"

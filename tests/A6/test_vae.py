@@ -1,0 +1,271 @@
+"""Unit tests for A6/vae.py (VAE, CVAE, reparametrize, loss_function, one_hot, train_vae).
+
+References are independent of the code under test: parameter counts from the layer sizes
+of the course's architecture, torch.distributions for the KL term, the explicit BCE
+formula in float64, F.one_hot, and the sampling distribution of the mean/variance for the
+reparametrization statistics. Synthetic tensors throughout; one optional test uses the
+first 512 MNIST digits and skips without the data.
+"""
+import inspect
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import eecs598.testing
+import vae
+from eecs598.testing import assert_close
+
+H, Z, C = 400, 15, 10
+
+
+def _linear_count(fan_in, fan_out):
+    return fan_in * fan_out + fan_out
+
+
+def _linear_shapes(module):
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def test_hello(capsys):
+    vae.hello_vae()
+    assert capsys.readouterr().out.strip() == "Hello from vae.py!"
+
+
+def test_vae_architecture_and_parameter_count():
+    model = vae.VAE(784, latent_size=Z)
+    assert model.hidden_dim == H and model.latent_size == Z
+    assert _linear_shapes(model.encoder) == [(784, H), (H, H), (H, H)]
+    assert _linear_shapes(model.mu_layer) == [(H, Z)]
+    assert _linear_shapes(model.logvar_layer) == [(H, Z)]
+    assert _linear_shapes(model.decoder) == [(Z, H), (H, H), (H, H), (H, 784)]
+    assert isinstance(model.encoder[0], nn.Flatten)
+    assert any(isinstance(m, nn.Sigmoid) for m in model.decoder)
+    expected = (_linear_count(784, H) + 2 * _linear_count(H, H) + 2 * _linear_count(H, Z)
+                + _linear_count(Z, H) + 2 * _linear_count(H, H) + _linear_count(H, 784))
+    assert sum(p.numel() for p in model.parameters()) == expected == 1_288_414
+
+
+def test_cvae_architecture_and_parameter_count():
+    model = vae.CVAE(784, num_classes=C, latent_size=Z)
+    assert _linear_shapes(model.encoder) == [(784 + C, H), (H, H), (H, H)]
+    assert _linear_shapes(model.decoder) == [(Z + C, H), (H, H), (H, H), (H, 784)]
+    expected = (_linear_count(784 + C, H) + 2 * _linear_count(H, H) + 2 * _linear_count(H, Z)
+                + _linear_count(Z + C, H) + 2 * _linear_count(H, H) + _linear_count(H, 784))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_vae_forward_shapes_range_and_dtype(dtype):
+    torch.manual_seed(0)
+    model = vae.VAE(784).to(dtype)
+    x = torch.rand(5, 1, 28, 28, dtype=dtype)
+    x_hat, mu, logvar = model(x)
+    assert x_hat.shape == (5, 1, 28, 28) and mu.shape == (5, Z) and logvar.shape == (5, Z)
+    assert x_hat.dtype == mu.dtype == logvar.dtype == dtype
+    assert (x_hat > 0).all() and (x_hat < 1).all()
+
+
+def test_vae_forward_samples_from_the_posterior():
+    """mu/logvar are deterministic given x; x_hat depends on the noise (the seed)."""
+    torch.manual_seed(0)
+    model = vae.VAE(784)
+    x = torch.rand(4, 1, 28, 28)
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(2)
+    b = model(x)
+    torch.manual_seed(1)
+    c = model(x)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    assert not torch.equal(a[0], b[0])
+    assert torch.equal(a[0], c[0])
+    # The decoder sees mu + sigma * eps, recomputed here with the same noise.
+    torch.manual_seed(1)
+    eps = torch.randn(4, Z)
+    expected = model.decoder(a[1] + torch.exp(0.5 * a[2]) * eps)
+    assert_close(a[0], expected, 1e-5, "x_hat vs decoder(mu + sigma * eps)")
+
+
+def test_cvae_forward_shapes_and_conditioning():
+    torch.manual_seed(0)
+    model = vae.CVAE(784)
+    x = torch.rand(6, 1, 28, 28)
+    c = vae.one_hot(torch.tensor([0, 1, 2, 3, 4, 5]), C)
+    x_hat, mu, logvar = model(x, c)
+    assert x_hat.shape == (6, 1, 28, 28) and mu.shape == (6, Z) and logvar.shape == (6, Z)
+    # The label changes the posterior (it enters the encoder).
+    _, mu2, _ = model(x, vae.one_hot(torch.tensor([9, 9, 9, 9, 9, 9]), C))
+    assert not torch.allclose(mu, mu2)
+
+
+def test_reparametrize_statistics():
+    """Mean and variance of 200,000 samples vs mu and exp(logvar).
+
+    Tolerance: 5 standard errors of the sample mean (sigma / sqrt(n)) and of the sample
+    variance (sigma^2 * sqrt(2 / (n - 1)) for a normal distribution).
+    """
+    torch.manual_seed(0)
+    n = 200_000
+    mu0 = torch.tensor([0.0, 2.0, -3.0, 0.5], dtype=torch.float64)
+    logvar0 = torch.tensor([0.0, -2.0, 1.5, 0.3], dtype=torch.float64)
+    z = vae.reparametrize(mu0.expand(n, 4).clone(), logvar0.expand(n, 4).clone())
+    assert z.shape == (n, 4) and z.dtype == torch.float64
+    var0 = logvar0.exp()
+    mean_err = (z.mean(dim=0) - mu0).abs()
+    var_err = (z.var(dim=0) - var0).abs()
+    assert (mean_err < 5 * var0.sqrt() / n ** 0.5).all(), (z.mean(dim=0), mu0)
+    assert (var_err < 5 * var0 * (2 / (n - 1)) ** 0.5).all(), (z.var(dim=0), var0)
+    # Samples are not all equal (noise is drawn per element).
+    assert z[:, 0].unique().numel() > n // 2
+
+
+def test_reparametrize_gradients():
+    """dz/dmu = 1 and dz/dlogvar = 0.5 * exp(logvar / 2) * eps (eps = (z - mu) / sigma)."""
+    torch.manual_seed(0)
+    mu = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    logvar = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    z = vae.reparametrize(mu, logvar)
+    assert z.requires_grad
+    z.sum().backward()
+    assert mu.grad is not None and logvar.grad is not None
+    assert torch.equal(mu.grad, torch.ones_like(mu))
+    with torch.no_grad():
+        sigma = torch.exp(0.5 * logvar)
+        eps = (z - mu) / sigma
+        assert_close(logvar.grad, 0.5 * sigma * eps, 1e-10, "d sum(z) / d logvar")
+
+
+def test_reparametrize_honours_dtype_and_device():
+    mu = torch.zeros(2, 3, dtype=torch.float64)
+    z = vae.reparametrize(mu, mu)
+    assert z.dtype == torch.float64 and z.device == mu.device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_reparametrize_and_models_on_cuda():
+    mu = torch.zeros(2, 3, device="cuda")
+    assert vae.reparametrize(mu, mu).device == mu.device
+    model = vae.CVAE(784).to("cuda")
+    x_hat, _, _ = model(torch.rand(2, 1, 28, 28, device="cuda"),
+                        vae.one_hot(torch.tensor([1, 2], device="cuda"), C))
+    assert x_hat.device == mu.device
+
+
+def _reference_loss(x_hat, x, mu, logvar):
+    """Independent negative ELBO per sample: explicit BCE in float64 + torch.distributions KL."""
+    x_hat, x, mu, logvar = (t.double() for t in (x_hat, x, mu, logvar))
+    bce = -(x * torch.log(x_hat) + (1 - x) * torch.log(1 - x_hat)).sum()
+    posterior = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    kl = torch.distributions.kl_divergence(posterior, prior).sum()
+    return (bce + kl) / mu.shape[0]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_loss_function_matches_independent_reference(dtype, tol):
+    torch.manual_seed(0)
+    N = 7
+    x = torch.rand(N, 1, 28, 28, dtype=dtype)
+    x_hat = torch.rand(N, 1, 28, 28, dtype=dtype) * 0.98 + 0.01
+    mu = torch.randn(N, Z, dtype=dtype)
+    logvar = torch.randn(N, Z, dtype=dtype)
+    loss = vae.loss_function(x_hat, x, mu, logvar)
+    assert loss.dim() == 0
+    assert_close(loss.double(), _reference_loss(x_hat, x, mu, logvar), tol, "negative ELBO")
+
+
+def test_loss_function_is_a_per_sample_average_and_differentiable():
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    x_hat = (torch.rand(3, 1, 28, 28, dtype=torch.float64) * 0.9 + 0.05).requires_grad_()
+    mu = torch.randn(3, Z, dtype=torch.float64, requires_grad=True)
+    logvar = torch.randn(3, Z, dtype=torch.float64, requires_grad=True)
+    loss = vae.loss_function(x_hat, x, mu, logvar)
+    doubled = vae.loss_function(x_hat.repeat(2, 1, 1, 1), x.repeat(2, 1, 1, 1),
+                                mu.repeat(2, 1), logvar.repeat(2, 1))
+    assert_close(doubled, loss, 1e-12, "loss of a batch repeated twice")
+    loss.backward()
+    # d/dmu of KL/N = mu / N.
+    assert_close(mu.grad, mu.detach() / 3, 1e-10, "d loss / d mu")
+    assert x_hat.grad is not None and logvar.grad is not None
+
+
+def test_one_hot_matches_F_one_hot():
+    labels = torch.tensor([3, 0, 9, 9, 1])
+    out = vae.one_hot(labels, 10)
+    assert out.dtype.is_floating_point and out.shape == (5, 10)
+    assert torch.equal(out, F.one_hot(labels, 10).float())
+
+
+def _synthetic_digits(n, seed=0):
+    """Blurry random strokes in [0, 1]: structured enough for a VAE to learn something."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.rand(10, 1, 7, 7, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    x = F.interpolate(base[labels], size=(28, 28), mode="bilinear", align_corners=False)
+    x = (x + 0.1 * torch.rand(n, 1, 28, 28, generator=gen)).clamp(0, 1)
+    return x, labels
+
+
+class _CountingAdam(torch.optim.Adam):
+    created = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).created += 1
+        super().__init__(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_train_vae_one_optimizer_epoch_average_and_progress(monkeypatch, cond):
+    _CountingAdam.created = 0
+    monkeypatch.setattr(torch.optim, "Adam", _CountingAdam)
+    x, y = _synthetic_digits(512)
+    # Unequal batch sizes (200, 200, 112): the epoch loss must weight batches by size.
+    batches = [(x[i:i + 200], y[i:i + 200]) for i in range(0, 512, 200)]
+    torch.manual_seed(0)
+    model = vae.CVAE(784) if cond else vae.VAE(784)
+    history = vae.train_vae(model, batches, num_epochs=2, cond=cond, verbose=False)
+    assert _CountingAdam.created == 1, "train_vae must create ONE optimizer for the whole run"
+    assert isinstance(history["optimizer"], _CountingAdam)
+    assert len(history["epoch_loss"]) == 2 and len(history["batch_loss"]) == 6
+    for epoch in range(2):
+        losses = history["batch_loss"][3 * epoch:3 * epoch + 3]
+        expected = (200 * losses[0] + 200 * losses[1] + 112 * losses[2]) / 512
+        assert abs(history["epoch_loss"][epoch] - expected) < 1e-6 * expected
+    assert history["epoch_loss"][1] < history["epoch_loss"][0]
+
+
+def test_train_vae_uses_a_given_optimizer(monkeypatch):
+    x, y = _synthetic_digits(64)
+    model = vae.VAE(784)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    _CountingAdam.created = 0
+    monkeypatch.setattr(torch.optim, "Adam", _CountingAdam)
+    before = [p.detach().clone() for p in model.parameters()]
+    history = vae.train_vae(model, [(x, y)], num_epochs=1, optimizer=optimizer, verbose=False)
+    assert history["optimizer"] is optimizer and _CountingAdam.created == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+requires_mnist = pytest.mark.skipif(not eecs598.testing.shared_data_available("mnist"),
+                                    reason="MNIST not in $EECS598_DATA")
+
+
+@requires_mnist
+def test_train_vae_on_512_mnist_digits_reduces_the_loss():
+    from eecs598.data import mnist
+
+    x, y, _, _ = mnist(num_train=512, num_test=1)
+    batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, 512, 128)]
+    torch.manual_seed(0)
+    history = vae.train_vae(vae.VAE(784), batches, num_epochs=2, verbose=False)
+    assert history["epoch_loss"][1] < history["epoch_loss"][0]
+    assert history["batch_loss"][-1] < history["batch_loss"][0]
+
+
+def test_no_hard_coded_cuda():
+    source = inspect.getsource(vae)
+    assert not re.search(r"\.cuda\(|['\"]cuda", source), "vae.py must not hard-code CUDA"
