@@ -1,0 +1,237 @@
+"""Unit tests for A2/two_layer_net.py (and the toy data of A2/a2_helpers.py).
+
+References: torch.autograd / torch.nn.functional in float64, numeric gradients from
+eecs598.grad, brute-force re-runs. Small shapes, fixed seeds, stated tolerances.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import two_layer_net as tln
+from a2_helpers import get_toy_data
+from eecs598.grad import compute_numeric_gradient
+from eecs598.testing import assert_close
+
+NAMES = ("W1", "b1", "W2", "b2")
+
+
+def make_params(seed=0, d=7, h=9, c=4, scale=0.5, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return {"W1": scale * torch.randn(d, h, generator=g, dtype=dtype),
+            "b1": scale * torch.randn(h, generator=g, dtype=dtype),
+            "W2": scale * torch.randn(h, c, generator=g, dtype=dtype),
+            "b2": scale * torch.randn(c, generator=g, dtype=dtype)}
+
+
+def make_data(seed=0, n=11, d=7, c=4, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed + 100)
+    return torch.randn(n, d, generator=g, dtype=dtype), torch.randint(c, (n,), generator=g)
+
+
+def reference(params, X, y, reg):
+    """Scores, loss and gradients of FC-ReLU-FC + softmax cross-entropy via autograd."""
+    p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    scores = torch.relu(X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
+    loss = F.cross_entropy(scores, y) + reg * ((p["W1"] ** 2).sum() + (p["W2"] ** 2).sum())
+    grads = torch.autograd.grad(loss, [p[k] for k in NAMES])
+    return scores.detach(), loss.detach(), dict(zip(NAMES, grads))
+
+
+def test_forward_pass_matches_reference():
+    params = make_params()
+    X, _ = make_data()
+    scores, hidden = tln.nn_forward_pass(params, X)
+    ref_hidden = torch.clamp(X @ params["W1"] + params["b1"], min=0)
+    assert_close(hidden, ref_hidden, 1e-12, "hidden")
+    assert_close(scores, ref_hidden @ params["W2"] + params["b2"], 1e-12, "scores")
+    assert torch.equal(tln.nn_forward_backward(params, X), scores), "y=None must return the scores"
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.05])
+def test_forward_backward_matches_autograd(reg):
+    params = make_params(seed=1)
+    X, y = make_data(seed=1)
+    loss, grads = tln.nn_forward_backward(params, X, y, reg)
+    _, ref_loss, ref_grads = reference(params, X, y, reg)
+    assert torch.is_tensor(loss) and loss.dim() == 0
+    assert_close(loss, ref_loss, 1e-10, f"loss (reg={reg})")
+    assert set(grads) == set(NAMES)
+    for k in NAMES:
+        assert grads[k].shape == params[k].shape
+        assert_close(grads[k], ref_grads[k], 1e-9, f"grad {k} (reg={reg})")
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.1])
+def test_forward_backward_matches_numeric_gradient(reg):
+    params = make_params(seed=2, d=4, h=5, c=3)
+    X, y = make_data(seed=2, n=6, d=4, c=3)
+    _, grads = tln.nn_forward_backward(params, X, y, reg)
+    for k in NAMES:
+        def f(value, k=k):
+            return tln.nn_forward_backward({**params, k: value}, X, y, reg)[0]
+        numeric = compute_numeric_gradient(f, params[k].clone(), h=1e-6)
+        assert_close(grads[k], numeric, 1e-6, f"grad {k} vs numeric (reg={reg})")
+
+
+def test_forward_backward_is_numerically_stable():
+    params = make_params(seed=3)
+    X, y = make_data(seed=3)
+    scale = 1e4 / tln.nn_forward_pass(params, X)[0].abs().max()
+    params["W2"] = params["W2"] * scale
+    params["b2"] = params["b2"] * scale
+    assert tln.nn_forward_pass(params, X)[0].abs().max() > 9e3
+    for dtype in (torch.float64, torch.float32):
+        p = {k: v.to(dtype) for k, v in params.items()}
+        loss, grads = tln.nn_forward_backward(p, X.to(dtype), y, 0.01)
+        assert torch.isfinite(loss), f"loss not finite in {dtype} with logits ~1e4"
+        assert all(torch.isfinite(g).all() for g in grads.values()), f"grads not finite in {dtype}"
+    loss, grads = tln.nn_forward_backward(params, X, y, 0.01)
+    _, ref_loss, ref_grads = reference(params, X, y, 0.01)
+    assert_close(loss, ref_loss, 1e-9, "loss at large logits")
+    for k in NAMES:
+        assert_close(grads[k], ref_grads[k], 1e-8, f"grad {k} at large logits")
+
+
+def test_toy_data_and_toy_loss():
+    X, y, params = get_toy_data()
+    assert X.device.type == "cpu" and X.shape == (5, 4) and y.tolist() == [0, 1, 2, 2, 1]
+    assert params["W1"].shape == (4, 10) and params["W2"].shape == (10, 3)
+    loss, grads = tln.nn_forward_backward(params, X, y, 0.05)
+    _, ref_loss, ref_grads = reference({k: v.double() for k, v in params.items()}, X.double(), y, 0.05)
+    assert_close(loss, ref_loss, 1e-5, "toy loss (float32)")
+    for k in NAMES:
+        assert_close(grads[k], ref_grads[k], 1e-4, f"toy grad {k} (float32)")
+
+
+def test_nn_predict():
+    params = make_params(seed=4)
+    X, _ = make_data(seed=4)
+    pred = tln.nn_predict(params, tln.nn_forward_backward, X)
+    ref_scores, _, _ = reference(params, X, torch.zeros(X.shape[0], dtype=torch.int64), 0.0)
+    assert pred.shape == (X.shape[0],) and pred.dtype == torch.int64
+    assert torch.equal(pred, ref_scores.argmax(dim=1))
+
+
+# --- training ----------------------------------------------------------------------------------
+def _constant_grad_loss(params, X, y=None, reg=0.0):
+    if y is None:
+        return torch.zeros(X.shape[0], 2, dtype=X.dtype)
+    return torch.tensor(1.5), {k: torch.ones_like(v) for k, v in params.items()}
+
+
+def test_nn_train_sgd_update_and_decay_per_epoch():
+    X = torch.randn(10, 3, dtype=torch.float64)
+    y = torch.arange(10) % 2
+    params = {k: torch.zeros(s, dtype=torch.float64) for k, s in
+              (("W1", (3, 4)), ("b1", (4,)), ("W2", (4, 2)), ("b2", (2,)))}
+    stats = tln.nn_train(params, _constant_grad_loss, tln.nn_predict, X, y, X, y,
+                         learning_rate=0.1, learning_rate_decay=0.5, reg=0.0, num_iters=6,
+                         batch_size=5)
+    # 2 iterations per epoch: learning rates 0.1, 0.1, 0.05, 0.05, 0.025, 0.025
+    for k, v in params.items():
+        assert_close(v, torch.full_like(v, -0.35), 1e-12, f"{k} after 6 SGD steps")
+    assert set(stats) == {"loss_history", "train_acc_history", "val_acc_history"}
+    assert stats["loss_history"] == [1.5] * 6
+    assert len(stats["train_acc_history"]) == 3 and len(stats["val_acc_history"]) == 3
+
+
+@pytest.mark.parametrize("num_train,expected_rows", [(50, 50), (1500, 1000)])
+def test_nn_train_train_accuracy_uses_a_fixed_training_sample(num_train, expected_rows):
+    torch.manual_seed(0)
+    X = torch.arange(num_train, dtype=torch.float64).view(-1, 1)
+    y = torch.arange(num_train) % 2
+    X_val, y_val = X[:7], y[:7]
+    seen = []
+
+    def pred_zero(params, loss_func, Xq):
+        seen.append(Xq[:, 0].long().clone())
+        return torch.zeros(Xq.shape[0], dtype=torch.int64)
+
+    params = {k: torch.zeros(s, dtype=torch.float64) for k, s in
+              (("W1", (1, 2)), ("b1", (2,)), ("W2", (2, 2)), ("b2", (2,)))}
+    stats = tln.nn_train(params, _constant_grad_loss, pred_zero, X, y, X_val, y_val,
+                         learning_rate=0.0, num_iters=4, batch_size=num_train // 2)
+    train_calls = [s for s in seen if s.shape[0] != 7]
+    assert len(train_calls) == 2 and all(s.shape[0] == expected_rows for s in train_calls)
+    assert torch.equal(train_calls[0], train_calls[1]), "the train-accuracy sample must be fixed"
+    assert len(set(train_calls[0].tolist())) == expected_rows, "the sample must not repeat rows"
+    ref = [(y[s] == 0).double().mean().item() for s in train_calls]
+    assert stats["train_acc_history"] == pytest.approx(ref, abs=1e-12)
+    assert stats["val_acc_history"] == pytest.approx([(y_val == 0).double().mean().item()] * 2)
+
+
+def test_nn_train_reduces_loss_on_toy_data():
+    X, y, params = get_toy_data()
+    stats = tln.nn_train(params, tln.nn_forward_backward, tln.nn_predict, X, y, X, y,
+                         learning_rate=1e-1, learning_rate_decay=1.0, reg=5e-6, num_iters=200)
+    assert len(stats["loss_history"]) == 200
+    assert stats["loss_history"][-1] < 0.5 * stats["loss_history"][0]
+    assert all(0.0 <= a <= 1.0 for a in stats["train_acc_history"] + stats["val_acc_history"])
+
+
+# --- the class ---------------------------------------------------------------------------------
+def test_two_layer_net_class(tmp_path):
+    net = tln.TwoLayerNet(7, 9, 4, dtype=torch.float64, device="cpu", std=0.5)
+    shapes = {k: tuple(v.shape) for k, v in net.params.items()}
+    assert shapes == {"W1": (7, 9), "b1": (9,), "W2": (9, 4), "b2": (4,)}
+    assert all(v.dtype == torch.float64 and v.device.type == "cpu" for v in net.params.values())
+    assert (net.params["b1"] == 0).all() and (net.params["b2"] == 0).all()
+    X, y = make_data(seed=5)
+    loss, grads = net.loss(X, y, reg=0.02)
+    _, ref_loss, ref_grads = reference(net.params, X, y, 0.02)
+    assert_close(loss, ref_loss, 1e-10, "TwoLayerNet.loss")
+    X_val, y_val = make_data(seed=6)
+    stats = net.train(X, y, X_val, y_val, learning_rate=0.05, num_iters=5, batch_size=4)
+    assert len(stats["loss_history"]) == 5
+    ref_scores, _, _ = reference(net.params, X, y, 0.0)
+    assert torch.equal(net.predict(X), ref_scores.argmax(dim=1))
+
+    path = tmp_path / "net.pt"
+    net.save(str(path))
+    other = tln.TwoLayerNet(7, 9, 4, dtype=torch.float64, device="cpu")
+    other.load(str(path))
+    for k in NAMES:
+        assert torch.equal(other.params[k], net.params[k])
+    torch.save({"W1": net.params["W1"]}, tmp_path / "bad.pt")
+    with pytest.raises(Exception):
+        other.load(str(tmp_path / "bad.pt"))
+
+
+def test_two_layer_net_default_device_is_cpu():
+    net = tln.TwoLayerNet(3, 2, 2)
+    assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in net.params.values())
+
+
+def test_find_best_net_returns_the_best_of_a_tiny_grid():
+    torch.manual_seed(0)
+    y = torch.arange(120) % 3
+    X = 0.5 * torch.randn(120, 6, dtype=torch.float64)
+    X[torch.arange(120), y] += 1.0
+    data = {"X_train": X[:90], "y_train": y[:90], "X_val": X[90:], "y_val": y[90:]}
+    grid = ([1e-3, 0.3], [4, 8], [1e-3], [1.0])
+
+    best_net, best_stat, best_val = tln.find_best_net(data, lambda: grid, num_iters=40,
+                                                      batch_size=30, std=0.1)
+    # Brute force: train every configuration the same way (TwoLayerNet seeds itself).
+    runs = []
+    for lr in grid[0]:
+        for hs in grid[1]:
+            net = tln.TwoLayerNet(6, hs, 3, dtype=torch.float64, std=0.1)
+            stats = net.train(data["X_train"], data["y_train"], data["X_val"], data["y_val"],
+                              learning_rate=lr, learning_rate_decay=1.0, reg=1e-3,
+                              num_iters=40, batch_size=30)
+            runs.append((max(stats["val_acc_history"]), net, stats))
+    ref_val = max(r[0] for r in runs)
+    ref_net = next(net for val, net, _ in runs if val == ref_val)
+    assert best_val == pytest.approx(ref_val, abs=1e-12)
+    assert max(best_stat["val_acc_history"]) == pytest.approx(ref_val, abs=1e-12)
+    assert best_net.params["W1"].shape == ref_net.params["W1"].shape
+    for k in NAMES:
+        assert_close(best_net.params[k], ref_net.params[k], 1e-12, f"best net {k}")
+
+
+@pytest.mark.parametrize("fn", [tln.nn_get_search_params])
+def test_nn_search_params(fn):
+    lists = fn()
+    assert len(lists) == 4 and all(len(v) >= 1 for v in lists)
+    assert all(isinstance(h, int) and h > 0 for h in lists[1])
