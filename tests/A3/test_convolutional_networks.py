@@ -1,0 +1,671 @@
+"""Unit tests for A3/convolutional_networks.py.
+
+References: torch autograd through torch.nn.functional (conv2d, max_pool2d, batch_norm) in
+float64 on random inputs, numeric gradients from eecs598.grad for the models, and
+hand-written formulas (running averages, Kaiming std). Tolerances are stated per check;
+failures print ours vs reference (eecs598.testing.assert_close).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convolutional_networks as cn
+from eecs598.grad import compute_numeric_gradient, rel_error
+from eecs598.testing import assert_close
+
+DT = torch.float64
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: run single-threaded. (On a busy shared CPU, every multi-threaded
+    op on a tiny tensor can stall for a scheduler time slice, making the numeric gradient
+    checks 50x slower.) The previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _randn(*shape, dtype=DT, device="cpu", seed=None):
+    if seed is not None:
+        torch.manual_seed(seed)
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
+def test_hello(capsys):
+    cn.hello_convolutional_networks()
+    assert capsys.readouterr().out.strip() == "Hello from convolutional_networks.py!"
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution: naive and fast vs torch.nn.functional.conv2d + autograd (float64)
+# ---------------------------------------------------------------------------------------
+# (N, C, H, W, F, HH, WW, stride, pad): strides 1, 2, 3; pads 0, 1, 2; odd and non-square
+# inputs and kernels; 1x1 kernels; a kernel as large as the padded input.
+CONV_CASES = [
+    (2, 3, 7, 9, 4, 3, 3, 1, 1),
+    (2, 3, 8, 5, 2, 3, 2, 2, 0),
+    (3, 2, 9, 7, 3, 5, 3, 2, 2),
+    (2, 3, 6, 6, 2, 1, 1, 1, 0),
+    (1, 2, 5, 5, 2, 3, 3, 3, 1),
+    (2, 2, 4, 4, 3, 4, 4, 1, 2),
+    (2, 4, 5, 6, 3, 2, 3, 1, 0),
+    (2, 3, 7, 7, 2, 7, 7, 1, 0),
+    (3, 2, 6, 9, 2, 3, 5, 2, 1),
+]
+CONV_IDS = ["N{}C{}_{}x{}_F{}_k{}x{}_s{}_p{}".format(*c) for c in CONV_CASES]
+
+
+def _conv_reference(x, w, b, stride, pad, dout):
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+    out = F.conv2d(xr, wr, br, stride=stride, padding=pad)
+    out.backward(dout)
+    return out.detach(), xr.grad, wr.grad, br.grad
+
+
+def _conv_inputs(case, seed=0, dtype=DT, device="cpu"):
+    N, C, H, W, Fn, HH, WW, stride, pad = case
+    torch.manual_seed(seed)
+    x = torch.randn(N, C, H, W, dtype=dtype, device=device)
+    w = torch.randn(Fn, C, HH, WW, dtype=dtype, device=device)
+    b = torch.randn(Fn, dtype=dtype, device=device)
+    Ho = 1 + (H + 2 * pad - HH) // stride
+    Wo = 1 + (W + 2 * pad - WW) // stride
+    dout = torch.randn(N, Fn, Ho, Wo, dtype=dtype, device=device)
+    return x, w, b, {"stride": stride, "pad": pad}, dout
+
+
+@pytest.mark.parametrize("layer", ["Conv", "FastConv"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv_forward_backward_vs_autograd(layer, case):
+    x, w, b, conv_param, dout = _conv_inputs(case)
+    x0, w0 = x.clone(), w.clone()
+    ref_out, ref_dx, ref_dw, ref_db = _conv_reference(x, w, b, conv_param["stride"], conv_param["pad"], dout)
+    Layer = getattr(cn, layer)
+    out, cache = Layer.forward(x, w, b, conv_param)
+    assert out.shape == ref_out.shape
+    assert_close(out, ref_out, 1e-10, f"{layer} forward")
+    dx, dw, db = Layer.backward(dout, cache)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == b.shape
+    assert_close(dx, ref_dx, 1e-10, f"{layer} dx")
+    assert_close(dw, ref_dw, 1e-10, f"{layer} dw")
+    assert_close(db, ref_db, 1e-10, f"{layer} db")
+    assert torch.equal(x, x0) and torch.equal(w, w0), "the inputs were modified"
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:4], ids=CONV_IDS[:4])
+def test_fast_conv_matches_naive(case):
+    x, w, b, conv_param, dout = _conv_inputs(case, seed=1)
+    out_naive, cache_naive = cn.Conv.forward(x, w, b, conv_param)
+    out_fast, cache_fast = cn.FastConv.forward(x, w, b, conv_param)
+    assert_close(out_fast, out_naive, 1e-10, "fast vs naive forward")
+    for g_fast, g_naive, name in zip(cn.FastConv.backward(dout, cache_fast),
+                                     cn.Conv.backward(dout, cache_naive), ("dx", "dw", "db")):
+        assert_close(g_fast, g_naive, 1e-10, f"fast vs naive {name}")
+
+
+def test_fast_conv_chunked_equals_unchunked(monkeypatch):
+    """The batch is processed in chunks (im2col buffer budget): results must not depend on it."""
+    case = (5, 3, 8, 7, 4, 3, 3, 1, 1)
+    x, w, b, conv_param, dout = _conv_inputs(case, seed=2)
+    outs = []
+    for budget in (1, 1 << 30):  # one sample per chunk, then the whole batch at once
+        monkeypatch.setitem(cn.FastConv.chunk_bytes, "cpu", budget)
+        out, cache = cn.FastConv.forward(x, w, b, conv_param)
+        outs.append((out, *cn.FastConv.backward(dout, cache)))
+    for a, c in zip(*outs):
+        assert_close(a, c, 1e-12, "chunked vs unchunked")
+
+
+def test_conv_rejects_channel_mismatch():
+    with pytest.raises(ValueError):
+        cn.FastConv.forward(torch.zeros(1, 3, 5, 5), torch.zeros(2, 4, 3, 3), torch.zeros(2),
+                            {"stride": 1, "pad": 1})
+
+
+# ---------------------------------------------------------------------------------------
+# Max pooling
+# ---------------------------------------------------------------------------------------
+# (N, C, H, W, pool_height, pool_width, stride): stride == window, stride != window
+# (overlapping and with gaps), non-square windows, inputs not divisible by the window.
+POOL_CASES = [
+    (2, 3, 8, 8, 2, 2, 2),
+    (2, 3, 7, 9, 3, 2, 2),
+    (2, 2, 9, 8, 3, 3, 1),
+    (2, 2, 9, 10, 2, 3, 3),
+    (3, 2, 7, 7, 2, 2, 2),
+    (2, 3, 6, 8, 3, 3, 2),
+]
+POOL_IDS = ["{}x{}_win{}x{}_s{}".format(*c[2:]) for c in POOL_CASES]
+
+
+def _pool_reference(x, ph, pw, stride, dout):
+    xr = x.clone().requires_grad_()
+    out = F.max_pool2d(xr, (ph, pw), stride=stride)
+    out.backward(dout)
+    return out.detach(), xr.grad
+
+
+@pytest.mark.parametrize("layer", ["MaxPool", "FastMaxPool"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
+def test_maxpool_forward_backward_vs_autograd(layer, case):
+    N, C, H, W, ph, pw, stride = case
+    torch.manual_seed(3)
+    x = torch.randn(N, C, H, W, dtype=DT)
+    Ho, Wo = 1 + (H - ph) // stride, 1 + (W - pw) // stride
+    dout = torch.randn(N, C, Ho, Wo, dtype=DT)
+    ref_out, ref_dx = _pool_reference(x, ph, pw, stride, dout)
+    Layer = getattr(cn, layer)
+    out, cache = Layer.forward(x, {"pool_height": ph, "pool_width": pw, "stride": stride})
+    assert_close(out, ref_out, 1e-12, f"{layer} forward")
+    dx = Layer.backward(dout, cache)
+    assert_close(dx, ref_dx, 1e-12, f"{layer} dx")
+
+
+@pytest.mark.parametrize("layer", ["MaxPool", "FastMaxPool"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_maxpool_ties_go_to_first_maximum_like_torch(layer, stride):
+    """Tied maxima (e.g. the zeros after a ReLU): the gradient goes to the first one only."""
+    x = torch.tensor([[1., 1., 0., 2.], [1., 0., 2., 2.], [3., 3., 3., 3.], [0., 3., 3., 3.]],
+                     dtype=DT).view(1, 1, 4, 4).repeat(2, 2, 1, 1)
+    x[1] = x[1].clamp(max=0.0)  # whole windows of zeros
+    Ho = 1 + (4 - 2) // stride
+    dout = torch.arange(1.0, 1.0 + 2 * 2 * Ho * Ho, dtype=DT).view(2, 2, Ho, Ho)
+    ref_out, ref_dx = _pool_reference(x, 2, 2, stride, dout)
+    Layer = getattr(cn, layer)
+    out, cache = Layer.forward(x, {"pool_height": 2, "pool_width": 2, "stride": stride})
+    assert torch.equal(out, ref_out)
+    dx = Layer.backward(dout, cache)
+    assert torch.equal(dx, ref_dx), f"ours:\n{dx}\nreference:\n{ref_dx}"
+
+
+def test_fast_maxpool_matches_naive():
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 9, 7, dtype=DT)
+    pool_param = {"pool_height": 3, "pool_width": 2, "stride": 2}
+    out_n, cache_n = cn.MaxPool.forward(x, pool_param)
+    out_f, cache_f = cn.FastMaxPool.forward(x, pool_param)
+    assert torch.equal(out_n, out_f)
+    dout = torch.randn_like(out_n)
+    assert torch.equal(cn.MaxPool.backward(dout, cache_n), cn.FastMaxPool.backward(dout, cache_f))
+
+
+# ---------------------------------------------------------------------------------------
+# Batch normalization
+# ---------------------------------------------------------------------------------------
+def _bn_reference(x, gamma, beta, running_mean, running_var, training, dout, eps=1e-5):
+    xr, gr, br = (t.clone().requires_grad_() for t in (x, gamma, beta))
+    out = F.batch_norm(xr, running_mean.clone(), running_var.clone(), gr, br,
+                       training=training, momentum=0.1, eps=eps)
+    out.backward(dout)
+    return out.detach(), xr.grad, gr.grad, br.grad
+
+
+def _bn_inputs(shape, seed):
+    torch.manual_seed(seed)
+    C = shape[1]
+    x = 3.0 * torch.randn(*shape, dtype=DT) + 5.0 * torch.randn(C, *([1] * (len(shape) - 2)), dtype=DT)
+    gamma = torch.rand(C, dtype=DT) + 0.5
+    beta = torch.randn(C, dtype=DT)
+    running_mean = torch.randn(C, dtype=DT)
+    running_var = torch.rand(C, dtype=DT) + 0.5
+    dout = torch.randn(*shape, dtype=DT)
+    return x, gamma, beta, running_mean, running_var, dout
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("backward", ["backward", "backward_alt"])
+def test_batchnorm_vs_autograd(mode, backward):
+    x, gamma, beta, rm, rv, dout = _bn_inputs((16, 7), seed=5)
+    ref_out, ref_dx, ref_dgamma, ref_dbeta = _bn_reference(x, gamma, beta, rm, rv, mode == "train", dout)
+    bn_param = {"mode": mode, "running_mean": rm.clone(), "running_var": rv.clone()}
+    out, cache = cn.BatchNorm.forward(x, gamma, beta, bn_param)
+    assert_close(out, ref_out, 1e-10, f"BatchNorm {mode} forward")
+    dx, dgamma, dbeta = getattr(cn.BatchNorm, backward)(dout, cache)
+    assert_close(dx, ref_dx, 1e-9, f"BatchNorm.{backward} dx ({mode})")
+    assert_close(dgamma, ref_dgamma, 1e-10, f"BatchNorm.{backward} dgamma ({mode})")
+    assert_close(dbeta, ref_dbeta, 1e-10, f"BatchNorm.{backward} dbeta ({mode})")
+
+
+def test_batchnorm_backward_and_backward_alt_agree():
+    x, gamma, beta, rm, rv, dout = _bn_inputs((32, 5), seed=6)
+    _, cache = cn.BatchNorm.forward(x, gamma, beta, {"mode": "train"})
+    for a, b, name in zip(cn.BatchNorm.backward(dout, cache), cn.BatchNorm.backward_alt(dout, cache),
+                          ("dx", "dgamma", "dbeta")):
+        assert_close(a, b, 1e-10, f"backward vs backward_alt {name}")
+
+
+def test_batchnorm_numeric_gradient():
+    x, gamma, beta, _, _, dout = _bn_inputs((6, 4), seed=7)
+    _, cache = cn.BatchNorm.forward(x, gamma, beta, {"mode": "train"})
+    dx, dgamma, dbeta = cn.BatchNorm.backward_alt(dout, cache)
+    f = lambda t: cn.BatchNorm.forward(t, gamma, beta, {"mode": "train"})[0]  # noqa: E731
+    assert_close(dx, compute_numeric_gradient(f, x.clone(), dout, h=1e-6), 1e-6, "numeric dx")
+    fg = lambda t: cn.BatchNorm.forward(x, t, beta, {"mode": "train"})[0]  # noqa: E731
+    assert_close(dgamma, compute_numeric_gradient(fg, gamma.clone(), dout, h=1e-6), 1e-6, "numeric dgamma")
+
+
+def test_batchnorm_running_averages_and_defaults():
+    """Momentum 0.9, biased variance, eps 1e-5; running stats start at zeros with x's dtype."""
+    x, gamma, beta, _, _, _ = _bn_inputs((20, 3), seed=8)
+    bn_param = {"mode": "train"}
+    out, _ = cn.BatchNorm.forward(x, gamma, beta, bn_param)
+    mean = x.mean(dim=0)
+    var = ((x - mean) ** 2).mean(dim=0)
+    assert_close(bn_param["running_mean"], 0.1 * mean, 1e-12, "running_mean after one step")
+    assert_close(bn_param["running_var"], 0.1 * var, 1e-12, "running_var after one step (biased)")
+    assert bn_param["running_mean"].dtype == DT
+    expected = gamma * (x - mean) / torch.sqrt(var + 1e-5) + beta
+    assert_close(out, expected, 1e-10, "train-mode output")
+    cn.BatchNorm.forward(x, gamma, beta, bn_param)
+    assert_close(bn_param["running_mean"], 0.9 * 0.1 * mean + 0.1 * mean, 1e-12, "running_mean, two steps")
+    # Train-mode statistics: zero mean, unit std per feature with gamma=1, beta=0.
+    out, _ = cn.BatchNorm.forward(x, torch.ones(3, dtype=DT), torch.zeros(3, dtype=DT), {"mode": "train"})
+    assert out.mean(dim=0).abs().max().item() < 1e-10, "normalized mean"
+    assert_close(out.std(dim=0, unbiased=False), torch.ones(3, dtype=DT), 1e-5, "normalized std")
+
+
+def test_batchnorm_invalid_mode():
+    with pytest.raises(ValueError):
+        cn.BatchNorm.forward(torch.zeros(2, 3), torch.ones(3), torch.zeros(3), {"mode": "eval"})
+
+
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("shape", [(4, 5, 3, 6), (2, 3, 7, 5), (8, 2, 1, 1)])
+def test_spatial_batchnorm_vs_autograd(mode, shape):
+    x, gamma, beta, rm, rv, dout = _bn_inputs(shape, seed=9)
+    ref_out, ref_dx, ref_dgamma, ref_dbeta = _bn_reference(x, gamma, beta, rm, rv, mode == "train", dout)
+    bn_param = {"mode": mode, "running_mean": rm.clone(), "running_var": rv.clone()}
+    out, cache = cn.SpatialBatchNorm.forward(x, gamma, beta, bn_param)
+    assert_close(out, ref_out, 1e-10, f"SpatialBatchNorm {mode} forward")
+    dx, dgamma, dbeta = cn.SpatialBatchNorm.backward(dout, cache)
+    assert_close(dx, ref_dx, 1e-9, f"SpatialBatchNorm dx ({mode})")
+    assert_close(dgamma, ref_dgamma, 1e-10, f"SpatialBatchNorm dgamma ({mode})")
+    assert_close(dbeta, ref_dbeta, 1e-10, f"SpatialBatchNorm dbeta ({mode})")
+    if mode == "train":
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        assert_close(bn_param["running_mean"], 0.9 * rm + 0.1 * mean, 1e-12, "spatial running_mean")
+        assert_close(bn_param["running_var"], 0.9 * rv + 0.1 * var, 1e-12, "spatial running_var (biased)")
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_spatial_batchnorm_float32_large_mean(offset):
+    """float32 with a channel mean far from zero: the statistics must stay accurate."""
+    torch.manual_seed(10)
+    x64 = torch.randn(8, 3, 5, 5, dtype=DT) + offset
+    x = x64.float()
+    gamma, beta = torch.ones(3), torch.zeros(3)
+    out, _ = cn.SpatialBatchNorm.forward(x, gamma, beta, {"mode": "train"})
+    ref = F.batch_norm(x.double(), None, None, gamma.double(), beta.double(), training=True, eps=1e-5)
+    assert out.dtype == torch.float32
+    assert (out.double() - ref).abs().max().item() < 5e-3
+
+
+# ---------------------------------------------------------------------------------------
+# Sandwich layers vs a torch.nn.functional composition
+# ---------------------------------------------------------------------------------------
+def _sandwich_reference(x, w, b, gamma, beta, conv, bn, pool, dout):
+    leaves = [t.clone().requires_grad_() for t in (x, w, b, gamma, beta)]
+    xr, wr, br, gr, ber = leaves
+    a = F.conv2d(xr, wr, br, padding=1) if conv else xr.reshape(xr.shape[0], -1) @ wr + br
+    if bn:
+        a = F.batch_norm(a, None, None, gr, ber, training=True, eps=1e-5)
+    a = torch.relu(a)
+    if pool:
+        a = F.max_pool2d(a, 2, 2)
+    a.backward(dout)
+    return a.detach(), [t.grad for t in leaves]
+
+
+SANDWICHES = [
+    ("Conv_ReLU", True, False, False),
+    ("Conv_ReLU_Pool", True, False, True),
+    ("Conv_BatchNorm_ReLU", True, True, False),
+    ("Conv_BatchNorm_ReLU_Pool", True, True, True),
+    ("Linear_BatchNorm_ReLU", False, True, False),
+]
+
+
+@pytest.mark.parametrize("name, conv, bn, pool", SANDWICHES, ids=[s[0] for s in SANDWICHES])
+def test_sandwich_layers_vs_autograd(name, conv, bn, pool):
+    torch.manual_seed(11)
+    if conv:
+        x, w, b = _randn(3, 3, 6, 8), _randn(4, 3, 3, 3), _randn(4)
+        out_shape = (3, 4, 3, 4) if pool else (3, 4, 6, 8)
+    else:
+        x, w, b = _randn(6, 2, 5), _randn(10, 7), _randn(7)
+        out_shape = (6, 7)
+    C = w.shape[0] if conv else w.shape[1]
+    gamma, beta = torch.rand(C, dtype=DT) + 0.5, _randn(C)
+    dout = _randn(*out_shape)
+    ref_out, ref_grads = _sandwich_reference(x, w, b, gamma, beta, conv, bn, pool, dout)
+    args = [x, w, b] + ([gamma, beta] if bn else []) + ([{"stride": 1, "pad": 1}] if conv else [])
+    args += [{"mode": "train"}] if bn else []
+    args += [{"pool_height": 2, "pool_width": 2, "stride": 2}] if pool else []
+    Layer = getattr(cn, name)
+    out, cache = Layer.forward(*args)
+    assert_close(out, ref_out, 1e-10, f"{name} forward")
+    grads = Layer.backward(dout, cache)
+    names = ["dx", "dw", "db", "dgamma", "dbeta"][:len(grads)]
+    assert len(grads) == (5 if bn else 3)
+    for g, r, n in zip(grads, ref_grads, names):
+        if bn and n == "db":  # a bias before batch norm has no effect: gradient ~ 0
+            assert g.abs().max().item() < 1e-10
+            continue
+        assert_close(g, r, 1e-9, f"{name} {n}")
+
+
+# ---------------------------------------------------------------------------------------
+# Kaiming initialization
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("Din, Dout, K, relu", [(500, 300, None, True), (400, 200, None, False),
+                                               (64, 128, 3, True), (32, 64, 5, False)])
+def test_kaiming_initializer_shape_and_std(Din, Dout, K, relu):
+    torch.manual_seed(12)
+    w = cn.kaiming_initializer(Din, Dout, K=K, relu=relu, dtype=DT)
+    assert w.shape == ((Din, Dout) if K is None else (Dout, Din, K, K))
+    assert w.dtype == DT and w.device.type == "cpu"
+    fan_in = Din if K is None else Din * K * K
+    expected = math.sqrt((2.0 if relu else 1.0) / fan_in)
+    n = w.numel()
+    # The sample std of n normal draws has relative standard error ~ 1/sqrt(2n): allow 6 of those.
+    assert abs(w.std().item() / expected - 1) < 6 / math.sqrt(2 * n)
+    assert abs(w.mean().item()) < 6 * expected / math.sqrt(n)
+
+
+def test_kaiming_initializer_dtype_default():
+    assert cn.kaiming_initializer(3, 4).dtype == torch.float32
+    assert cn.kaiming_initializer(3, 4, K=3, dtype=torch.float16).dtype == torch.float16
+
+
+# ---------------------------------------------------------------------------------------
+# Models: numeric gradient checks (float64, tiny shapes), losses, save / load
+# ---------------------------------------------------------------------------------------
+def _model_grad_check(model, X, y, tol, skip=()):
+    loss, grads = model.loss(X, y)
+    assert set(grads) == set(model.params)
+    for name in sorted(model.params):
+        param = model.params[name]
+        f = lambda _: model.loss(X, y)[0]  # noqa: E731
+        numeric = compute_numeric_gradient(f, param, h=1e-6)
+        if name in skip:  # biases right before batch norm: both gradients are ~0
+            assert grads[name].abs().max().item() < 1e-8 and numeric.abs().max().item() < 1e-6, name
+            continue
+        err = rel_error(grads[name], numeric)
+        assert err < tol, f"{name}: relative error {err:.2e}\nours:\n{grads[name]}\nnumeric:\n{numeric}"
+    return loss
+
+
+def test_three_layer_convnet_initial_loss_and_reg():
+    torch.manual_seed(13)
+    model = cn.ThreeLayerConvNet(input_dims=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=6,
+                                 dtype=DT)
+    X = _randn(10, 3, 8, 8)
+    y = torch.randint(10, size=(10,))
+    loss, _ = model.loss(X, y)
+    assert abs(loss.item() - math.log(10)) < 1e-3  # tiny weights: uniform scores
+    model.reg = 0.5
+    loss_reg, _ = model.loss(X, y)
+    expected = sum(0.5 * (model.params[k] ** 2).sum().item() for k in ("W1", "W2", "W3"))
+    assert abs((loss_reg - loss).item() - expected) < 1e-10
+    assert model.loss(X).shape == (10, 10)
+
+
+@pytest.mark.parametrize("reg", [0.0, 0.5])
+def test_three_layer_convnet_gradient_check(reg):
+    torch.manual_seed(14)
+    model = cn.ThreeLayerConvNet(input_dims=(2, 6, 6), num_filters=3, filter_size=3, hidden_dim=5,
+                                 num_classes=4, weight_scale=1e-1, reg=reg, dtype=DT)
+    X = _randn(3, 2, 6, 6)
+    y = torch.tensor([0, 3, 1])
+    _model_grad_check(model, X, y, tol=1e-6)
+
+
+@pytest.mark.parametrize("batchnorm, reg", [(False, 0.0), (False, 3.14), (True, 0.0), (True, 3.14)])
+def test_deep_convnet_gradient_check(batchnorm, reg):
+    torch.manual_seed(15)
+    model = cn.DeepConvNet(input_dims=(2, 6, 6), num_filters=[3, 4], max_pools=[0], batchnorm=batchnorm,
+                           num_classes=3, weight_scale=2e-1, reg=reg, dtype=DT)
+    if batchnorm:  # non-trivial scale and shift
+        for i in (1, 2):
+            model.params[f"gamma{i}"] = torch.rand(model.params[f"gamma{i}"].shape, dtype=DT) + 0.5
+            model.params[f"beta{i}"] = 0.1 * _randn(*model.params[f"beta{i}"].shape)
+    X = _randn(4, 2, 6, 6)
+    y = torch.tensor([0, 2, 1, 1])
+    skip = ("b1", "b2") if batchnorm else ()
+    _model_grad_check(model, X, y, tol=1e-6, skip=skip)
+
+
+def test_deep_convnet_params_and_kaiming():
+    torch.manual_seed(16)
+    model = cn.DeepConvNet(input_dims=(3, 32, 32), num_filters=[8, 16, 32], max_pools=[0, 2],
+                           batchnorm=True, weight_scale="kaiming", dtype=torch.float32)
+    assert model.num_layers == 4
+    assert len(model.params) == 4 * 3 + 2 and len(model.bn_params) == 3
+    assert model.params["W1"].shape == (8, 3, 3, 3)
+    assert model.params["W3"].shape == (32, 16, 3, 3)
+    assert model.params["W4"].shape == (32 * 8 * 8, 10)
+    assert torch.equal(model.params["gamma2"], torch.ones(16))
+    w = model.params["W3"]
+    assert abs(w.std().item() / math.sqrt(2 / (16 * 9)) - 1) < 0.1
+    w = model.params["W4"]
+    assert abs(w.std().item() / math.sqrt(1 / (32 * 8 * 8)) - 1) < 0.1
+
+
+def test_deep_convnet_initial_loss_and_bn_modes():
+    torch.manual_seed(17)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 4], max_pools=[0, 1], batchnorm=True,
+                           weight_scale="kaiming", dtype=DT)
+    X, y = _randn(6, 3, 8, 8), torch.randint(10, size=(6,))
+    model.loss(X, y)
+    assert all(p["mode"] == "train" and "running_mean" in p for p in model.bn_params)
+    scores = model.loss(X)
+    assert scores.shape == (6, 10)
+    assert all(p["mode"] == "test" for p in model.bn_params)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 4], max_pools=[0, 1],
+                           weight_scale=1e-3, dtype=DT)
+    loss, _ = model.loss(X, y)
+    assert abs(loss.item() - math.log(10)) < 1e-3
+
+
+def test_deep_convnet_matches_torch_composition():
+    """The whole forward/backward of a BN DeepConvNet vs the same net in torch.nn.functional."""
+    torch.manual_seed(18)
+    model = cn.DeepConvNet(input_dims=(3, 8, 6), num_filters=[4, 5, 3], max_pools=[0, 2], batchnorm=True,
+                           num_classes=4, weight_scale="kaiming", reg=0.1, dtype=DT)
+    X, y = _randn(5, 3, 8, 6), torch.tensor([0, 1, 2, 3, 1])
+    loss, grads = model.loss(X, y)
+    p = {k: v.clone().requires_grad_() for k, v in model.params.items()}
+    h = X
+    for i in range(3):
+        h = F.conv2d(h, p[f"W{i + 1}"], p[f"b{i + 1}"], padding=1)
+        h = torch.relu(F.batch_norm(h, None, None, p[f"gamma{i + 1}"], p[f"beta{i + 1}"], training=True))
+        if i in (0, 2):
+            h = F.max_pool2d(h, 2, 2)
+    scores = h.reshape(5, -1) @ p["W4"] + p["b4"]
+    ref = F.cross_entropy(scores, y) + 0.1 * sum((p[f"W{i}"] ** 2).sum() for i in range(1, 5))
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-10
+    for k in p:
+        if k in ("b1", "b2", "b3"):
+            continue
+        assert_close(grads[k], p[k].grad, 1e-8, f"grad {k}")
+
+
+def test_models_work_in_float32():
+    torch.manual_seed(19)
+    X, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 2, 3, 4])
+    for model in (cn.ThreeLayerConvNet(input_dims=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=8),
+                  cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 4], max_pools=[1], batchnorm=True,
+                                 weight_scale="kaiming")):
+        loss, grads = model.loss(X, y)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+        assert model.loss(X.double()).dtype == torch.float32  # inputs are cast to the model dtype
+
+
+def test_deep_convnet_save_load_round_trip(tmp_path):
+    torch.manual_seed(20)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 6], max_pools=[0, 1], batchnorm=True,
+                           weight_scale="kaiming", reg=0.25, dtype=torch.float32)
+    X, y = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4])
+    model.loss(X, y)  # fills the running averages
+    scores = model.loss(X)
+    path = tmp_path / "deep.pth"
+    model.save(str(path))
+    other = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 6], max_pools=[0, 1], batchnorm=True,
+                           dtype=torch.float32)
+    other.load(str(path), dtype=DT, device="cpu")
+    assert other.reg == 0.25 and other.batchnorm and other.max_pools == [0, 1] and other.num_layers == 3
+    assert all(v.dtype == DT for v in other.params.values())
+    assert other.bn_params[0]["running_mean"].dtype == DT
+    for k in model.params:
+        assert torch.equal(other.params[k], model.params[k].double())
+    assert_close(other.loss(X), scores.double(), 1e-5, "scores after reload")
+
+
+def test_three_layer_convnet_save_load_round_trip(tmp_path):
+    torch.manual_seed(21)
+    model = cn.ThreeLayerConvNet(input_dims=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=8, reg=0.1)
+    path = tmp_path / "three.pth"
+    model.save(str(path))
+    other = cn.ThreeLayerConvNet(input_dims=(3, 8, 8), num_filters=4, filter_size=3, hidden_dim=8)
+    other.load(str(path))
+    assert other.reg == 0.1
+    for k in model.params:
+        assert torch.equal(other.params[k], model.params[k])
+
+
+def test_find_overfit_parameters():
+    weight_scale, learning_rate = cn.find_overfit_parameters()
+    assert 0 < weight_scale < 10 and 0 < learning_rate < 1
+
+
+def test_create_convolutional_solver_instance():
+    torch.manual_seed(22)
+    data = {"X_train": torch.randn(20, 3, 32, 32), "y_train": torch.randint(10, (20,)),
+            "X_val": torch.randn(10, 3, 32, 32), "y_val": torch.randint(10, (10,))}
+    solver = cn.create_convolutional_solver_instance(data, torch.float32, "cpu")
+    model = solver.model
+    assert isinstance(model, cn.DeepConvNet)
+    assert [model.params[f"W{i}"].shape[0] for i in (1, 2, 3)] == [128, 64, 32]
+    assert model.max_pools == [0, 1, 2] and not model.batchnorm and model.reg == 1e-5
+    assert model.params["W4"].shape == (32 * 4 * 4, 10)
+    assert solver.batch_size == 128 and solver.num_epochs == 10
+    assert solver.optim_config["learning_rate"] == 2e-3
+    assert solver.update_rule.__name__ == "adam"
+
+
+def test_deep_convnet_overfits_a_tiny_batch():
+    """Training runs through the project's layers: the loss on 10 images falls quickly."""
+    from fully_connected_networks import adam
+
+    torch.manual_seed(23)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[8, 8], max_pools=[0, 1], batchnorm=True,
+                           weight_scale="kaiming", dtype=torch.float32)
+    X, y = torch.randn(10, 3, 8, 8), torch.arange(10)
+    configs = {k: {"learning_rate": 1e-2} for k in model.params}
+    first = None
+    for _ in range(30):
+        loss, grads = model.loss(X, y)
+        first = loss.item() if first is None else first
+        for k in model.params:
+            model.params[k], configs[k] = adam(model.params[k], grads[k], configs[k])
+    assert loss.item() < 0.5 * first
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fast_layers_follow_device_and_dtype(device, dtype):
+    torch.manual_seed(24)
+    x = torch.randn(2, 3, 6, 6, dtype=dtype, device=device)
+    w = torch.randn(4, 3, 3, 3, dtype=dtype, device=device)
+    b = torch.randn(4, dtype=dtype, device=device)
+    out, cache = cn.FastConv.forward(x, w, b, {"stride": 1, "pad": 1})
+    grads = cn.FastConv.backward(torch.ones_like(out), cache)
+    pooled, pcache = cn.FastMaxPool.forward(out, {"pool_height": 2, "pool_width": 2, "stride": 2})
+    dpool = cn.FastMaxPool.backward(torch.ones_like(pooled), pcache)
+    normed, bcache = cn.SpatialBatchNorm.forward(out, torch.ones(4, dtype=dtype, device=device),
+                                                 torch.zeros(4, dtype=dtype, device=device), {"mode": "train"})
+    dbn = cn.SpatialBatchNorm.backward(torch.ones_like(normed), bcache)
+    for t in (out, *grads, pooled, dpool, normed, *dbn):
+        assert t.dtype == dtype and t.device.type == torch.device(device).type
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    ref = F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1)
+    assert_close(out.double().cpu(), ref, tol, "conv forward")
+
+
+# ---------------------------------------------------------------------------------------
+# Beyond the course: the from-scratch ResNet (A3/resnet_from_scratch.py)
+# ---------------------------------------------------------------------------------------
+def test_resnet9_loss_and_gradients_match_torch_composition():
+    import resnet_from_scratch as rs
+
+    torch.manual_seed(25)
+    model = rs.ResNet9(widths=(2, 3, 4, 4), num_classes=5, scale=0.5, label_smoothing=0.2, dtype=DT)
+    for name in model.params:  # non-trivial batch-norm scales and shifts
+        if name.endswith(".gamma"):
+            model.params[name] = torch.rand(model.params[name].shape, dtype=DT) + 0.5
+        elif name.endswith(".beta"):
+            model.params[name] = 0.1 * torch.randn(model.params[name].shape, dtype=DT)
+    X, y = _randn(4, 3, 16, 16), torch.tensor([0, 4, 2, 1])
+    loss, grads = model.loss(X, y)
+    p = {k: v.clone().requires_grad_() for k, v in model.params.items()}
+
+    def layer(name, h, pool):
+        h = F.conv2d(h, p[f"{name}.w"], padding=1)
+        if pool:
+            h = F.max_pool2d(h, 2, 2)
+        return torch.relu(F.batch_norm(h, None, None, p[f"{name}.gamma"], p[f"{name}.beta"], training=True))
+
+    h = layer("layer1", layer("prep", X, False), True)
+    h = h + layer("res1b", layer("res1a", h, False), False)
+    h = layer("layer3", layer("layer2", h, True), True)
+    h = h + layer("res3b", layer("res3a", h, False), False)
+    scores = 0.5 * (h.amax(dim=(2, 3)) @ p["fc.w"] + p["fc.b"])
+    ref = F.cross_entropy(scores, y, label_smoothing=0.2)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-10
+    assert set(grads) == set(p)
+    for k in p:
+        assert_close(grads[k], p[k].grad, 1e-8, f"ResNet9 grad {k}")
+    test_scores = model.loss(X)  # test mode: running statistics
+    assert test_scores.shape == (4, 5) and torch.isfinite(test_scores).all()
+    assert all(b["mode"] == "test" for b in model.bn_params.values())
+
+
+def test_resnet_augment_crops_and_flips():
+    import resnet_from_scratch as rs
+
+    x = torch.arange(2 * 3 * 6 * 5, dtype=DT).view(2, 3, 6, 5)
+    g = torch.Generator().manual_seed(0)
+    out = rs.augment(x, pad=2, flip=True, generator=g)
+    assert out.shape == x.shape
+    # Every output is a flipped-or-not window of the reflect-padded image.
+    padded = x.index_select(2, rs._reflect_index(6, 2, "cpu")).index_select(3, rs._reflect_index(5, 2, "cpu"))
+    ref_pad = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    assert torch.equal(padded, ref_pad)
+    for n in range(2):
+        windows = [ref_pad[n, :, i:i + 6, j:j + 5] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out[n], w) or torch.equal(out[n], w.flip(2)) for w in windows)
+    assert torch.equal(rs.augment(x, pad=0, flip=False), x)
+
+
+def test_resnet_smoothed_loss_and_schedule():
+    import resnet_from_scratch as rs
+
+    torch.manual_seed(26)
+    scores, y = _randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    sr = scores.clone().requires_grad_()
+    ref = F.cross_entropy(sr, y, label_smoothing=0.1)
+    ref.backward()
+    loss, dscores = rs.smoothed_softmax_loss(scores, y, 0.1)
+    assert abs(loss.item() - ref.item()) < 1e-12
+    assert_close(dscores, sr.grad, 1e-10, "smoothed loss gradient")
+    lrs = [rs.lr_at(s, 100, 0.4) for s in range(101)]
+    assert max(lrs) == pytest.approx(0.4) and lrs[-1] == 0.0 and lrs[0] == pytest.approx(0.04)
