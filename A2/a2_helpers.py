@@ -10,6 +10,7 @@ import torch
 
 from eecs598.data import CIFAR10_CLASSES
 from eecs598.utils import reset_seed  # noqa: F401  (re-exported for the notebooks)
+from eecs598.vis import plot_acc_curves, plot_stats, show_net_weights, visualize_grid  # noqa: F401  (shared)
 
 
 def hello_helper():
@@ -63,47 +64,6 @@ def plot_loss_curve(loss_history, title="Loss history", smooth=50):
     plt.xlabel("Iteration number")
     plt.ylabel("Loss value")
     plt.title(title)
-    plt.show()
-
-
-def plot_stats(stat_dict):
-    """The loss history of one training run, then its train and val accuracy per epoch."""
-    plt.subplot(1, 2, 1)
-    plt.plot(stat_dict["loss_history"], "o", markersize=2)
-    plt.title("Loss history")
-    plt.xlabel("Iteration")
-    plt.ylabel("Loss")
-
-    plt.subplot(1, 2, 2)
-    plt.plot(stat_dict["train_acc_history"], "o-", label="train (fixed sample)")
-    plt.plot(stat_dict["val_acc_history"], "o-", label="val")
-    plt.title("Classification accuracy history")
-    plt.xlabel("Epoch")
-    plt.ylabel("Classification accuracy")
-    plt.legend()
-
-    plt.gcf().set_size_inches(14, 4)
-    plt.show()
-
-
-def plot_acc_curves(stat_dict):
-    """Train and val accuracy curves of several runs; stat_dict maps a label to a stats dict."""
-    plt.subplot(1, 2, 1)
-    for key, single_stats in stat_dict.items():
-        plt.plot(single_stats["train_acc_history"], label=str(key))
-    plt.title("Train accuracy history")
-    plt.xlabel("Epoch")
-    plt.ylabel("Classification accuracy")
-
-    plt.subplot(1, 2, 2)
-    for key, single_stats in stat_dict.items():
-        plt.plot(single_stats["val_acc_history"], label=str(key))
-    plt.title("Validation accuracy history")
-    plt.xlabel("Epoch")
-    plt.ylabel("Classification accuracy")
-    plt.legend(fontsize=9)
-
-    plt.gcf().set_size_inches(14, 5)
     plt.show()
 
 
@@ -163,45 +123,6 @@ def plot_nn_search_results(results):
 # ---------------------------------------------------------------------------------------------
 # Weights as images
 # ---------------------------------------------------------------------------------------------
-def visualize_grid(Xs, ubound=255.0, padding=1):
-    """
-    Lay out a batch of images as one grid image.
-
-    Xs: (N, H, W, C) tensor. Each tile is min-max scaled to [0, ubound]; tiles are separated
-    by `padding` pixels. Returns a (grid_H, grid_W, C) tensor on the CPU.
-    """
-    Xs = Xs.detach().to("cpu", torch.float64)
-    (N, H, W, C) = Xs.shape
-    grid_size = int(math.ceil(math.sqrt(N)))
-    grid_height = H * grid_size + padding * (grid_size - 1)
-    grid_width = W * grid_size + padding * (grid_size - 1)
-    grid = torch.zeros((grid_height, grid_width, C), dtype=torch.float64)
-    next_idx = 0
-    y0, y1 = 0, H
-    for _ in range(grid_size):
-        x0, x1 = 0, W
-        for _ in range(grid_size):
-            if next_idx < N:
-                img = Xs[next_idx]
-                low, high = img.min(), img.max()
-                grid[y0:y1, x0:x1] = ubound * (img - low) / (high - low).clamp(min=1e-12)
-                next_idx += 1
-            x0 += W + padding
-            x1 += W + padding
-        y0 += H + padding
-        y1 += H + padding
-    return grid
-
-
-def show_net_weights(net_or_W1):
-    """Show the first-layer weights W1 (3072, H) of a two-layer net (or W1 itself) as a grid."""
-    W1 = net_or_W1.params["W1"] if hasattr(net_or_W1, "params") else net_or_W1
-    W1 = W1.detach().to("cpu").reshape(3, 32, 32, -1).permute(3, 1, 2, 0)
-    plt.imshow(visualize_grid(W1, padding=3).to(torch.uint8).numpy())
-    plt.gca().axis("off")
-    plt.show()
-
-
 def show_linear_weights(W, title=""):
     """Show a linear classifier's W (3072 or 3073 with the bias row, 10) as 10 class templates."""
     W = W.detach().to("cpu", torch.float64)[:3072, :]  # drop the bias row

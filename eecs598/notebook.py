@@ -1,5 +1,4 @@
 """Notebook set-up shared by every assignment notebook (called from the identical first cell)."""
-import os
 import sys
 from pathlib import Path
 

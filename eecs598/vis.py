@@ -35,3 +35,83 @@ def visualize_dataset(X_data, y_data, samples_per_class, class_list):
     for y, cls in enumerate(class_list):
         draw.text((2, y * height + max(height // 2 - 5, 0)), str(cls)[:10], fill=(255, 255, 255))
     return np.asarray(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training curves and weight grids (A2, A3 and later assignments share these)
+# ---------------------------------------------------------------------------------------------
+def _stat(stats, name):
+    """Read `name` from a stats dict or from an object with that attribute (e.g. a Solver)."""
+    return stats[name] if isinstance(stats, dict) else getattr(stats, name)
+
+
+def plot_stats(stat_dict):
+    """Loss history (left) and train / val accuracy per epoch (right) of one training run.
+
+    stat_dict: a dict with loss_history, train_acc_history, val_acc_history, or a trained Solver.
+    """
+    import matplotlib.pyplot as plt
+
+    plt.subplot(1, 2, 1)
+    plt.plot(_stat(stat_dict, "loss_history"), "o", markersize=2)
+    plt.title("Loss history")
+    plt.xlabel("Iteration")
+    plt.ylabel("Loss")
+    plt.subplot(1, 2, 2)
+    plt.plot(_stat(stat_dict, "train_acc_history"), "o-", label="train")
+    plt.plot(_stat(stat_dict, "val_acc_history"), "o-", label="val")
+    plt.title("Classification accuracy history")
+    plt.xlabel("Epoch")
+    plt.ylabel("Classification accuracy")
+    plt.legend()
+    plt.gcf().set_size_inches(14, 4)
+    plt.show()
+
+
+def plot_acc_curves(stat_dict):
+    """Train (left) and val (right) accuracy curves of several runs: {label: stats dict or Solver}."""
+    import matplotlib.pyplot as plt
+
+    for position, name, title in ((1, "train_acc_history", "Train"), (2, "val_acc_history", "Validation")):
+        plt.subplot(1, 2, position)
+        for key, stats in stat_dict.items():
+            plt.plot(_stat(stats, name), label=str(key))
+        plt.title(f"{title} accuracy history")
+        plt.xlabel("Epoch")
+        plt.ylabel("Classification accuracy")
+    plt.legend(fontsize=9)
+    plt.gcf().set_size_inches(14, 5)
+    plt.show()
+
+
+def visualize_grid(Xs, ubound=255.0, padding=1):
+    """Lay out a batch of images as one grid image.
+
+    Xs: (N, H, W, C) tensor. Each tile is min-max scaled to [0, ubound] on its own; tiles are
+    separated by `padding` pixels. Returns a (grid_H, grid_W, C) float64 tensor on the CPU.
+    """
+    import math
+
+    Xs = Xs.detach().to("cpu", torch.float64)
+    N, H, W, C = Xs.shape
+    grid_size = int(math.ceil(math.sqrt(N)))
+    grid = torch.zeros((H * grid_size + padding * (grid_size - 1),
+                        W * grid_size + padding * (grid_size - 1), C), dtype=torch.float64)
+    for idx in range(N):
+        row, col = divmod(idx, grid_size)
+        y0, x0 = row * (H + padding), col * (W + padding)
+        img = Xs[idx]
+        low, high = img.min(), img.max()
+        grid[y0:y0 + H, x0:x0 + W] = ubound * (img - low) / (high - low).clamp(min=1e-12)
+    return grid
+
+
+def show_net_weights(net_or_W1):
+    """Show first-layer weights W1 (3072, H) of a CIFAR-10 net (or W1 itself) as H 32x32 images."""
+    import matplotlib.pyplot as plt
+
+    W1 = net_or_W1.params["W1"] if hasattr(net_or_W1, "params") else net_or_W1
+    W1 = W1.detach().to("cpu").reshape(3, 32, 32, -1).permute(3, 1, 2, 0)
+    plt.imshow(visualize_grid(W1, padding=3).to(torch.uint8).numpy())
+    plt.gca().axis("off")
+    plt.show()
