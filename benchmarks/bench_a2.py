@@ -18,7 +18,6 @@ result records (eecs598.results.make_record) to PATH.
 """
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -31,22 +30,10 @@ for p in (ROOT, ROOT / "A2"):
         sys.path.insert(0, str(p))
 
 from eecs598.results import make_record  # noqa: E402
-from eecs598.utils import device_name, pick, timer  # noqa: E402
+from eecs598.utils import device_name, median_time, pick  # noqa: E402
 
 import linear_classifier as lc  # noqa: E402
 import two_layer_net as tln  # noqa: E402
-
-
-def median_time(fn, repeats, warmup=1):
-    """Median wall time (seconds) of fn() over `repeats` runs, after `warmup` untimed runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        with timer() as t:
-            fn()
-        times.append(t.seconds)
-    return statistics.median(times), times
 
 
 # --- autograd references (same computation, gradients by torch.autograd) ----------------------

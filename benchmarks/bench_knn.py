@@ -17,7 +17,6 @@ knn_no_loop_speedup_vs_two_loops_cpu) into the JSON list at PATH. Quick mode
 """
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -28,21 +27,9 @@ for path in (REPO_ROOT, REPO_ROOT / "A1"):
 
 import torch  # noqa: E402
 
+from eecs598.utils import median_time  # noqa: E402
+
 REFERENCE_CPU = {"two_loops_s": 9.09, "one_loop_s": 0.83, "no_loops_s": 0.03, "speedup": 281.0}
-
-
-def median_time(fn, repeats, warmup=True):
-    """Median wall time of `fn()` over `repeats` calls (CUDA synchronized by eecs598.timer)."""
-    from eecs598.utils import timer
-
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        with timer() as t:
-            fn()
-        times.append(t.seconds)
-    return statistics.median(times)
 
 
 def bench_loops(device, size, repeats):
@@ -53,9 +40,9 @@ def bench_loops(device, size, repeats):
     x_train = torch.randn(size, 3, 32, 32, generator=gen).to(device)
     x_test = torch.randn(size, 3, 32, 32, generator=gen).to(device)
     return {
-        "two_loops_s": median_time(lambda: knn.compute_distances_two_loops(x_train, x_test), repeats, warmup=False),
-        "one_loop_s": median_time(lambda: knn.compute_distances_one_loop(x_train, x_test), repeats),
-        "no_loops_s": median_time(lambda: knn.compute_distances_no_loops(x_train, x_test), repeats),
+        "two_loops_s": median_time(lambda: knn.compute_distances_two_loops(x_train, x_test), repeats, warmup=0)[0],
+        "one_loop_s": median_time(lambda: knn.compute_distances_one_loop(x_train, x_test), repeats)[0],
+        "no_loops_s": median_time(lambda: knn.compute_distances_no_loops(x_train, x_test), repeats)[0],
     }
 
 
@@ -67,8 +54,8 @@ def bench_cdist(device, num_train, num_test, repeats):
     x_train = torch.randn(num_train, 3, 32, 32, generator=gen).to(device)
     x_test = torch.randn(num_test, 3, 32, 32, generator=gen).to(device)
     flat_train, flat_test = x_train.reshape(num_train, -1), x_test.reshape(num_test, -1)
-    ours = median_time(lambda: knn.compute_distances_no_loops(x_train, x_test), repeats)
-    theirs = median_time(lambda: torch.cdist(flat_train, flat_test) ** 2, repeats)
+    ours = median_time(lambda: knn.compute_distances_no_loops(x_train, x_test), repeats)[0]
+    theirs = median_time(lambda: torch.cdist(flat_train, flat_test) ** 2, repeats)[0]
     return {"no_loops_s": ours, "cdist_sq_s": theirs}
 
 

@@ -71,3 +71,20 @@ def timer():
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         elapsed.seconds = time.perf_counter() - start
+
+
+def median_time(fn, repeats, warmup=1):
+    """Time `fn()` `repeats` times after `warmup` untimed calls (CUDA synchronized).
+
+    Returns (median seconds, list of every run's seconds).
+    """
+    import statistics
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        with timer() as t:
+            fn()
+        times.append(t.seconds)
+    return statistics.median(times), times
