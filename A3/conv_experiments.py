@@ -25,6 +25,7 @@ import convolutional_networks as cn
 import eecs598
 import resnet_from_scratch
 import fully_connected_networks as fc
+from fc_experiments import subset
 from eecs598.results import make_record
 from eecs598.solver import Solver
 from eecs598.utils import device_name, timer
@@ -60,18 +61,6 @@ def load_data(device=None, dtype=DTYPE):
     return data, eecs598.data.load_cifar10_uint8()["source"]
 
 
-def _subset(data, num_train, num_val=None):
-    """The first `num_train` training samples and the first `num_val` validation samples (None: all)."""
-    return {"X_train": data["X_train"][:num_train], "y_train": data["y_train"][:num_train],
-            "X_val": data["X_val"][:num_val], "y_val": data["y_val"][:num_val]}
-
-
-def _summary(solver):
-    return {"loss_history": list(solver.loss_history),
-            "train_acc_history": list(solver.train_acc_history),
-            "val_acc_history": list(solver.val_acc_history)}
-
-
 # ---------------------------------------------------------------------------------------------
 def one_minute_deepconvnet(data, device, dtype=DTYPE, time_limit=None, verbose=False, seed=0):
     """The course's one-minute net: `create_convolutional_solver_instance` (DeepConvNet with
@@ -94,7 +83,7 @@ def one_minute_deepconvnet(data, device, dtype=DTYPE, time_limit=None, verbose=F
     return {"solver": solver, "val_acc": solver.best_val_acc, "test_acc": test_acc, "seconds": t.seconds,
             "time_limit": time_limit, "iterations": iterations, "epochs": solver.epoch,
             "finished": iterations == solver.num_epochs * iterations_per_epoch,
-            "num_train": data["X_train"].shape[0], **_summary(solver)}
+            "num_train": data["X_train"].shape[0], **solver.history()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +103,7 @@ def initialization_study(data, device, dtype=DTYPE, seed=0, verbose=False):
     Returns {weight_scale: dict(solver, val_acc (best), final_val_acc, train_acc, final_loss, ...)}.
     """
     s = init_study_settings()
-    small = _subset(data, s["num_train"])
+    small = subset(data, s["num_train"])
     results = {}
     for scale in s["weight_scales"]:
         eecs598.reset_seed(seed)
@@ -130,7 +119,7 @@ def initialization_study(data, device, dtype=DTYPE, seed=0, verbose=False):
                           "final_val_acc": solver.val_acc_history[-1],
                           "train_acc": solver.train_acc_history[-1],
                           "final_loss": solver.loss_history[-1], "seconds": t.seconds,
-                          "settings": {**s, "weight_scales": None, "weight_scale": scale}, **_summary(solver)}
+                          "settings": {**s, "weight_scales": None, "weight_scale": scale}, **solver.history()}
     return results
 
 
@@ -158,7 +147,7 @@ def _bn_pair(small, device, dtype, s, learning_rate, num_epochs, seed, verbose):
             "solver": solver, "val_acc": solver.best_val_acc, "final_val_acc": solver.val_acc_history[-1],
             "train_acc": solver.train_acc_history[-1], "seconds": t.seconds,
             "settings": {**s, "learning_rate": learning_rate, "num_epochs": num_epochs, "batchnorm": batchnorm},
-            **_summary(solver)}
+            **solver.history()}
     return out
 
 
@@ -167,7 +156,7 @@ def batchnorm_comparison(data, device, dtype=DTYPE, seed=0, verbose=False):
     conv, Kaiming init, on 500 training images, Adam 1e-3, batch 100, 10 epochs, with and
     without batch norm. Returns {"bn": dict(...), "nobn": dict(...)} as `initialization_study`."""
     s = bn_study_settings()
-    small = _subset(data, s["num_train"])
+    small = subset(data, s["num_train"])
     return _bn_pair(small, device, dtype, s, s["learning_rate"], s["num_epochs"], seed, verbose)
 
 
@@ -179,7 +168,7 @@ def batchnorm_learning_rates(data, device, learning_rates=None, dtype=DTYPE, see
     s = bn_study_settings()
     learning_rates = BN_LR_STUDY["learning_rates"] if learning_rates is None else learning_rates
     num_epochs = eecs598.pick(full=BN_LR_STUDY["num_epochs"], quick=1)
-    small = _subset(data, s["num_train"])
+    small = subset(data, s["num_train"])
     return {lr: _bn_pair(small, device, dtype, s, lr, num_epochs, seed, verbose) for lr in learning_rates}
 
 

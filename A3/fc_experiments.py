@@ -58,16 +58,10 @@ def load_data(device=None, dtype=DTYPE):
         num_train=eecs598.pick(full=None, quick=1000), num_test=eecs598.pick(full=None, quick=200))
 
 
-def _subset(data, num_train, num_val=None):
+def subset(data, num_train, num_val=None):
     """The first `num_train` training samples and the first `num_val` validation samples (None: all)."""
     return {"X_train": data["X_train"][:num_train], "y_train": data["y_train"][:num_train],
             "X_val": data["X_val"][:num_val], "y_val": data["y_val"][:num_val]}
-
-
-def _summary(solver):
-    return {"loss_history": list(solver.loss_history),
-            "train_acc_history": list(solver.train_acc_history),
-            "val_acc_history": list(solver.val_acc_history)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +95,7 @@ def overfit(hidden_dims, weight_scale, learning_rate, data, device, num_train=50
     Only the train accuracy matters here; the Solver's validation checks use the first
     `num_val` validation images (the course used all 10k, which made this check slow on a CPU)."""
     eecs598.reset_seed(seed)
-    small = _subset(data, num_train, num_val)
+    small = subset(data, num_train, num_val)
     input_dim = small["X_train"].shape[1]
     model = fc.FullyConnectedNet(hidden_dims, input_dim=input_dim, weight_scale=weight_scale,
                                  dtype=dtype, device=device)
@@ -113,7 +107,7 @@ def overfit(hidden_dims, weight_scale, learning_rate, data, device, num_train=50
             "final_train_acc": solver.train_acc_history[-1], "seconds": t.seconds,
             "hidden_dims": list(hidden_dims), "weight_scale": weight_scale,
             "learning_rate": learning_rate, "num_train": num_train, "num_epochs": num_epochs,
-            "batch_size": batch_size, "num_val": small["X_val"].shape[0], **_summary(solver)}
+            "batch_size": batch_size, "num_val": small["X_val"].shape[0], **solver.history()}
 
 
 def overfit_three_layer(data, device, **kwargs):
@@ -135,7 +129,7 @@ def optimizer_comparison(data, device, rules=tuple(UPDATE_RULES), dtype=DTYPE, s
     """
     num_train = eecs598.pick(full=4000, quick=400)
     num_epochs = eecs598.pick(full=5, quick=2)
-    small = _subset(data, num_train)
+    small = subset(data, num_train)
     results = {}
     for name in rules:
         eecs598.reset_seed(seed)
@@ -151,7 +145,7 @@ def optimizer_comparison(data, device, rules=tuple(UPDATE_RULES), dtype=DTYPE, s
                          "train_acc": solver.train_acc_history[-1], "seconds": t.seconds,
                          "learning_rate": OPTIMIZER_LEARNING_RATES[name], "num_train": num_train,
                          "num_epochs": num_epochs, "batch_size": 100, "hidden_dims": [100] * 5,
-                         "weight_scale": 5e-2, **_summary(solver)}
+                         "weight_scale": 5e-2, **solver.history()}
     return results
 
 
@@ -176,7 +170,7 @@ def dropout_experiment(data, device, dropouts=None, dtype=DTYPE, seed=0, verbose
     s = dropout_settings()
     if dropouts is None:
         dropouts = (0.0, s["dropout"])
-    small = _subset(data, s["num_train"])
+    small = subset(data, s["num_train"])
     results = {}
     for p in dropouts:
         eecs598.reset_seed(seed)
@@ -190,7 +184,7 @@ def dropout_experiment(data, device, dropouts=None, dtype=DTYPE, seed=0, verbose
         results[p] = {"solver": solver, "peak_val_acc": max(solver.val_acc_history),
                       "final_val_acc": solver.val_acc_history[-1],
                       "final_train_acc": solver.train_acc_history[-1], "seconds": t.seconds,
-                      "settings": {**s, "dropout": p}, **_summary(solver)}
+                      "settings": {**s, "dropout": p}, **solver.history()}
     return results
 
 

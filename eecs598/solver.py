@@ -204,6 +204,12 @@ class Solver:
         w -= config["learning_rate"] * dw
         return w, config
 
+    def history(self):
+        """The training curves as plain lists: loss_history, train_acc_history, val_acc_history."""
+        return {"loss_history": list(self.loss_history),
+                "train_acc_history": list(self.train_acc_history),
+                "val_acc_history": list(self.val_acc_history)}
+
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Fraction of samples of (X, y) that the model classifies correctly.
 

@@ -279,3 +279,20 @@ def test_custom_update_rule_gets_config_per_param():
     assert calls[0::2] == calls[1::2] == [0, 1, 2, 3, 4, 5]
     assert optim_config == {"learning_rate": 0.1, "calls": 0}
     assert not torch.equal(model.params["W"], W0), "the returned next_w is stored"
+
+
+def test_history_is_plain_lists_of_the_training_curves():
+    from eecs598.solver import Solver
+
+    class Fake:
+        params = {"w": __import__("torch").zeros(1)}
+
+    data = {k: __import__("torch").zeros(2, 1) for k in ("X_train", "X_val")}
+    data.update(y_train=__import__("torch").zeros(2, dtype=__import__("torch").long),
+                y_val=__import__("torch").zeros(2, dtype=__import__("torch").long))
+    solver = Solver(Fake(), data, verbose=False)
+    solver.loss_history, solver.train_acc_history, solver.val_acc_history = [3.0, 2.0], [0.1], [0.2]
+    history = solver.history()
+    assert history == {"loss_history": [3.0, 2.0], "train_acc_history": [0.1], "val_acc_history": [0.2]}
+    history["loss_history"].append(1.0)
+    assert solver.loss_history == [3.0, 2.0], "history() must copy, not alias"
