@@ -6,11 +6,17 @@ Records are merged into ``results/results.json`` keyed by (assignment, metric, m
 run replaces its own rows and keeps every other row; ``results/RESULTS.md`` is rendered
 from the merged file.
 """
+import contextlib
 import datetime as _dt
 import json
 from pathlib import Path
 
 from .utils import quick_mode
+
+try:  # POSIX only; elsewhere concurrent writers are simply not serialized
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 FIELDS = ("assignment", "metric", "value", "unit", "reference", "data", "device",
           "seconds", "date", "mode", "details")
@@ -39,13 +45,29 @@ def load_records(path):
     return json.loads(path.read_text()) if path.exists() else []
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """Hold an exclusive lock on ``<path>.lock`` (two runs may write results at once)."""
+    lock_path = Path(str(path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def merge_records(path, records):
     """Merge `records` into the JSON list at `path` (replacing rows with the same key); return all."""
-    merged = {_key(r): r for r in load_records(path)}
-    merged.update({_key(r): r for r in records})
-    rows = sorted(merged.values(), key=lambda r: (r["assignment"], r["mode"], r["metric"]))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rows, indent=2) + "\n")
+    with _locked(path):
+        merged = {_key(r): r for r in load_records(path)}
+        merged.update({_key(r): r for r in records})
+        rows = sorted(merged.values(), key=lambda r: (r["assignment"], r["mode"], r["metric"]))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
@@ -80,6 +102,7 @@ def render_markdown(records):
 def write_results(results_dir, records):
     """Merge `records` into results_dir/results.json and re-render results_dir/RESULTS.md."""
     results_dir = Path(results_dir)
-    rows = merge_records(results_dir / "results.json", records)
-    (results_dir / "RESULTS.md").write_text(render_markdown(rows))
+    with _locked(results_dir / "RESULTS.md"):
+        rows = merge_records(results_dir / "results.json", records)
+        (results_dir / "RESULTS.md").write_text(render_markdown(rows))
     return rows

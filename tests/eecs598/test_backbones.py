@@ -1,0 +1,53 @@
+"""The offline pretrained backbone: architecture matches the shipped checkpoint and it really
+recognizes ImageNet content (VOC photos from the data root)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from eecs598.backbones import EfficientNetLite0, SameConv2d, build_backbone
+from eecs598.data import store
+from eecs598.data.voc import IMAGENET_MEAN, IMAGENET_STD
+from eecs598.testing import shared_data_available
+
+
+def test_same_padding_matches_tensorflow_rule():
+    # TF "SAME": output = ceil(in / stride); the odd extra pixel of padding goes bottom/right.
+    torch.manual_seed(0)
+    conv = SameConv2d(2, 3, 3, stride=2).double()
+    x = torch.randn(1, 2, 8, 7, dtype=torch.float64)
+    expected = F.conv2d(F.pad(x, (1, 1, 0, 1)), conv.weight, stride=2)  # W: 7->pad 2, H: 8->pad 1
+    out = conv(x)
+    assert out.shape == (1, 3, 4, 4)
+    assert torch.allclose(out, expected)
+
+
+def test_feature_taps_shapes_and_strides():
+    net = build_backbone(pretrained=False)
+    feats = net(torch.zeros(2, 3, 96, 64))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "c3": (2, 40, 12, 8), "c4": (2, 112, 6, 4), "c5": (2, 320, 3, 2)}
+    assert net.out_channels == {"c3": 40, "c4": 112, "c5": 320}
+
+
+def test_checkpoint_loads_every_parameter():
+    net = EfficientNetLite0(pretrained=True)  # load_state_dict is strict: names and shapes match
+    assert sum(p.numel() for p in net.parameters()) == 4_652_008
+
+
+@pytest.mark.skipif(not shared_data_available("voc2007"), reason="VOC 2007 not in the data root")
+@pytest.mark.parametrize("name, imagenet_ids", [
+    ("000117", {404}),                   # aeroplane -> airliner
+    ("000132", {779, 874, 654}),         # bus -> school bus / trolleybus / minibus
+    ("000246", set(range(151, 269))),    # dog -> one of the dog breeds
+])
+def test_pretrained_weights_recognize_voc_photos(name, imagenet_ids):
+    path = store.dataset_dir("voc2007") / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"{name}.jpg"
+    image = Image.open(path).convert("RGB").resize((224, 224))
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    net = EfficientNetLite0(pretrained=True).eval()
+    with torch.no_grad():
+        top1 = net(x[None]).argmax(1).item()
+    assert top1 in imagenet_ids
