@@ -337,36 +337,88 @@ class FastConv(object):
 
 class FastMaxPool(object):
     """
-    Max-pooling on window views, forward and backward.
+    Max-pooling on strided window views, forward and backward, with no unfold copies.
 
-    Forward: `x.unfold` gives the (N, C, H', W', ph, pw) view of all windows (no copy, any
-    stride, overlapping or not) and the maximum is a reduction over its last two dims.
-    Backward: for each of the ph * pw window offsets, the positions equal to the window's
-    maximum (and not preceded by an earlier one, so ties go to the first maximum in
-    row-major order, as PyTorch does) receive dout, written straight into the strided view
-    of dx for that offset; overlapping windows accumulate.
+    Non-overlapping windows (stride == pool_height == pool_width, the common 2x2/2 case) are
+    reduced in two separable stages of elementwise `torch.maximum` over strided slices: first
+    across the pw columns of each window row (x (N, C, Ho*s, Wo*s) -> m (N, C, Ho*s, Wo)), then
+    across the ph rows (m -> out (N, C, Ho, Wo)). Each stage records, as uint8, which slice won
+    with a strict `>`, so ties go to the earlier one; rows-after-columns makes that the first
+    maximum in row-major order, as PyTorch does. Backward runs the stages in reverse: dout is
+    routed to the winning row of every window, then to the winning column of that row, each a
+    few elementwise products written straight into strided views of the result (one gradient
+    per window). Rows/columns past the last whole window get zero gradient.
+
+    Any other stride/window (overlapping or with gaps): out is the running maximum over the
+    ph * pw strided window-offset slices of x; backward sends dout, for each window offset in
+    row-major order, to the positions equal to the window's maximum not preceded by an earlier
+    one (the first maximum), accumulating over overlapping windows.
     """
 
     @staticmethod
     def forward(x, pool_param):
         """Same contract as MaxPool.forward: x (N, C, H, W) -> out (N, C, H', W'), cache."""
         ph, pw = int(pool_param.get("pool_height", 2)), int(pool_param.get("pool_width", 2))
-        stride = int(pool_param.get("stride", 2))
-        for size, window in ((x.shape[2], ph), (x.shape[3], pw)):
-            _output_size(size, window, stride, 0)  # raises if the window does not fit
-        out = x.unfold(2, ph, stride).unfold(3, pw, stride).amax(dim=(4, 5))
-        cache = (x, out, ph, pw, stride)
-        return out, cache
+        s = int(pool_param.get("stride", 2))
+        Ho, Wo = _output_size(x.shape[2], ph, s, 0), _output_size(x.shape[3], pw, s, 0)
+        if s == ph == pw:
+            m, col = FastMaxPool._reduce(x[:, :, :Ho * s, :Wo * s], 3, s)  # (N, C, Ho*s, Wo)
+            out, row = FastMaxPool._reduce(m, 2, s)  # (N, C, Ho, Wo)
+            return out, ("tiles", x.shape, row, col, s)
+        out = None
+        for kh in range(ph):
+            for kw in range(pw):
+                window = x[:, :, kh:kh + s * (Ho - 1) + 1:s, kw:kw + s * (Wo - 1) + 1:s]
+                out = window.clone() if out is None else torch.maximum(out, window)
+        return out, ("general", x, out, ph, pw, s)
+
+    @staticmethod
+    def _reduce(t, dim, k):
+        """Max over groups of k consecutive entries along `dim` (of size a multiple of k), as
+        k strided slices. Returns (max, index of the first maximum in each group, uint8)."""
+        def part(j):
+            return t[(slice(None),) * dim + (slice(j, None, k),)]
+        best, index = part(0), None
+        for j in range(1, k):
+            candidate = part(j)
+            better = (candidate > best).view(torch.uint8)  # strict: ties keep the earlier slice
+            index = better if index is None else torch.maximum(index, better * j)
+            best = torch.maximum(best, candidate)
+        if index is None:  # k == 1
+            best, index = best.clone(), torch.zeros(best.shape, dtype=torch.uint8, device=t.device)
+        return best, index
+
+    @staticmethod
+    def _route(grad, index, dim, k, out):
+        """Inverse of `_reduce`: write grad into slice index[i] of every group of k along `dim`
+        of `out` (the other k - 1 slices get 0)."""
+        def part(j):
+            return out[(slice(None),) * dim + (slice(j, None, k),)]
+        if k == 1:
+            part(0).copy_(grad)
+        elif k == 2:  # two products instead of four: the loser's share is grad - winner's
+            torch.mul(grad, index.view(torch.bool), out=part(1))
+            torch.sub(grad, part(1), out=part(0))
+        else:
+            for j in range(k):
+                torch.mul(grad, index == j, out=part(j))
 
     @staticmethod
     def backward(dout, cache):
         """Same contract as MaxPool.backward: returns dx (N, C, H, W)."""
-        x, out, ph, pw, s = cache
-        N, C, H, W = x.shape
+        if cache[0] == "tiles":
+            _, shape, row, col, s = cache
+            N, C, H, W = shape
+            Ho, Wo = dout.shape[2], dout.shape[3]
+            g = torch.empty((N, C, Ho * s, Wo), dtype=dout.dtype, device=dout.device)
+            FastMaxPool._route(dout, row, 2, s, g)  # dout -> the winning row of each window
+            whole = H == Ho * s and W == Wo * s
+            dx = (torch.empty if whole else torch.zeros)(shape, dtype=dout.dtype, device=dout.device)
+            FastMaxPool._route(g, col, 3, s, dx[:, :, :Ho * s, :Wo * s])  # -> its winning column
+            return dx
+        _, x, out, ph, pw, s = cache
         Ho, Wo = out.shape[2], out.shape[3]
-        overlap = s < ph or s < pw
-        tiles = s == ph == pw and H == Ho * ph and W == Wo * pw
-        dx = torch.empty_like(x) if tiles else torch.zeros_like(x)
+        dx = torch.zeros_like(x)
         seen = None
         for kh in range(ph):
             for kw in range(pw):
@@ -378,10 +430,7 @@ class FastMaxPool(object):
                 else:
                     first = hit & ~seen
                     seen = seen | hit
-                if overlap:
-                    dx[:, :, rows, cols].add_(dout * first)
-                else:
-                    torch.mul(dout, first, out=dx[:, :, rows, cols])
+                dx[:, :, rows, cols].add_(dout * first)
         return dx
 
 
@@ -600,7 +649,7 @@ class SpatialBatchNorm(object):
         ### BEGIN SOLUTION
         ### HINT: the closed form of BatchNorm.backward_alt with sums over dims (0, 2, 3) (M = N*H*W values per channel).
         x, mean, istd, gamma = cache["x"], cache["mean"], cache["istd"], cache["gamma"]
-        N, C = x.shape[0], x.shape[1]
+        C = x.shape[1]
         M = x.numel() // C
         shape = (1, C, 1, 1)
         dbeta = _channel_sum(dout)

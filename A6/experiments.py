@@ -4,8 +4,9 @@ more than its loss.
 `run(device)` (called by `make reproduce`) trains every model at the course's settings and
 returns result records:
 
-* VAE / CVAE (hidden 400, latent 15, Adam 1e-3, batch 128, 10 epochs): the negative ELBO
-  per image, averaged over the last training epoch and on the 10,000 test images;
+* VAE / CVAE (hidden 400, latent 15, Adam 1e-3, batch 128, 10 epochs; Linear weights
+  Xavier-uniform, `vae.initialize_weights`): the negative ELBO per image, averaged over the
+  last training epoch and on the 10,000 test images;
 * an evaluation classifier (`mnist_classifier.py`, >= 99% test accuracy) that measures
   samples: the fraction of CVAE digits classified as the digit asked for, and for every
   generator a Frechet distance between classifier features of 10,000 generated and the
@@ -36,6 +37,10 @@ VAE_TARGET, CVAE_TARGET = 110.0, 104.0
 CONDITIONAL_ACCURACY_TARGET = 0.95
 CLASSIFIER_TARGET = 0.99
 LATENT_SIZE = 15
+# Weight init of the VAE/CVAE Linear layers (a recipe choice, not the architecture): Xavier-
+# uniform, as the course's a6_helper.initialize_weights; PyTorch's default init trains the
+# six-layer ReLU nets markedly slower (see README).
+VAE_INIT = "xavier"
 BATCH_SIZE = 128
 GAN_KINDS = ("fc", "ls", "dc")
 GAN_NAMES = {"fc": "vanilla GAN (fully connected)", "ls": "least-squares GAN (fully connected)",
@@ -97,13 +102,21 @@ class BatchLoader:
 # VAE / CVAE
 # --------------------------------------------------------------------------------------
 
-def build_vae(cond=False):
-    return vae.CVAE(784, num_classes=10, latent_size=LATENT_SIZE) if cond else \
+def build_vae(cond=False, init=VAE_INIT):
+    """A VAE (cond=False) or CVAE (cond=True) at the course's sizes. init="xavier" (the
+    default here) re-draws the Linear weights with `vae.initialize_weights` (Xavier-uniform);
+    init="default" keeps PyTorch's default Linear init."""
+    model = vae.CVAE(784, num_classes=10, latent_size=LATENT_SIZE) if cond else \
         vae.VAE(784, latent_size=LATENT_SIZE)
+    if init == "xavier":
+        model.apply(vae.initialize_weights)
+    elif init != "default":
+        raise ValueError(f"unknown init {init!r}; use 'xavier' or 'default'")
+    return model
 
 
 def train_vae_model(cond=False, device=None, num_epochs=None, data=None, seed=0, verbose=True,
-                    epoch_callback=None):
+                    epoch_callback=None, init=VAE_INIT):
     """Train a VAE (cond=False) or CVAE (cond=True) at the course settings.
 
     Returns (model, history, seconds); history as returned by `vae.train_vae`.
@@ -112,7 +125,7 @@ def train_vae_model(cond=False, device=None, num_epochs=None, data=None, seed=0,
     num_epochs = settings()["vae_epochs"] if num_epochs is None else num_epochs
     x_train, y_train, _, _ = load_data() if data is None else data
     reset_seed(seed)
-    model = build_vae(cond).to(device)
+    model = build_vae(cond, init).to(device)
     loader = BatchLoader(x_train, y_train, seed=seed)
     with timer() as t:
         history = vae.train_vae(model, loader, num_epochs=num_epochs, cond=cond, device=device,
@@ -282,6 +295,77 @@ def get_classifier(device=None, data=None, verbose=True):
                             data=data)
 
 
+def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
+    """Train the VAE and/or the CVAE (`models`) at the course settings and measure them:
+    train and test loss, Frechet distance of samples, CVAE conditional accuracy. Returns
+    result records (`run` calls this; it can also be run alone to refresh only these rows)."""
+    device = get_device(device)
+    dev_name = device_name(device)
+    s = settings()
+    records = []
+    x_train, y_train, x_test, y_test = data
+    sizes = {"num_train": int(x_train.shape[0]), "num_test": int(x_test.shape[0])}
+
+    def record(metric, value, unit, seconds, reference=None, details=None):
+        records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
+                                   reference=reference, details=details))
+
+    for cond, name, reference, target in ((False, "vae", VAE_REFERENCE, VAE_TARGET),
+                                          (True, "cvae", CVAE_REFERENCE, CVAE_TARGET)):
+        if name not in models:
+            continue
+        model, history, train_seconds = train_vae_model(cond, device, s["vae_epochs"], data,
+                                                        verbose=True)
+        common = {"epochs": s["vae_epochs"], "batch_size": BATCH_SIZE, "optimizer": "Adam lr 1e-3",
+                  "hidden_size": vae.HIDDEN_SIZE, "latent_size": LATENT_SIZE,
+                  "init": "Xavier-uniform Linear weights (vae.initialize_weights)"
+                  if VAE_INIT == "xavier" else "PyTorch default", **sizes}
+        with timer() as t:
+            test_loss = evaluate_vae(model, x_test, y_test, cond)
+        final_train_loss = evaluate_vae(model, x_train, y_train, cond)
+        record(f"{name}_train_loss", history["epoch_loss"][-1], "nats per image", train_seconds,
+               reference=reference,
+               details={**common, "target": f"<= {target}",
+                        "definition": "negative ELBO (BCE summed over pixels + KL) per image, "
+                                      "averaged over every batch of the last training epoch",
+                        "reference_definition": "the reference's figure is the loss of the LAST "
+                                                "BATCH of epoch 10 (noisy, one batch of 128)",
+                        "last_batch_loss": round(history["batch_loss"][-1], 3),
+                        "final_model_train_loss": round(final_train_loss, 3),
+                        "final_model_train_loss_definition": "the trained model evaluated on the "
+                                                             "training images like the test loss",
+                        "epoch_losses": [round(v, 3) for v in history["epoch_loss"]]})
+        record(f"{name}_test_loss", test_loss, "nats per image", t.seconds,
+               details={**common, "definition": "same loss on the test images (eval mode, one "
+                                                "posterior sample per image, seed 0)"})
+        met = "quick mode: not compared with" if quick_mode() else \
+            "meets" if history["epoch_loss"][-1] <= target else "MISSES"
+        print(f"   {name}: train {history['epoch_loss'][-1]:.2f} ({met} the target <= {target}; "
+              f"last batch {history['batch_loss'][-1]:.2f}, reference {reference} = last batch), "
+              f"test {test_loss:.2f}", flush=True)
+        with timer() as t:
+            n = s["num_generated"]
+            labels = torch.arange(n) % 10 if cond else None
+            scores = sample_scores(vae_samples(model, n, labels), classifier, real_feats)
+        record(f"{name}_frechet_distance", scores["frechet_distance"], "feature FD", t.seconds,
+               details={"num_generated": n, "num_real": sizes["num_test"],
+                        "mean_top_class_probability": round(scores["mean_top_class_probability"], 4),
+                        "predicted_digit_fractions": scores["predicted_digit_fractions"],
+                        "sampling": "z ~ N(0, I)" + (", labels 0..9 in turn" if cond else "")})
+        if cond:
+            with timer() as t:
+                accuracy, per_digit = cvae_conditional_accuracy(model, classifier,
+                                                                s["cvae_per_digit"])
+            record("cvae_conditional_accuracy", accuracy, "fraction", t.seconds,
+                   details={"target": CONDITIONAL_ACCURACY_TARGET,
+                            "per_digit": [round(v, 4) for v in per_digit.tolist()],
+                            "num_generated": 10 * s["cvae_per_digit"],
+                            "definition": "fraction of CVAE digits (z ~ N(0, I)) that the "
+                                          "evaluation classifier assigns to the requested digit"})
+            print(f"   cvae conditional accuracy {accuracy:.4f}", flush=True)
+    return records
+
+
 def run(device=None):
     """Train and measure every A6 model; return the result records."""
     device = get_device(device)
@@ -326,55 +410,7 @@ def run(device=None):
                     "features": "evaluation classifier, penultimate layer (128-d)"})
 
     # 2. VAE and CVAE.
-    for cond, name, reference, target in ((False, "vae", VAE_REFERENCE, VAE_TARGET),
-                                          (True, "cvae", CVAE_REFERENCE, CVAE_TARGET)):
-        model, history, train_seconds = train_vae_model(cond, device, s["vae_epochs"], data,
-                                                        verbose=True)
-        common = {"epochs": s["vae_epochs"], "batch_size": BATCH_SIZE, "optimizer": "Adam lr 1e-3",
-                  "hidden_size": vae.HIDDEN_SIZE, "latent_size": LATENT_SIZE, **sizes}
-        with timer() as t:
-            test_loss = evaluate_vae(model, x_test, y_test, cond)
-        final_train_loss = evaluate_vae(model, x_train, y_train, cond)
-        record(f"{name}_train_loss", history["epoch_loss"][-1], "nats per image", train_seconds,
-               reference=reference,
-               details={**common, "target": f"<= {target}",
-                        "definition": "negative ELBO (BCE summed over pixels + KL) per image, "
-                                      "averaged over every batch of the last training epoch",
-                        "reference_definition": "the reference's figure is the loss of the LAST "
-                                                "BATCH of epoch 10 (noisy, one batch of 128)",
-                        "last_batch_loss": round(history["batch_loss"][-1], 3),
-                        "final_model_train_loss": round(final_train_loss, 3),
-                        "final_model_train_loss_definition": "the trained model evaluated on the "
-                                                             "training images like the test loss",
-                        "epoch_losses": [round(v, 3) for v in history["epoch_loss"]]})
-        record(f"{name}_test_loss", test_loss, "nats per image", t.seconds,
-               details={**common, "definition": "same loss on the test images (eval mode, one "
-                                                "posterior sample per image, seed 0)"})
-        met = "quick mode: not compared with" if quick_mode() else \
-            "meets" if history["epoch_loss"][-1] <= target else "MISSES"
-        print(f"   {name}: train {history['epoch_loss'][-1]:.2f} ({met} the target <= {target}; "
-              f"last batch {history['batch_loss'][-1]:.2f}, reference {reference} = last batch), "
-              f"test {test_loss:.2f}", flush=True)
-        with timer() as t:
-            n = s["num_generated"]
-            labels = torch.arange(n) % 10 if cond else None
-            scores = sample_scores(vae_samples(model, n, labels), classifier, real_feats)
-        record(f"{name}_frechet_distance", scores["frechet_distance"], "feature FD", t.seconds,
-               details={"num_generated": n, "num_real": sizes["num_test"],
-                        "mean_top_class_probability": round(scores["mean_top_class_probability"], 4),
-                        "predicted_digit_fractions": scores["predicted_digit_fractions"],
-                        "sampling": "z ~ N(0, I)" + (", labels 0..9 in turn" if cond else "")})
-        if cond:
-            with timer() as t:
-                accuracy, per_digit = cvae_conditional_accuracy(model, classifier,
-                                                                s["cvae_per_digit"])
-            record("cvae_conditional_accuracy", accuracy, "fraction", t.seconds,
-                   details={"target": CONDITIONAL_ACCURACY_TARGET,
-                            "per_digit": [round(v, 4) for v in per_digit.tolist()],
-                            "num_generated": 10 * s["cvae_per_digit"],
-                            "definition": "fraction of CVAE digits (z ~ N(0, I)) that the "
-                                          "evaluation classifier assigns to the requested digit"})
-            print(f"   cvae conditional accuracy {accuracy:.4f}", flush=True)
+    records += vae_records(device, data, classifier, real_feats)
 
     # 3. GANs.
     fds = {}

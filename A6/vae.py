@@ -219,6 +219,17 @@ def one_hot(labels, class_size):
     return targets
 
 
+def initialize_weights(m):
+    """Xavier-uniform weights for nn.Linear and nn.ConvTranspose2d modules (biases keep their
+    default init); use as model.apply(initialize_weights). The course's a6_helper helper.
+
+    The VAE/CVAE experiments use it: with PyTorch's default Linear init (bound 1/sqrt(fan_in))
+    the six-layer ReLU VAE/CVAE learn markedly slower at the course's Adam 1e-3 / batch 128.
+    """
+    if isinstance(m, (nn.Linear, nn.ConvTranspose2d)):
+        nn.init.xavier_uniform_(m.weight)
+
+
 def _model_device(model):
     try:
         return next(model.parameters()).device

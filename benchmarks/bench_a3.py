@@ -62,7 +62,8 @@ def compare(fns, device, repeats):
 
 
 def op_benchmarks(device, N, repeats, dtype=torch.float32):
-    """(name, ours_s, torch_s, shape description, forward-only pair) for conv, pool and batch norm."""
+    """(name, ours_s, torch_s, shape description, forward-only pair, wall seconds of the
+    measurement) for conv, pool and batch norm."""
     import convolutional_networks as cn
 
     torch.manual_seed(0)
@@ -124,10 +125,12 @@ def op_benchmarks(device, N, repeats, dtype=torch.float32):
     results = []
     for name, ours, ref in (("conv", ours_conv, torch_conv), ("maxpool", ours_pool, torch_pool),
                             ("batchnorm", ours_bn, torch_bn)):
+        start = time.perf_counter()
         t = compare({"ours": ours, "torch": ref}, device, repeats)
         fo, fr = fwd[name]
         tf = compare({"ours": no_grad(fo), "torch": no_grad(fr)}, device, repeats)
-        results.append((name, t["ours"], t["torch"], shapes[name], (tf["ours"], tf["torch"])))
+        results.append((name, t["ours"], t["torch"], shapes[name], (tf["ours"], tf["torch"]),
+                        time.perf_counter() - start))
     return results
 
 
@@ -230,10 +233,7 @@ def main(argv=None):
         if threads:
             base["cpu_threads"] = threads
         tag = device.type
-        start = time.perf_counter()
-        for op, ours, ref, shape, (fo, fr) in op_benchmarks(device, N, repeats):
-            seconds = time.perf_counter() - start
-            start = time.perf_counter()
+        for op, ours, ref, shape, (fo, fr), seconds in op_benchmarks(device, N, repeats):
             print(f"   {op:10s} fwd+bwd: ours {1e3 * ours:8.2f} ms  torch {1e3 * ref:8.2f} ms  "
                   f"ratio {ours / ref:5.2f}x   (forward only: {fo / fr:5.2f}x)", flush=True)
             records.append(make_record(
@@ -241,6 +241,7 @@ def main(argv=None):
                 where, seconds, details={**base, "shape": shape, "ours_ms": 1e3 * ours, "torch_ms": 1e3 * ref,
                                          "forward_ratio": fo / fr, "forward_ours_ms": 1e3 * fo,
                                          "forward_torch_ms": 1e3 * fr}))
+        start = time.perf_counter()
         naive, fast, shape = naive_vs_fast(device, repeats)
         seconds = time.perf_counter() - start
         start = time.perf_counter()

@@ -126,18 +126,29 @@ class EfficientNetLite0(nn.Module):
 
 
 class _FeatureTaps(nn.Module):
-    """c3/c4/c5 taps of a backbone as ``forward(x) -> dict`` (drops unused classifier layers)."""
+    """c3/c4/c5 taps of a backbone as ``forward(x) -> dict`` (drops unused classifier layers).
 
-    def __init__(self, net):
+    With ``with_head=True`` the 1x1 head conv stays and the dict also holds "head"
+    (N, 1280, H/32, W/32): the features EfficientNet's ImageNet classifier pools.
+    """
+
+    def __init__(self, net, with_head=False):
         super().__init__()
         self.net = net
+        self.with_head = with_head
         self.out_channels = dict(net.out_channels)
-        for name in ("_conv_head", "_bn1", "_fc"):
+        unused = ("_fc",) if with_head else ("_conv_head", "_bn1", "_fc")
+        for name in unused:
             if hasattr(net, name):
                 delattr(net, name)
+        if with_head:
+            self.out_channels["head"] = net._conv_head.out_channels
 
     def forward(self, x):
-        return self.net.features(x)
+        feats = self.net.features(x)
+        if self.with_head:
+            feats["head"] = F.relu6(self.net._bn1(self.net._conv_head(feats["c5"])))
+        return feats
 
 
 class _RegNetTaps(nn.Module):
@@ -167,10 +178,16 @@ class _RegNetTaps(nn.Module):
 BACKBONES = ("efficientnet_lite0", "regnet_x_400mf")
 
 
-def build_backbone(name="efficientnet_lite0", pretrained=True):
-    """Feature extractor ``x (N,3,H,W) -> {"c3", "c4", "c5"}`` with attribute ``out_channels``."""
+def build_backbone(name="efficientnet_lite0", pretrained=True, with_head=False):
+    """Feature extractor ``x (N,3,H,W) -> {"c3", "c4", "c5"}`` with attribute ``out_channels``.
+
+    ``with_head=True`` (EfficientNet-Lite0 only) adds "head", the 1280-channel pre-pooling
+    features of the ImageNet classifier.
+    """
     if name == "efficientnet_lite0":
-        return _FeatureTaps(EfficientNetLite0(pretrained=pretrained))
+        return _FeatureTaps(EfficientNetLite0(pretrained=pretrained), with_head=with_head)
+    if with_head:
+        raise ValueError(f"with_head is only available for efficientnet_lite0, not {name!r}")
     if name == "regnet_x_400mf":
         return _RegNetTaps(pretrained=pretrained)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

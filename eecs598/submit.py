@@ -52,7 +52,7 @@ SUBMISSION_FILES = {
     "A4": [  # sequence models (the course's A5)
         "rnn_lstm_captioning.py",
         "rnn_lstm_captioning.ipynb",
-        "transformers.py",
+        "arithmetic_transformer.py",  # the course's transformers.py (renamed: clashes with HF)
         "Transformers.ipynb",
         "transformer.pt",
         "rnn_lstm_attention_submission.pt",

@@ -115,3 +115,77 @@ def show_net_weights(net_or_W1):
     plt.imshow(visualize_grid(W1, padding=3).to(torch.uint8).numpy())
     plt.gca().axis("off")
     plt.show()
+
+
+# ----------------------------------------------------------------------------- detection (A5)
+def _to_list(x):
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+    return np.asarray(x).tolist()
+
+
+def draw_detections(image, boxes, classes, scores=None, class_names=None, ax=None, title=None,
+                    score_format="{:.2f}", linewidth=2):
+    """Draw (x1, y1, x2, y2) boxes with class labels (and scores) on an image.
+
+    Args:
+        image: (3, H, W) float tensor in [0, 1] (un-normalized), or an (H, W, 3) uint8 array.
+        boxes: (M, 4) in image pixels; classes: (M,) class indices; scores: optional (M,).
+        class_names: list/dict index -> name (default: the index).
+        ax: matplotlib Axes to draw on (default: a new figure).
+    Returns:
+        the Axes (one Rectangle patch and one text label per box).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 4))
+    if torch.is_tensor(image):
+        image = tensor_to_image(image.detach().cpu().float())
+    ax.imshow(image)
+    boxes, classes, scores = _to_list(boxes), _to_list(classes), _to_list(scores)
+    cmap = plt.get_cmap("tab20")
+    for k, (box, cls) in enumerate(zip(boxes, classes)):
+        cls = int(cls)
+        color = cmap(cls % 20)
+        x1, y1, x2, y2 = box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
+                               linewidth=linewidth))
+        name = class_names[cls] if class_names is not None else str(cls)
+        label = name if scores is None else f"{name} {score_format.format(scores[k])}"
+        ax.text(x1, y1, label, fontsize=8, color="white", verticalalignment="bottom",
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def plot_pr_curves(result, classes=None, ax=None, title=None):
+    """Precision-recall curves from `eecs598.detection_eval.evaluate_detections`' result.
+
+    One line per class that has ground truth (or only `classes`), labelled with its AP.
+    Returns the Axes.
+    """
+    import math
+
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 5))
+    for name, (recall, precision) in result["pr_curves"].items():
+        ap = result["ap_per_class"][name]
+        if (classes is not None and name not in classes) or math.isnan(ap) or len(recall) == 0:
+            continue
+        ax.plot(recall, precision, label=f"{name} ({100 * ap:.1f})", linewidth=1)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or f"PR curves, mAP@{result['iou_threshold']} = {100 * result['map']:.1f}%")
+    if ax.lines:
+        ax.legend(fontsize=6, ncol=2, loc="lower left")
+    return ax

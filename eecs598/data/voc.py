@@ -5,6 +5,12 @@ paths relative to the dataset folder (``<root>/voc2007``). Images are resized so
 shorter side is `image_size`, centre-cropped to a square, converted to [0, 1] tensors and
 normalized with ImageNet statistics; boxes are transformed the same way, clipped, and padded
 to `max_boxes` rows of -1.
+
+The course JSON lists only the objects that VOC marks as not "difficult". For the official
+evaluation protocol (difficult objects are ignored: detecting them is neither a true nor a
+false positive), `VOC2007Detection.difficult_boxes(i)` reads the difficult objects of image i
+from the VOCdevkit XML file (`VOCdevkit/VOC2007/Annotations/<id>.xml`) and maps them to the
+crop the same way.
 """
 import json
 import tarfile
@@ -72,6 +78,55 @@ class VOC2007Detection(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.instances)
 
+    def _geometry(self, w, h):
+        """(new_w, new_h, left, top): resize so the shorter side is image_size, centre crop."""
+        scale = self.image_size / min(w, h)
+        new_w, new_h = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+        return new_w, new_h, (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
+
+    def _to_crop(self, boxes, w, h):
+        """Map (K, 4) original-image boxes to the crop, clip, and flag the non-empty ones."""
+        new_w, new_h, left, top = self._geometry(w, h)
+        boxes = boxes.clone()
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] * new_w / w - left).clamp(0, self.image_size)
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] * new_h / h - top).clamp(0, self.image_size)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes, valid
+
+    def annotation_path(self, index):
+        """The VOCdevkit XML file of image `index` (it may be absent in a JSON-only copy)."""
+        path = self.root / self.instances[index][0]
+        return path.parent.parent / "Annotations" / (path.stem + ".xml")
+
+    def difficult_boxes(self, index):
+        """Objects marked difficult in the VOC XML of image `index`, in crop pixels.
+
+        Returns a (D, 5) float32 tensor of rows (x1, y1, x2, y2, class_index) (boxes clipped to
+        the crop; objects cropped away are dropped). The course JSON omits these objects; an
+        evaluator should ignore detections matched to them. Returns (0, 5) when the XML file is
+        absent (a copy with only the JSON files and images).
+        """
+        import xml.etree.ElementTree as ET
+        from PIL import Image
+
+        xml_path = self.annotation_path(index)
+        if not xml_path.is_file():
+            return torch.zeros(0, 5)
+        rows = []
+        for obj in ET.parse(xml_path).getroot().iter("object"):
+            if int(float(obj.findtext("difficult", "0"))) != 1:
+                continue
+            bb = obj.find("bndbox")
+            rows.append([float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+                        + [float(self.class_to_idx[obj.findtext("name").strip()])])
+        if not rows:
+            return torch.zeros(0, 5)
+        with Image.open(self.root / self.instances[index][0]) as img:
+            w, h = img.size  # header only: no decoding
+        out = torch.tensor(rows, dtype=torch.float32)
+        boxes, valid = self._to_crop(out[:, :4], w, h)
+        return torch.cat([boxes, out[:, 4:]], dim=1)[valid]
+
     def __getitem__(self, index):
         from PIL import Image
         import numpy as np
@@ -81,10 +136,8 @@ class VOC2007Detection(torch.utils.data.Dataset):
         with Image.open(path) as img:
             img = img.convert("RGB")
             w, h = img.size
-            scale = self.image_size / min(w, h)
-            new_w, new_h = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
+            new_w, new_h, left, top = self._geometry(w, h)
             img = img.resize((new_w, new_h), Image.BILINEAR)
-            left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
             img = img.crop((left, top, left + self.image_size, top + self.image_size))
             image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -93,9 +146,7 @@ class VOC2007Detection(torch.utils.data.Dataset):
 
         boxes = torch.tensor([a["xyxy"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         classes = torch.tensor([self.class_to_idx[a["name"]] for a in anns], dtype=torch.float32)
-        boxes[:, [0, 2]] = (boxes[:, [0, 2]] * new_w / w - left).clamp(0, self.image_size)
-        boxes[:, [1, 3]] = (boxes[:, [1, 3]] * new_h / h - top).clamp(0, self.image_size)
-        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, valid = self._to_crop(boxes, w, h)
         gt = torch.full((self.max_boxes, 5), -1.0)
         kept = torch.cat([boxes, classes[:, None]], dim=1)[valid][: self.max_boxes]
         gt[: len(kept)] = kept

@@ -51,3 +51,15 @@ def test_pretrained_weights_recognize_voc_photos(name, imagenet_ids):
     with torch.no_grad():
         top1 = net(x[None]).argmax(1).item()
     assert top1 in imagenet_ids
+
+
+def test_head_tap_matches_the_classifier_features():
+    torch.manual_seed(0)
+    full = EfficientNetLite0(pretrained=True).eval()
+    taps = build_backbone(with_head=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        head = taps(x)["head"]
+        expected = full._fc.weight @ head.mean(dim=(2, 3))[0] + full._fc.bias
+        assert torch.allclose(full(x)[0], expected, atol=1e-4)
+    assert taps.out_channels["head"] == 1280 and head.shape == (1, 1280, 2, 2)

@@ -44,7 +44,7 @@ def test_zip_contents(tmp_path, assignment):
 
 
 def test_project_numbering():
-    assert "rnn_lstm_captioning.py" in SUBMISSION_FILES["A4"] and "transformers.py" in SUBMISSION_FILES["A4"]
+    assert "rnn_lstm_captioning.py" in SUBMISSION_FILES["A4"] and "arithmetic_transformer.py" in SUBMISSION_FILES["A4"]
     assert "one_stage_detector.py" in SUBMISSION_FILES["A5"] and "common.py" in SUBMISSION_FILES["A5"]
 
 

@@ -1,0 +1,393 @@
+"""Unit tests for A5/common.py (FPN backbone, location coordinates, IoU, NMS, training helpers).
+
+References are independent of the code under test:
+* `_torchvision_nms_reference` is a line-by-line Python port of torchvision's CPU kernel
+  (torchvision/csrc/ops/cpu/nms_kernel.cpp): stable descending sort, areas and IoU in the
+  boxes' dtype (numpy float32 scalars for float32 boxes), `ovr > iou_threshold` compared in
+  double precision, suppressed boxes skipped. torchvision itself is not installed here.
+* `_iou_reference` is a scalar Python double loop with torchvision.ops.box_iou's formula.
+* FPN shapes/wiring are checked against the lateral/output convs applied by hand with
+  torch.nn.functional; location coordinates against the flattening of a non-square map.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+from eecs598.testing import assert_close
+
+
+# ----------------------------------------------------------------------------- references
+def _np_dtype(dtype):
+    return {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+
+
+def _torchvision_nms_reference(boxes, scores, iou_threshold):
+    """Python port of torchvision's nms_kernel_impl (CPU), scalar by scalar."""
+    t = _np_dtype(boxes.dtype)
+    b = boxes.numpy().astype(t)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    areas = (x2 - x1) * (y2 - y1)  # elementwise in the boxes' dtype, like at::Tensor ops
+    # scores.sort(0, descending=True, stable=True): equal scores keep their index order.
+    s = scores.tolist()
+    order = sorted(range(len(s)), key=lambda k: -s[k])  # Python's sort is stable
+    suppressed = [False] * len(s)
+    keep = []
+    zero = t(0)
+    for _i in range(len(order)):
+        i = order[_i]
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        for _j in range(_i + 1, len(order)):
+            j = order[_j]
+            if suppressed[j]:
+                continue
+            xx1 = max(x1[i], x1[j])
+            yy1 = max(y1[i], y1[j])
+            xx2 = min(x2[i], x2[j])
+            yy2 = min(y2[i], y2[j])
+            w = max(zero, t(xx2 - xx1))
+            h = max(zero, t(yy2 - yy1))
+            inter = t(w * h)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ovr = t(inter / t(t(areas[i] + areas[j]) - inter))
+            if float(ovr) > iou_threshold:  # C++ promotes the float to double
+                suppressed[j] = True
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def _batched_nms_reference(boxes, scores, class_ids, iou_threshold):
+    """Per-class reference NMS, merged by decreasing score (ties: lower index first)."""
+    keep = []
+    for c in sorted(set(class_ids.tolist())):
+        idx = [k for k in range(len(class_ids)) if class_ids[k] == c]
+        kept = _torchvision_nms_reference(boxes[idx], scores[idx], iou_threshold)
+        keep += [idx[k] for k in kept.tolist()]
+    s = scores.tolist()
+    return torch.tensor(sorted(sorted(keep), key=lambda k: -s[k]), dtype=torch.long)
+
+
+def _iou_reference(boxes1, boxes2):
+    out = torch.zeros(len(boxes1), len(boxes2), dtype=torch.float64)
+    for m, a in enumerate(boxes1.tolist()):
+        for n, b in enumerate(boxes2.tolist()):
+            w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            inter = w * h
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+            out[m, n] = inter / union if union > 0 else float("nan")
+    return out
+
+
+def _random_boxes(n, generator, size=100.0, max_wh=40.0, dtype=torch.float32):
+    xy = torch.rand(n, 2, generator=generator, dtype=torch.float64) * size
+    wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * max_wh
+    return torch.cat([xy, xy + wh], dim=1).to(dtype)
+
+
+# ----------------------------------------------------------------------------- basics
+def test_hello(capsys):
+    common.hello_common()
+    assert capsys.readouterr().out.strip() == "Hello from common.py!"
+
+
+def test_box_iou_matches_bruteforce():
+    g = torch.Generator().manual_seed(0)
+    b1, b2 = _random_boxes(13, g, dtype=torch.float64), _random_boxes(17, g, dtype=torch.float64)
+    b2[:3] = b1[:3]  # identical boxes -> IoU 1
+    b2[3] = torch.tensor([500.0, 500.0, 510.0, 510.0], dtype=torch.float64)  # disjoint -> 0
+    ours = common.box_iou(b1, b2)
+    assert ours.shape == (13, 17)
+    assert_close(ours, _iou_reference(b1, b2), 1e-12, "box_iou float64")
+    ours32 = common.box_iou(b1.float(), b2.float())
+    assert ours32.dtype == torch.float32
+    assert (ours32.double() - _iou_reference(b1, b2)).abs().max() < 1e-5
+    assert torch.allclose(torch.diagonal(ours[:3, :3]), torch.ones(3, dtype=torch.float64))
+
+
+def test_box_iou_touching_and_nested():
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[2.0, 0.0, 4.0, 2.0], [0.5, 0.5, 1.5, 1.5], [1.0, 0.0, 3.0, 2.0]])
+    # touching -> 0; nested 1/4; half overlap 2 / (4 + 4 - 2) = 1/3
+    assert_close(common.box_iou(a, b)[0], torch.tensor([0.0, 0.25, 1 / 3]), 1e-6, "iou")
+
+
+# ----------------------------------------------------------------------------- locations
+def test_fpn_location_coords_row_major_non_square():
+    shapes = {"p3": (2, 4, 3, 5), "p4": (2, 4, 2, 3)}  # H != W on purpose
+    strides = {"p3": 8, "p4": 16}
+    locs = common.get_fpn_location_coords(shapes, strides)
+    for level, (_, _, H, W) in shapes.items():
+        s = strides[level]
+        assert locs[level].shape == (H * W, 2) and locs[level].dtype == torch.float32
+        # A feature map whose channel 0 holds the column index and channel 1 the row index,
+        # flattened exactly the way the detectors flatten predictions.
+        feat = torch.stack(torch.meshgrid(torch.arange(H.__int__()), torch.arange(W), indexing="ij")[::-1])
+        flat = feat[None].permute(0, 2, 3, 1).reshape(1, H * W, 2)[0].float()
+        expected = (flat + 0.5) * s  # (j + 0.5) * s, (i + 0.5) * s
+        assert torch.equal(locs[level], expected), (level, locs[level], expected)
+        assert torch.equal(feat.flatten(1).t().float(), flat)
+
+
+def test_fpn_location_coords_dtype_device():
+    locs = common.get_fpn_location_coords({"p5": (1, 1, 7, 7)}, {"p5": 32}, dtype=torch.float64)
+    assert locs["p5"].dtype == torch.float64
+    assert locs["p5"][0].tolist() == [16.0, 16.0] and locs["p5"][1].tolist() == [48.0, 16.0]
+
+
+# ----------------------------------------------------------------------------- NMS
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nms_matches_torchvision_kernel_port(threshold, dtype):
+    g = torch.Generator().manual_seed(int(threshold * 10))
+    for trial in range(6):
+        n = [1, 2, 30, 100, 200, 300][trial]
+        boxes = _random_boxes(n, g, dtype=dtype)
+        scores = torch.rand(n, generator=g, dtype=torch.float64).to(dtype)
+        if trial >= 2:  # many exact ties in the scores
+            scores = (scores * 8).floor() / 8
+        keep = common.nms(boxes, scores, threshold)
+        assert keep.dtype == torch.long
+        ref = _torchvision_nms_reference(boxes, scores, threshold)
+        assert torch.equal(keep, ref), f"n={n} thr={threshold}\nours {keep.tolist()}\nref {ref.tolist()}"
+
+
+def test_nms_exact_threshold_edge_cases():
+    # IoU exactly 0.5 (inter 2 / union 4): not suppressed at 0.5 (strict >).
+    boxes = torch.tensor([[0.0, 0.0, 3.0, 1.0], [1.0, 0.0, 4.0, 1.0]])
+    scores = torch.tensor([0.9, 0.8])
+    assert common.nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert common.nms(boxes, scores, 0.49).tolist() == [0]
+    # IoU = 3/10 in float32 rounds to 0.3000000119 > 0.3 (double): torchvision suppresses.
+    boxes = torch.tensor([[0.0, 0.0, 6.5, 1.0], [3.5, 0.0, 10.0, 1.0]])  # inter 3, union 10
+    ref = _torchvision_nms_reference(boxes, scores, 0.3)
+    assert ref.tolist() == [0]
+    assert common.nms(boxes, scores, 0.3).tolist() == ref.tolist()
+    # Equal scores: the lower index wins; identical boxes suppress each other.
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3 + [[5.0, 5.0, 6.0, 6.0]])
+    scores = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    assert common.nms(boxes, scores, 0.5).tolist() == [0, 3]
+    # Empty input and zero-area boxes (0/0 = NaN is never > threshold).
+    assert common.nms(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
+    boxes = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    assert common.nms(boxes, torch.tensor([0.2, 0.1]), 0.5).tolist() == [0, 1]
+
+
+def test_nms_spans_several_blocks(monkeypatch):
+    monkeypatch.setattr(common, "_NMS_BLOCK", 16)  # nms works on sorted blocks: use many
+    g = torch.Generator().manual_seed(5)
+    n = 250
+    boxes = _random_boxes(n, g, size=100.0, max_wh=40.0)
+    scores = (torch.rand(n, generator=g) * 50).floor() / 50
+    keep = common.nms(boxes, scores, 0.5)
+    ref = _torchvision_nms_reference(boxes, scores, 0.5)
+    assert torch.equal(keep, ref)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_class_spec_nms_equals_per_class_nms(threshold):
+    g = torch.Generator().manual_seed(11)
+    n = 300
+    boxes = _random_boxes(n, g)
+    scores = (torch.rand(n, generator=g) * 16).floor() / 16
+    class_ids = torch.randint(0, 4, (n,), generator=g)
+    keep = common.class_spec_nms(boxes, scores, class_ids, threshold)
+    ref = _batched_nms_reference(boxes, scores, class_ids, threshold)
+    assert torch.equal(keep, ref), f"ours {keep.tolist()}\nref {ref.tolist()}"
+    # identical boxes of different classes never suppress each other
+    b = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 2)
+    assert common.class_spec_nms(b, torch.tensor([0.9, 0.8]), torch.tensor([0, 1])).tolist() == [0, 1]
+    assert common.class_spec_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0)).tolist() == []
+
+
+def test_class_spec_nms_spans_several_blocks(monkeypatch):
+    monkeypatch.setattr(common, "_NMS_BLOCK", 8)
+    g = torch.Generator().manual_seed(12)
+    n = 120
+    boxes = _random_boxes(n, g, size=60.0)
+    scores = (torch.rand(n, generator=g) * 10).floor() / 10
+    class_ids = torch.randint(0, 3, (n,), generator=g)
+    keep = common.class_spec_nms(boxes, scores, class_ids, 0.5)
+    assert torch.equal(keep, _batched_nms_reference(boxes, scores, class_ids, 0.5))
+
+
+# ----------------------------------------------------------------------------- FPN
+@pytest.mark.parametrize("freeze", [False, True])
+def test_fpn_matches_functional_reference(freeze):
+    torch.manual_seed(0)
+    model = common.DetectorBackboneWithFPN(8, pretrained=False, freeze_backbone=freeze)
+    assert model.out_channels == 8 and model.fpn_strides == {"p3": 8, "p4": 16, "p5": 32}
+    model.eval()
+    images = torch.randn(2, 3, 64, 96)  # non-square
+    with torch.no_grad():
+        out = model(images)
+        c = model.backbone(images)
+    fp = model.fpn_params
+
+    def conv(x, m, pad):
+        return F.conv2d(x, m.weight, m.bias, padding=pad)
+
+    m5 = conv(c["c5"], fp["l5"], 0)
+    m4 = conv(c["c4"], fp["l4"], 0) + m5.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    m3 = conv(c["c3"], fp["l3"], 0) + m4.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    ref = {"p3": conv(m3, fp["o3"], 1), "p4": conv(m4, fp["o4"], 1), "p5": conv(m5, fp["o5"], 1)}
+    for level, stride in model.fpn_strides.items():
+        assert out[level].shape == (2, 8, 64 // stride, 96 // stride)
+        assert_close(out[level], ref[level], 1e-5, level)
+    model.train()
+    assert model.backbone.training is (not freeze)
+    assert all(p.requires_grad is (not freeze) for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.fpn_params.parameters())
+
+
+# ----------------------------------------------------------------------------- flips
+def test_hflip_boxes_matches_flipped_mask():
+    W, H = 20, 10
+    gt = torch.tensor([[[2.0, 1.0, 7.0, 4.0, 3.0], [15.0, 5.0, 20.0, 9.0, 0.0],
+                        [-1.0, -1.0, -1.0, -1.0, -1.0]]])
+    flipped = common.hflip_boxes(gt, W)
+    for k in range(2):
+        x1, y1, x2, y2 = gt[0, k, :4].long().tolist()
+        mask = torch.zeros(H, W)
+        mask[y1:y2, x1:x2] = 1
+        cols = mask.flip(-1).sum(0).nonzero()[:, 0]
+        assert flipped[0, k].tolist() == [cols.min().item(), y1, cols.max().item() + 1, y2,
+                                          gt[0, k, 4].item()]
+    assert flipped[0, 2].tolist() == [-1.0] * 5
+    images = torch.arange(2 * 3 * H * W, dtype=torch.float32).reshape(2, 3, H, W)
+    gt2 = gt.repeat(2, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    out_img, out_gt = common.random_hflip(images, gt2, p=1.0, generator=g)
+    assert torch.equal(out_img, images.flip(-1)) and torch.equal(out_gt, flipped.repeat(2, 1, 1))
+    out_img, out_gt = common.random_hflip(images, gt2, p=0.0, generator=g)
+    assert torch.equal(out_img, images) and torch.equal(out_gt, gt2)
+
+
+# ----------------------------------------------------------------------------- training
+class _ToyDetector(torch.nn.Module):
+    """Regresses the mean GT box from the image mean; returns course-style loss dicts."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 4)
+
+    def forward(self, images, gt_boxes=None, test_score_thresh=None, test_nms_thresh=None):
+        pred = self.lin(images.mean(dim=(2, 3)))
+        if self.training:
+            target = gt_boxes[:, 0, :4] / 10
+            return {"loss_box": ((pred - target) ** 2).mean(), "loss_aux": pred.abs().mean() * 0.01,
+                    "not_a_loss": torch.tensor(100.0)}
+        gt = self._gt
+        return gt[:, :4], gt[:, 4].long(), torch.linspace(1, 0.5, len(gt))
+
+
+class _ToyDataset(torch.utils.data.Dataset):
+    idx_to_class = {0: "a", 1: "b", 2: "c"}
+
+    def __init__(self, n=8):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randn(n, 3, 8, 8, generator=g)
+        self.gt = torch.full((n, 5, 5), -1.0)
+        self.gt[:, 0] = torch.tensor([1.0, 2.0, 5.0, 6.0, 0.0])
+        self.gt[:, 1] = torch.tensor([3.0, 1.0, 7.0, 4.0, 2.0])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return f"img{i}.jpg", self.images[i], self.gt[i]
+
+
+def test_lr_schedule_warmup_and_steps():
+    f = [common._lr_factor(it, 100, 10) for it in range(100)]
+    assert f[0] == pytest.approx(0.001) and f[5] == pytest.approx(0.001 * 0.5 + 0.5)
+    assert f[10] == 1.0 and f[59] == 1.0 and f[60] == pytest.approx(0.1) and f[90] == pytest.approx(0.01)
+
+
+def test_train_detector_runs_and_resumes(tmp_path, capsys):
+    ds = _ToyDataset(8)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False)  # same batch each step
+    kwargs = dict(learning_rate=0.05, max_iters=12, log_period=4, warmup_iters=3, augment=False)
+    torch.manual_seed(0)
+    straight = _ToyDetector()
+    out = common.train_detector(straight, loader, **kwargs)
+    assert out["iters"] == 12 and len(out["loss_history"]) == 12 and not out["stopped_early"]
+    assert out["loss_history"][-1] < out["loss_history"][0]
+    assert "loss_box" in capsys.readouterr().out
+
+    torch.manual_seed(0)
+    resumed = _ToyDetector()
+    ckpt = str(tmp_path / "ckpt.pt")
+    first = common.train_detector(resumed, loader, checkpoint_path=ckpt, **{**kwargs, "max_iters": 12},
+                                  time_limit=0.0)  # stops after one iteration
+    assert first["stopped_early"] and first["iters"] == 1
+    fresh = _ToyDetector()  # a new process would start from a new model
+    second = common.train_detector(fresh, loader, checkpoint_path=ckpt, **kwargs)
+    assert second["iters"] == 12 and len(second["loss_history"]) == 12
+    for a, b in zip(straight.parameters(), fresh.parameters()):
+        assert_close(b, a, 1e-6, "resumed weights vs straight run")
+
+
+def test_predict_and_evaluate_perfect_detector():
+    ds = _ToyDataset(3)
+    det = _ToyDetector()
+    det._gt = ds.gt[0][ds.gt[0][:, 4] >= 0]
+    preds, stats = common.predict_detections(det, ds, 0.05, 0.5, "cpu", return_stats=True)
+    assert len(preds) == 3 and stats["num_images"] == 3 and stats["images_per_s"] > 0
+    assert preds[0]["boxes"].shape == (2, 4) and preds[0]["classes"].dtype == torch.long
+    assert preds[0]["gt_boxes"].shape == (2, 4) and preds[0]["gt_classes"].tolist() == [0, 2]
+    result = common.evaluate_detector(det, ds, verbose=False)
+    # every GT box detected exactly once: AP 1 for classes a and c; b has no GT -> NaN, excluded
+    assert result["map"] == pytest.approx(1.0) and result["map_07"] == pytest.approx(1.0)
+    assert math.isnan(result["ap_per_class"]["b"]) and result["ap_per_class"]["a"] == 1.0
+    assert not result["used_difficult"]
+
+
+@pytest.mark.skipif(not __import__("eecs598.testing").testing.shared_data_available(
+    "voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
+def test_evaluate_detector_oracle_on_voc_with_difficult():
+    """An oracle that outputs every GT box (and the difficult ones) gets mAP 1 on real VOC."""
+    from eecs598.data import VOC2007Detection
+
+    ds = VOC2007Detection("val", num_images=6)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, with_difficult):
+            super().__init__()
+            self.k, self.with_difficult = 0, with_difficult
+
+        def forward(self, images, gt_boxes=None, test_score_thresh=None, test_nms_thresh=None):
+            _, _, gt = ds[self.k]
+            gt = gt[gt[:, 4] >= 0]
+            scores = torch.full((len(gt),), 0.5)
+            if self.with_difficult:  # difficult objects detected with the highest scores
+                diff = ds.difficult_boxes(self.k)
+                gt, scores = torch.cat([gt, diff]), torch.cat([scores, torch.ones(len(diff))])
+            self.k += 1
+            return gt[:, :4], gt[:, 4].long(), scores
+
+    n_difficult = sum(len(ds.difficult_boxes(i)) for i in range(len(ds)))
+    assert n_difficult > 0  # 000005.jpg has two
+    for with_difficult in (False, True):
+        r = common.evaluate_detector(Oracle(with_difficult), ds, verbose=False)
+        assert r["used_difficult"] and r["num_images"] == 6
+        assert r["map"] == pytest.approx(1.0) and r["map_07"] == pytest.approx(1.0)
+    # without the difficult flags, detections of difficult objects become false positives
+    r = common.evaluate_detector(Oracle(True), ds, use_difficult=False, verbose=False)
+    assert not r["used_difficult"] and r["map"] < 1.0
+
+
+def test_inference_with_detector_draws(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    ds = _ToyDataset(2)
+    det = _ToyDetector()
+    det._gt = ds.gt[0][ds.gt[0][:, 4] >= 0]
+    preds = common.inference_with_detector(det, ds, ds.idx_to_class, 0.3, 0.5,
+                                           output_dir=str(tmp_path), max_images=2, show=False)
+    assert len(preds) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["detections_0.png", "detections_1.png"]

@@ -1,0 +1,355 @@
+"""Tests of A5/one_stage_detector.py (FCOS).
+
+References are independent of the code under test: brute-force Python loops over boxes and
+locations, math formulas evaluated element by element, torch.nn.functional's
+binary_cross_entropy_with_logits (for the focal loss) in float64. Tolerances are stated per test.
+"""
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import one_stage_detector as osd
+from eecs598.testing import assert_close
+
+STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+
+
+def hand_locations(shapes, strides):
+    """Row-major (x, y) centres built with Python loops: k = i * W + j."""
+    out = {}
+    for level, (H, W) in shapes.items():
+        s = strides[level]
+        out[level] = torch.tensor([[(j + 0.5) * s, (i + 0.5) * s] for i in range(H) for j in range(W)],
+                                  dtype=torch.float32)
+    return out
+
+
+def random_gt(n, size=224, num_classes=20, pad_to=None, gen=None):
+    rows = []
+    for _ in range(n):
+        x1, x2 = sorted(random.uniform(0, size) for _ in range(2))
+        y1, y2 = sorted(random.uniform(0, size) for _ in range(2))
+        rows.append([x1, y1, x2 + 1, y2 + 1, float(random.randrange(num_classes))])
+    gt = torch.tensor(rows, dtype=torch.float32).reshape(-1, 5)
+    if pad_to is not None:
+        gt = torch.cat([gt, torch.full((pad_to - n, 5), -1.0)])
+    return gt
+
+
+def test_hello_and_reexports():
+    osd.hello_one_stage_detector()
+    for name in ("DetectorBackboneWithFPN", "get_fpn_location_coords", "nms", "class_spec_nms"):
+        assert callable(getattr(osd, name)), name
+
+
+# --------------------------------------------------------------------------- focal loss
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 0.0), (0.75, 1.5)])
+def test_sigmoid_focal_loss_matches_weighted_bce(alpha, gamma):
+    """FL = alpha_t (1 - p_t)^gamma * BCE, with BCE from torch.nn.functional (float64, tol 1e-10)."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 20, dtype=torch.float64) * 4
+    x[0, :3] = torch.tensor([60.0, -60.0, 0.0], dtype=torch.float64)  # saturated logits stay finite
+    t = (torch.rand(7, 20) < 0.3).to(torch.float64)
+    p = torch.sigmoid(x)
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    ref = alpha_t * (1 - p_t) ** gamma * F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    ours = osd.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma)
+    assert torch.isfinite(ours).all()
+    assert_close(ours, ref, 1e-10, "focal loss")
+    assert_close(osd.sigmoid_focal_loss(x, t, alpha, gamma, reduction="sum"), ref.sum(), 1e-10, "sum")
+    assert_close(osd.sigmoid_focal_loss(x, t, alpha, gamma, reduction="mean"), ref.mean(), 1e-10, "mean")
+
+
+def test_focal_loss_gradient_matches_autograd_reference():
+    """Gradients of our loss vs gradients of the BCE-based formula (float64, tol 1e-9)."""
+    torch.manual_seed(1)
+    x1 = (torch.randn(5, 6, dtype=torch.float64) * 3).requires_grad_()
+    x2 = x1.detach().clone().requires_grad_()
+    t = (torch.rand(5, 6) < 0.5).to(torch.float64)
+    osd.sigmoid_focal_loss(x1, t).sum().backward()
+    p = torch.sigmoid(x2)
+    p_t = p * t + (1 - p) * (1 - t)
+    ref = ((0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** 2
+           * F.binary_cross_entropy_with_logits(x2, t, reduction="none")).sum()
+    ref.backward()
+    assert_close(x1.grad, x2.grad, 1e-9, "focal loss gradient")
+
+
+# --------------------------------------------------------------------------- box coder
+def test_deltas_hand_values_and_round_trip():
+    """Deltas vs LTRB / stride computed by hand (exact); apply(get(...)) returns the boxes (tol 1e-6)."""
+    random.seed(0)
+    locs, boxes = [], []
+    for _ in range(50):
+        x1, y1 = random.uniform(0, 150), random.uniform(0, 150)
+        x2, y2 = x1 + random.uniform(2, 70), y1 + random.uniform(2, 70)
+        locs.append([random.uniform(x1 + 0.5, x2 - 0.5), random.uniform(y1 + 0.5, y2 - 0.5)])
+        boxes.append([x1, y1, x2, y2, 3.0])
+    locations = torch.tensor(locs, dtype=torch.float64)
+    gt = torch.tensor(boxes, dtype=torch.float64)
+    gt[::7] = -1  # background rows
+    for stride in (8, 16, 32):
+        deltas = osd.fcos_get_deltas_from_locations(locations, gt, stride)
+        ref = torch.empty(50, 4, dtype=torch.float64)
+        for k in range(50):
+            if k % 7 == 0:
+                ref[k] = -1
+            else:
+                (x, y), (x1, y1, x2, y2) = locs[k], boxes[k][:4]
+                ref[k] = torch.tensor([(x - x1) / stride, (y - y1) / stride, (x2 - x) / stride, (y2 - y) / stride],
+                                      dtype=torch.float64)
+        assert_close(deltas, ref, 1e-12, f"deltas stride {stride}")
+        fg = gt[:, 4] != -1
+        back = osd.fcos_apply_deltas_to_locations(deltas[fg], locations[fg], stride)
+        assert_close(back, gt[fg, :4], 1e-6, "round trip")
+
+
+def test_apply_deltas_clamps_negative_to_zero():
+    loc = torch.tensor([[50.0, 60.0]])
+    deltas = torch.tensor([[-2.0, 1.0, 3.0, -0.5]])
+    box = osd.fcos_apply_deltas_to_locations(deltas, loc, 8)
+    assert torch.equal(box, torch.tensor([[50.0, 52.0, 74.0, 60.0]]))
+
+
+def test_centerness_matches_hand_formula():
+    """sqrt(min(l,r) min(t,b) / (max(l,r) max(t,b))) with Python math (tol 1e-12); background -1."""
+    random.seed(1)
+    rows = [[random.uniform(0.01, 9) for _ in range(4)] for _ in range(40)]
+    deltas = torch.tensor(rows, dtype=torch.float64)
+    deltas[5] = -1
+    deltas[17] = -1
+    ours = osd.fcos_make_centerness_targets(deltas)
+    ref = []
+    for k, (l, t, r, b) in enumerate(rows):
+        if k in (5, 17):
+            ref.append(-1.0)
+        else:
+            ref.append(math.sqrt(min(l, r) * min(t, b) / (max(l, r) * max(t, b))))
+    assert_close(ours, torch.tensor(ref, dtype=torch.float64), 1e-12, "centerness")
+    # A location at the exact centre has centerness 1.
+    assert_close(osd.fcos_make_centerness_targets(torch.tensor([[2.0, 3.0, 2.0, 3.0]])), torch.ones(1), 1e-7)
+
+
+# --------------------------------------------------------------------------- matching
+def brute_force_match(locations, strides, gt):
+    """Reference matching with Python loops (same rules as the docstring)."""
+    smallest, largest = min(strides.values()), max(strides.values())
+    out = {}
+    for level, locs in locations.items():
+        s = strides[level]
+        lower = 0.0 if s == smallest else 4.0 * s
+        upper = math.inf if s == largest else 8.0 * s
+        rows = []
+        for x, y in locs.tolist():
+            best, best_area = None, math.inf
+            for n, (x1, y1, x2, y2, c) in enumerate(gt.tolist()):
+                if c == -1:
+                    continue
+                l, t, r, b = x - x1, y - y1, x2 - x, y2 - y
+                m = max(l, t, r, b)
+                if min(l, t, r, b) > 0 and lower < m <= upper:
+                    area = (x2 - x1) * (y2 - y1)
+                    if area < best_area:  # strict: equal areas keep the lower index
+                        best, best_area = n, area
+            rows.append(gt[best].tolist() if best is not None else [-1.0] * 5)
+        out[level] = torch.tensor(rows, dtype=torch.float32)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matching_matches_brute_force(seed):
+    """Random GT sets (with padding rows and boxes of equal area), non-square maps: exact equality."""
+    random.seed(seed)
+    H, W = 96 + 32 * seed, 160
+    shapes = {lvl: (H // s, W // s) for lvl, s in STRIDES.items()}
+    locations = hand_locations(shapes, STRIDES)
+    gt = random_gt(6 + seed, size=min(H, W), pad_to=12)
+    # Ties: a shifted copy with exactly the same area, and an exact duplicate with another class.
+    x1, y1, x2, y2, _ = gt[0].tolist()
+    gt[8] = torch.tensor([x1 + 4, y1 + 4, x2 + 4, y2 + 4, 5.0])
+    gt[9] = torch.tensor([x1, y1, x2, y2, 7.0])
+    ours = osd.fcos_match_locations_to_gt(locations, STRIDES, gt)
+    ref = brute_force_match(locations, STRIDES, gt)
+    assert set(ours) == set(ref)
+    for level in ref:
+        assert ours[level].shape == ref[level].shape
+        assert torch.equal(ours[level], ref[level]), f"level {level}: {(ours[level] != ref[level]).any(1).sum()} rows differ"
+    assert sum((r[:, 4] != -1).sum().item() for r in ref.values()) > 0
+
+
+def test_matching_size_ranges_and_empty_gt():
+    """One 200x200 box: the centre location's max distance ~100 -> p4 only; no GT -> all background."""
+    shapes = {lvl: (224 // s, 224 // s) for lvl, s in STRIDES.items()}
+    locations = hand_locations(shapes, STRIDES)
+    gt = torch.tensor([[12.0, 12.0, 212.0, 212.0, 4.0], [-1, -1, -1, -1, -1]])
+    out = osd.fcos_match_locations_to_gt(locations, STRIDES, gt)
+    centre = {lvl: ((112 // s) * (224 // s) + 112 // s) for lvl, s in STRIDES.items()}
+    assert out["p4"][centre["p4"], 4] == 4
+    assert out["p3"][centre["p3"], 4] == -1 and out["p5"][centre["p5"], 4] == -1
+    empty = osd.fcos_match_locations_to_gt(locations, STRIDES, torch.full((3, 5), -1.0))
+    assert all((v == -1).all() for v in empty.values())
+
+
+# --------------------------------------------------------------------------- prediction network
+def test_prediction_network_separate_stems_and_init():
+    torch.manual_seed(0)
+    net = osd.FCOSPredictionNetwork(num_classes=20, in_channels=64, stem_channels=[128, 128])
+    cls_params = {id(p) for p in net.stem_cls.parameters()}
+    box_params = {id(p) for p in net.stem_box.parameters()}
+    assert cls_params and box_params and not (cls_params & box_params), "stems share parameters"
+    assert not ({p.data_ptr() for p in net.stem_cls.parameters()} & {p.data_ptr() for p in net.stem_box.parameters()})
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 + 3
+    for conv in convs:
+        # N(0, 0.01): the sample std of >= 20k weights is within 5% of 0.01 (many sigma).
+        assert abs(conv.weight.std().item() - 0.01) < 5e-4 and abs(conv.weight.mean().item()) < 1e-3
+    prior = -math.log((1 - 0.01) / 0.01)
+    assert_close(net.pred_cls.bias, torch.full((20,), prior), 1e-7, "prior bias")
+    for conv in convs:
+        if conv is not net.pred_cls:
+            assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+    # Sigmoid of the initial logits is ~1% foreground.
+    feats = {"p3": torch.randn(1, 64, 6, 5)}
+    cls_logits = net(feats)[0]["p3"]
+    assert abs(torch.sigmoid(cls_logits).mean().item() - 0.01) < 2e-3
+
+
+def test_prediction_network_shapes_and_row_major_order():
+    """Output shapes on non-square maps; location k of `get_fpn_location_coords` is feature (i, j)."""
+    torch.manual_seed(0)
+    C = 20
+    net = osd.FCOSPredictionNetwork(num_classes=C, in_channels=16, stem_channels=[])
+    with torch.no_grad():  # centerness head = copy of input channel 0 (centre tap 1, no bias)
+        net.pred_ctr.weight.zero_()
+        net.pred_ctr.weight[0, 0, 1, 1] = 1.0
+    shapes = {"p3": (2, 16, 5, 7), "p4": (2, 16, 3, 4), "p5": (2, 16, 2, 1)}
+    feats = {lvl: torch.randn(*shape) for lvl, shape in shapes.items()}
+    cls, box, ctr = net(feats)
+    locations = osd.get_fpn_location_coords(shapes, STRIDES)
+    for lvl, (B, _, H, W) in shapes.items():
+        assert cls[lvl].shape == (B, H * W, C) and box[lvl].shape == (B, H * W, 4) and ctr[lvl].shape == (B, H * W, 1)
+        assert locations[lvl].shape == (H * W, 2)
+        s = STRIDES[lvl]
+        for k, (x, y) in enumerate(locations[lvl].tolist()):
+            i, j = int(y // s), int(x // s)
+            assert (x, y) == ((j + 0.5) * s, (i + 0.5) * s)
+            assert torch.allclose(ctr[lvl][:, k, 0], feats[lvl][:, 0, i, j], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- full detector
+@pytest.fixture(scope="module")
+def small_fcos():
+    torch.manual_seed(0)
+    return osd.FCOS(num_classes=20, fpn_channels=32, stem_channels=[32], pretrained=False)
+
+
+def test_fcos_losses_on_background_only_images(small_fcos):
+    """No GT: box/centerness losses are 0 and loss_cls is the focal loss of all-zero targets
+    divided by B times the updated EMA normalizer (0.9 * old + 0.1 * 0); reference from BCE."""
+    model = small_fcos.train()
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 96, 128)
+    gt = torch.full((2, 40, 5), -1.0)
+    old = model._normalizer.item()
+    captured = {}
+    hook = model.pred_net.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        losses = model(images, gt)
+    finally:
+        hook.remove()
+    assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
+    assert losses["loss_box"].item() == 0 and losses["loss_ctr"].item() == 0
+    logits = torch.cat(list(captured["out"][0].values()), dim=1).double().detach()
+    p = torch.sigmoid(logits)
+    ref = (0.75 * p ** 2 * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits),
+                                                              reduction="none")).sum() / (2 * 0.9 * old)
+    assert_close(losses["loss_cls"].double(), ref, 1e-5, "loss_cls")
+    model._normalizer.fill_(150.0)
+
+
+def test_fcos_loss_decreases_on_tiny_overfit():
+    """Frozen random backbone, 2 images of 96x96 with 3 boxes: 40 Adam steps lower the total loss by 30%.
+
+    The losses are divided by an EMA of the foreground count that moves during training, so the
+    comparison uses the un-normalized sum (loss * normalizer)."""
+    torch.manual_seed(0)
+    model = osd.FCOS(num_classes=20, fpn_channels=32, stem_channels=[32], pretrained=False,
+                     freeze_backbone=True).train()
+    images = torch.randn(2, 3, 96, 96)
+    gt = torch.full((2, 40, 5), -1.0)
+    gt[0, :2] = torch.tensor([[8.0, 10.0, 60.0, 70.0, 3.0], [40.0, 30.0, 90.0, 95.0, 11.0]])
+    gt[1, 0] = torch.tensor([20.0, 20.0, 80.0, 76.0, 7.0])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    history = []
+    for _ in range(40):
+        losses = model(images, gt)
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        history.append(total.item() * model._normalizer.item())
+    assert all(math.isfinite(h) for h in history)
+    assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5, history
+
+
+def test_fcos_inference_returns_valid_boxes(small_fcos):
+    """Eval mode, threshold 0: boxes inside the image, x1 <= x2, y1 <= y2, valid classes, scores
+    sorted, at most 100, and no two same-class boxes overlap with IoU > the NMS threshold."""
+    model = small_fcos.eval()
+    torch.manual_seed(2)
+    H, W = 96, 128
+    with torch.no_grad():
+        boxes, classes, scores = model(torch.randn(1, 3, H, W), test_score_thresh=0.0, test_nms_thresh=0.5)
+    model.train()
+    M = boxes.shape[0]
+    assert 0 < M <= 100 and boxes.shape == (M, 4) and classes.shape == (M,) and scores.shape == (M,)
+    assert classes.dtype == torch.long and classes.min() >= 0 and classes.max() < 20
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= W).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= H).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert (scores[:-1] >= scores[1:]).all() and (scores >= 0).all() and (scores <= 1).all()
+    b = boxes.tolist()
+    for m in range(M):
+        for n in range(m + 1, M):
+            if classes[m] != classes[n]:
+                continue
+            iw = min(b[m][2], b[n][2]) - max(b[m][0], b[n][0])
+            ih = min(b[m][3], b[n][3]) - max(b[m][1], b[n][1])
+            inter = max(iw, 0) * max(ih, 0)
+            union = (b[m][2] - b[m][0]) * (b[m][3] - b[m][1]) + (b[n][2] - b[n][0]) * (b[n][3] - b[n][1]) - inter
+            assert union <= 0 or inter / union <= 0.5 + 1e-6
+
+
+def test_cached_feature_losses_match_end_to_end_forward():
+    """The CPU protocol's cached-feature path (fcos_experiments) gives the same losses as
+    detector(images, gt) with a frozen backbone, for originals and their mirrored copies
+    (reference: the detector's own forward on flipped images and hand-flipped boxes; tol 1e-5)."""
+    import fcos_experiments as fx
+    torch.manual_seed(0)
+    det = osd.FCOS(num_classes=20, fpn_channels=16, stem_channels=[16], pretrained=False,
+                   freeze_backbone=True).train()
+    H, W = 64, 96
+    images = torch.randn(2, 3, H, W)
+    gt = torch.full((2, 40, 5), -1.0)
+    gt[0, :2] = torch.tensor([[4.0, 6.0, 50.0, 60.0, 3.0], [30.0, 10.0, 90.0, 40.0, 11.0]])
+    gt[1, 0] = torch.tensor([10.0, 12.0, 70.0, 58.0, 7.0])
+    dataset = [("a", images[0], gt[0]), ("b", images[1], gt[1])]
+    cache = fx.extract_backbone_features(det.backbone.backbone, dataset, "cpu", flip=True,
+                                         store_dtype=torch.float32)
+    assert cache["gt"].shape == (4, 40, 5) and cache["image_size"] == (H, W)
+    flipped_gt = gt.clone()
+    flipped_gt[:, :2, 0], flipped_gt[:, :2, 2] = W - gt[:, :2, 2], W - gt[:, :2, 0]
+    flipped_gt[1, 1] = -1
+    assert torch.equal(cache["gt"][2:], flipped_gt)
+    for idx, (x, g) in (([0, 1], (images, gt)), ([2, 3], (images.flip(-1), flipped_gt))):
+        det._normalizer.fill_(150.0)
+        ours = fx.losses_from_cached_features(det, {k: v[idx] for k, v in cache["feats"].items()},
+                                              cache["gt"][idx], cache["image_size"])
+        det._normalizer.fill_(150.0)
+        ref = det(x, g)
+        for name in ref:
+            assert_close(ours[name], ref[name], 1e-5, name)
+    assert isinstance(det.backbone.backbone, torch.nn.Module) and not isinstance(det.backbone.backbone, fx._Precomputed)

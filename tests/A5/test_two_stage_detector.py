@@ -1,0 +1,420 @@
+"""Unit tests for A5/two_stage_detector.py (Faster R-CNN).
+
+References: brute-force Python loops written here (IoU, anchor matching, a line-by-line port
+of torchvision's CPU roi_align kernel), closed-form anchor geometry, autograd-free round
+trips for the box coder, and counting for the samplers. Random backbones (pretrained=False)
+and synthetic images only: no data needed.
+"""
+import math
+
+import pytest
+import torch
+
+import two_stage_detector as tsd
+from eecs598.testing import assert_close
+
+STRIDES = {"p3": 8, "p4": 16, "p5": 32}
+
+
+def _random_boxes(n, size=100.0, gen=None):
+    xy = torch.rand(n, 2, generator=gen, dtype=torch.float64) * size
+    wh = torch.rand(n, 2, generator=gen, dtype=torch.float64) * size / 2 + 1
+    return torch.cat([xy, xy + wh], dim=1)
+
+
+def _locations(shapes):
+    """Row-major (x, y) centres, written out independently of common.get_fpn_location_coords."""
+    out = {}
+    for level, (H, W) in shapes.items():
+        s = STRIDES[level]
+        out[level] = torch.tensor([[(j + 0.5) * s, (i + 0.5) * s] for i in range(H) for j in range(W)])
+    return out
+
+
+def test_hello(capsys):
+    tsd.hello_two_stage_detector()
+    assert "two_stage_detector.py" in capsys.readouterr().out
+
+
+# --- anchors -----------------------------------------------------------------------------------
+
+def test_generate_fpn_anchors_geometry():
+    shapes = {"p3": (3, 5), "p4": (2, 3), "p5": (1, 2)}  # non-square maps
+    locs = _locations(shapes)
+    ratios = [0.5, 1.0, 2.0]
+    anchors = tsd.generate_fpn_anchors(locs, STRIDES, stride_scale=4, aspect_ratios=ratios)
+    for level, (H, W) in shapes.items():
+        a = anchors[level]
+        assert a.shape == (H * W * 3, 4)
+        w, h = a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]
+        area = (4 * STRIDES[level]) ** 2
+        assert_close(w * h, torch.full_like(w, area), 1e-5, f"{level} areas")
+        assert_close(h / w, torch.tensor(ratios).repeat(H * W), 1e-5, f"{level} aspect ratios (h/w)")
+        centres = torch.stack([(a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2], dim=1)
+        assert_close(centres, locs[level].repeat_interleave(3, dim=0), 1e-6, f"{level} centres")
+
+
+def test_rpn_prediction_network_flattening_matches_anchors():
+    """Element (i, j, a) of the conv output must land at flat index (i * W + j) * A + a."""
+    torch.manual_seed(0)
+    net = tsd.RPNPredictionNetwork(4, [6], num_anchors=3)
+    feats = {"p3": torch.randn(2, 4, 3, 5), "p4": torch.randn(2, 4, 2, 3)}
+    obj, box = net(feats)
+    for level, f in feats.items():
+        B, _, H, W = f.shape
+        assert obj[level].shape == (B, H * W * 3) and box[level].shape == (B, H * W * 3, 4)
+        h = net.stem_rpn(f)
+        o, d = net.pred_obj(h), net.pred_box(h)
+        for (b, i, j, a) in [(0, 0, 0, 0), (1, H - 1, 0, 2), (0, 1, W - 1, 1), (1, H - 1, W - 1, 0)]:
+            k = (i * W + j) * 3 + a
+            assert torch.allclose(obj[level][b, k], o[b, a, i, j])
+            assert torch.allclose(box[level][b, k], d[b, 4 * a:4 * a + 4, i, j])
+
+
+# --- IoU, box coder ---------------------------------------------------------------------------
+
+def _iou_brute(b1, b2):
+    out = torch.zeros(len(b1), len(b2), dtype=torch.float64)
+    for i, p in enumerate(b1.tolist()):
+        for j, q in enumerate(b2.tolist()):
+            iw = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+            ih = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+            inter = iw * ih
+            union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
+            out[i, j] = inter / union
+    return out
+
+
+def test_iou_vs_brute_force():
+    gen = torch.Generator().manual_seed(1)
+    b1, b2 = _random_boxes(13, gen=gen), _random_boxes(7, gen=gen)
+    b2[0] = b1[0]  # identical box -> IoU 1
+    b2[1] = torch.tensor([500.0, 500, 510, 510], dtype=torch.float64)  # disjoint -> 0
+    assert_close(tsd.iou(b1, b2), _iou_brute(b1, b2), 1e-12, "iou")
+
+
+def test_delta_round_trip_and_formula():
+    gen = torch.Generator().manual_seed(2)
+    anchors, gt = _random_boxes(50, gen=gen), _random_boxes(50, gen=gen)
+    deltas = tsd.rcnn_get_deltas_from_anchors(anchors, gt)
+    a, g = anchors[3].tolist(), gt[3].tolist()
+    aw, ah, gw, gh = a[2] - a[0], a[3] - a[1], g[2] - g[0], g[3] - g[1]
+    ref = torch.tensor([((g[0] + g[2]) - (a[0] + a[2])) / 2 / aw, ((g[1] + g[3]) - (a[1] + a[3])) / 2 / ah,
+                        math.log(gw / aw), math.log(gh / ah)], dtype=torch.float64)
+    assert_close(deltas[3], ref, 1e-10, "deltas of one box")
+    assert_close(tsd.rcnn_apply_deltas_to_anchors(deltas, anchors), gt, 1e-10, "round trip")
+    # background rows (-1) are marked with -1e8
+    gt5 = torch.cat([gt, torch.zeros(50, 1, dtype=torch.float64)], dim=1)
+    gt5[7] = -1
+    assert (tsd.rcnn_get_deltas_from_anchors(anchors, gt5)[7] == -1e8).all()
+
+
+def test_apply_deltas_clamps_scale():
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    boxes = tsd.rcnn_apply_deltas_to_anchors(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), anchors)
+    side = 10 * math.exp(math.log(1000 / 16))
+    assert_close(boxes[0, 2] - boxes[0, 0], torch.tensor(side), 1e-5, "clamped width")
+    assert torch.isfinite(boxes).all()
+
+
+# --- matching and sampling ------------------------------------------------------------------
+
+def _match_brute(anchors, gt, lo, hi, low_quality=True):
+    gt = [g for g in gt.tolist() if g[4] != -1]
+    out = []
+    ious = _iou_brute(anchors, torch.tensor([g[:4] for g in gt], dtype=torch.float64))
+    best_per_gt = [max(ious[:, j].tolist()) for j in range(len(gt))]
+    for i in range(len(anchors)):
+        row = ious[i].tolist()
+        j = max(range(len(gt)), key=lambda m: (row[m], -m))  # first max
+        q = row[j]
+        is_best = low_quality and any(row[m] == best_per_gt[m] and best_per_gt[m] > 0 for m in range(len(gt)))
+        if q <= lo and not is_best:
+            out.append([-1.0] * 5)
+        elif lo < q < hi and not is_best:
+            out.append([-1e8] * 5)
+        else:
+            out.append(gt[j])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("low_quality", [True, False])
+def test_match_anchors_vs_brute_force(low_quality):
+    gen = torch.Generator().manual_seed(3)
+    anchors = _random_boxes(200, gen=gen)
+    gt = torch.full((6, 5), -1.0, dtype=torch.float64)
+    gt[:4, :4] = _random_boxes(4, gen=gen)
+    gt[:4, 4] = torch.tensor([3.0, 0.0, 7.0, 19.0])
+    gt[2, :2] = anchors[0, :2] + 1.0
+    gt[2, 2:4] = gt[2, :2] + 2.0  # tiny box inside anchor 0: only a low-quality match
+    anchors[10:12] = gt[[0, 3], :4] + 0.5  # near copies: high-IoU foreground
+    ours = tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.3, 0.6), allow_low_quality_matches=low_quality)
+    ref = _match_brute(anchors, gt, 0.3, 0.6, low_quality)
+    assert_close(ours, ref, 1e-12, "matched gt boxes")
+    assert ((ours[:, 4] >= 0).sum() > 0) and ((ours[:, 4] == -1).sum() > 0)
+    if low_quality:  # the paper's second rule only adds foreground anchors
+        strict = tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.3, 0.6), allow_low_quality_matches=False)
+        assert (ours[:, 4] >= 0).sum() > (strict[:, 4] >= 0).sum()
+        assert ((strict[:, 4] >= 0) <= (ours[:, 4] >= 0)).all()
+
+
+def test_match_without_gt_is_all_background():
+    anchors = _random_boxes(10)
+    out = tsd.rcnn_match_anchors_to_gt(anchors, torch.full((40, 5), -1.0, dtype=torch.float64), (0.3, 0.6))
+    assert out.shape == (10, 5) and (out == -1).all()
+
+
+def test_sample_rpn_training_counts():
+    torch.manual_seed(0)
+    matched = torch.full((1000, 5), -1.0)
+    matched[:30, 4] = 2.0           # 30 foreground
+    matched[30:100] = -1e8          # 70 neutral, never sampled
+    fg, bg = tsd.sample_rpn_training(matched, 256, 0.5)
+    assert len(fg) == 30 and len(bg) == 226  # fewer fg than 128: background fills up
+    assert (matched[fg, 4] >= 0).all() and (matched[bg, 4] == -1).all()
+    assert len(set(fg.tolist())) == len(fg) and len(set(bg.tolist())) == len(bg)
+    matched[:600, 4] = 1.0
+    fg, bg = tsd.sample_rpn_training(matched, 256, 0.25)
+    assert len(fg) == 64 and len(bg) == 192
+    assert (matched[fg, 4] >= 0).all() and (matched[bg, 4] == -1).all()
+
+
+# --- roi_align vs a port of torchvision's CPU kernel -----------------------------------------
+
+def _bilinear(fmap, H, W, y, x):
+    if y < -1.0 or y > H or x < -1.0 or x > W:
+        return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(y), int(x)
+    if y_low >= H - 1:
+        y_high = y_low = H - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= W - 1:
+        x_high = x_low = W - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    hy, hx = 1 - ly, 1 - lx
+    return (hy * hx * fmap[y_low][x_low] + hy * lx * fmap[y_low][x_high]
+            + ly * hx * fmap[y_high][x_low] + ly * lx * fmap[y_high][x_high])
+
+
+def _roi_align_brute(features, rois, PH, PW, scale, sampling_ratio, aligned):
+    """Line-by-line Python port of torchvision's roi_align_forward_kernel_impl (CPU)."""
+    B, C, H, W = features.shape
+    out = torch.zeros(len(rois), C, PH, PW, dtype=torch.float64)
+    feats = features.tolist()
+    for n, roi in enumerate(rois.tolist()):
+        b = int(roi[0])
+        off = 0.5 if aligned else 0.0
+        sw, sh, ew, eh = roi[1] * scale - off, roi[2] * scale - off, roi[3] * scale - off, roi[4] * scale - off
+        rw, rh = ew - sw, eh - sh
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bh, bw = rh / PH, rw / PW
+        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / PH)
+        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / PW)
+        count = max(gh * gw, 1)
+        for c in range(C):
+            for ph in range(PH):
+                for pw in range(PW):
+                    val = 0.0
+                    for iy in range(gh):
+                        y = sh + ph * bh + (iy + 0.5) * bh / gh
+                        for ix in range(gw):
+                            x = sw + pw * bw + (ix + 0.5) * bw / gw
+                            val += _bilinear(feats[b][c], H, W, y, x)
+                    out[n, c, ph, pw] = val / count
+    return out
+
+
+@pytest.mark.parametrize("sampling_ratio,aligned", [(2, True), (0, True), (3, False), (-1, False)])
+def test_roi_align_vs_torchvision_port(sampling_ratio, aligned):
+    gen = torch.Generator().manual_seed(4)
+    features = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64)  # non-square map
+    rois = torch.tensor([
+        [0, 3.3, 5.1, 40.7, 22.9],     # float coords, non-square ROI
+        [1, 0.0, 0.0, 72.0, 56.0],     # the whole map (stride 8)
+        [1, -12.0, -9.0, 20.0, 11.0],  # crosses the top-left border
+        [0, 60.0, 40.0, 90.0, 70.0],   # crosses the bottom-right border
+        [0, 30.0, 30.0, 30.5, 31.0],   # smaller than a feature pixel
+        [1, 10.0, 20.0, 10.0, 20.0],   # empty
+    ], dtype=torch.float64)
+    for (PH, PW) in [(2, 3), (4, 4)]:
+        ours = tsd.roi_align(features, rois, (PH, PW), spatial_scale=1 / 8,
+                             sampling_ratio=sampling_ratio, aligned=aligned)
+        ref = _roi_align_brute(features, rois, PH, PW, 1 / 8, sampling_ratio, aligned)
+        assert ours.shape == (6, 3, PH, PW)
+        assert_close(ours, ref, 1e-10, f"roi_align {PH}x{PW} sr={sampling_ratio} aligned={aligned}")
+
+
+def test_roi_align_list_input_and_gradient():
+    torch.manual_seed(5)
+    features = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    boxes = [torch.tensor([[1.0, 2.0, 30.0, 40.0]], dtype=torch.float64),
+             torch.tensor([[0.0, 0.0, 48.0, 48.0], [5.0, 5.0, 9.0, 20.0]], dtype=torch.float64)]
+    out = tsd.roi_align(features, boxes, 3, spatial_scale=1 / 8)
+    rois = torch.tensor([[0, 1.0, 2.0, 30.0, 40.0], [1, 0.0, 0.0, 48.0, 48.0], [1, 5.0, 5.0, 9.0, 20.0]],
+                        dtype=torch.float64)
+    assert_close(out, _roi_align_brute(features.detach(), rois, 3, 3, 1 / 8, 2, True), 1e-10, "list input")
+    # linear in the features: numeric gradient of a random projection
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    eps = 1e-6
+    for idx in [(0, 1, 2, 3), (1, 3, 0, 0), (1, 0, 5, 5)]:
+        f2 = features.detach().clone()
+        f2[idx] += eps
+        num = ((tsd.roi_align(f2, boxes, 3, spatial_scale=1 / 8) * w).sum()
+               - (out.detach() * w).sum()) / eps
+        assert abs(num.item() - features.grad[idx].item()) < 1e-6
+
+
+def test_assign_fpn_levels():
+    boxes = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 111, 111], [0, 0, 56, 56],
+                          [0, 0, 10, 10], [0, 0, 224, 100]], dtype=torch.float32)
+    ref = []
+    for b in boxes.tolist():
+        k = math.floor(5 + math.log2(math.sqrt((b[2] - b[0]) * (b[3] - b[1])) / 224))
+        ref.append(min(max(k, 3), 5))
+    assert tsd.assign_fpn_levels(boxes).tolist() == ref
+
+
+def test_mix_gt_with_proposals_includes_gt():
+    props = {lvl: [torch.rand(5, 4) * 10, torch.rand(2, 4) * 10] for lvl in STRIDES}
+    gt = torch.full((2, 40, 5), -1.0)
+    gt[0, 0] = torch.tensor([0, 0, 224, 224, 4.0])   # p5 (200 x 200 would be p4)
+    gt[0, 1] = torch.tensor([10, 10, 40, 50, 1.0])   # p3
+    gt[1, 0] = torch.tensor([0, 0, 120, 130, 7.0])   # p4
+    mixed = tsd.mix_gt_with_proposals(props, gt)
+    counts = {lvl: [len(x) for x in mixed[lvl]] for lvl in STRIDES}
+    assert counts == {"p3": [6, 2], "p4": [5, 3], "p5": [6, 2]}
+    for b in range(2):
+        allb = torch.cat([mixed[lvl][b] for lvl in STRIDES])
+        for g in gt[b][gt[b, :, 4] != -1]:
+            assert (allb == g[:4]).all(dim=1).any(), "every GT box is among the proposals"
+    assert all(len(x) == 5 for x in props["p3"][:1])  # input not modified
+
+
+# --- RPN and FasterRCNN end to end (random backbone, synthetic data) -------------------------
+
+def _detector(**kw):
+    from common import DetectorBackboneWithFPN
+    backbone = DetectorBackboneWithFPN(16, pretrained=False)
+    rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=50, post_nms_topk=7, **kw)
+    return tsd.FasterRCNN(backbone, rpn, [8], num_classes=20, batch_size_per_image=16)
+
+
+def _gt():
+    gt = torch.full((2, 40, 5), -1.0)
+    gt[0, 0] = torch.tensor([20.0, 30, 120, 170, 3])
+    gt[0, 1] = torch.tensor([150.0, 10, 200, 60, 11])
+    gt[1, 0] = torch.tensor([0.0, 0, 224, 224, 14])
+    return gt
+
+
+def test_rpn_targets_are_binary_and_losses_nonnegative(monkeypatch):
+    torch.manual_seed(0)
+    det = _detector().train()
+    seen = []
+    real_bce = tsd.F.binary_cross_entropy_with_logits
+
+    def spy(logits, targets, *a, **k):
+        seen.append(targets.detach().clone())
+        return real_bce(logits, targets, *a, **k)
+
+    monkeypatch.setattr(tsd.F, "binary_cross_entropy_with_logits", spy)
+    losses = det(torch.randn(2, 3, 224, 224), _gt())
+    assert seen and all(set(t.unique().tolist()) <= {0.0, 1.0} for t in seen)
+    assert any((t == 1).any() for t in seen), "some anchors are foreground"
+    assert set(losses) >= {"loss_rpn_obj", "loss_rpn_box", "loss_cls"}
+    for k, v in losses.items():
+        assert k.startswith("loss") and v.ndim == 0 and torch.isfinite(v) and v >= 0, k
+    sum(losses.values()).backward()
+    assert det.rpn.pred_net.pred_obj.weight.grad.abs().sum() > 0
+    assert det.cls_pred.weight.grad.abs().sum() > 0
+
+
+def test_post_nms_topk_respected():
+    torch.manual_seed(1)
+    det = _detector().eval()
+    feats = det.backbone(torch.randn(2, 3, 224, 224))
+    with torch.no_grad():
+        props = det.rpn(feats, det.backbone.fpn_strides)["proposals"]
+    for level, per_image in props.items():
+        assert len(per_image) == 2
+        for p in per_image:
+            assert p.shape[1] == 4 and 0 < p.shape[0] <= 7
+            assert (p[:, 0] >= 0).all() and (p[:, 2] <= 224).all() and (p[:, 2] > p[:, 0]).all()
+
+
+def test_faster_rcnn_inference_outputs_valid():
+    torch.manual_seed(2)
+    det = _detector().eval()
+    with torch.no_grad():
+        boxes, classes, scores = det(torch.randn(1, 3, 224, 224), test_score_thresh=0.0,
+                                     test_nms_thresh=0.5)
+    M = boxes.shape[0]
+    assert M > 0 and boxes.shape == (M, 4) and classes.shape == (M,) and scores.shape == (M,)
+    assert classes.dtype == torch.long and classes.min() >= 0 and classes.max() < 20
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 224).all() and (boxes[:, 3] <= 224).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert (scores[:-1] >= scores[1:]).all() and (scores >= 0).all() and (scores <= 1).all()
+    # no two kept boxes of the same class overlap by more than the NMS threshold
+    for c in classes.unique():
+        b = boxes[classes == c].double()
+        ious = _iou_brute(b, b) - torch.eye(len(b), dtype=torch.float64)
+        assert (ious <= 0.5 + 1e-6).all()
+
+
+def test_inference_from_logits_picks_classes_and_decodes():
+    det = _detector().eval()
+    proposals = torch.tensor([[10.0, 10, 50, 50], [100, 100, 150, 180], [12, 11, 52, 49]])
+    logits = torch.full((3, 21), -10.0)
+    logits[0, 1 + 4] = 10.0   # class 4
+    logits[1, 1 + 9] = 10.0   # class 9
+    logits[2, 1 + 4] = 9.0    # class 4 again, overlaps proposal 0 -> suppressed
+    boxes, classes, scores = det.inference(torch.zeros(1, 3, 224, 224), proposals, logits, 0.5, 0.5)
+    assert classes.tolist() == [4, 9]
+    assert_close(boxes, proposals[:2], 1e-6, "boxes without deltas are the proposals")
+    deltas = torch.zeros(3, 80)
+    deltas[1, 9 * 4:9 * 4 + 4] = torch.tensor(tsd.ROI_BOX_WEIGHTS) * torch.tensor([0.1, 0.0, 0.0, 0.0])
+    boxes, classes, _ = det.inference(torch.zeros(1, 3, 224, 224), proposals, logits, 0.5, 0.5,
+                                      pred_box_deltas=deltas)
+    assert_close(boxes[1], torch.tensor([105.0, 100, 155, 180]), 1e-5, "class-specific delta applied")
+
+
+def test_batched_detection_matches_one_image_at_a_time():
+    torch.manual_seed(3)
+    det = _detector().double().eval()  # float64: near-tied random scores keep their order
+    images = torch.randn(2, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        batched = det.detect_batch(images, 0.0, 0.5)
+        singles = [det(images[b:b + 1], test_score_thresh=0.0, test_nms_thresh=0.5) for b in range(2)]
+    for (bb, bc, bs), (sb, sc, ss) in zip(batched, singles):
+        assert bb.shape == sb.shape and torch.equal(bc, sc)
+        assert_close(bb, sb, 1e-8, "boxes")
+        assert_close(bs, ss, 1e-8, "scores")
+
+
+def test_mixed_precision_keeps_box_coordinates_in_float32():
+    """Under bf16 autocast, anchors / proposals / ROI coordinates stay float32 (bf16 would round
+    pixel coordinates), and a training step gives finite losses."""
+    torch.manual_seed(4)
+    gen = torch.Generator().manual_seed(4)
+    feats = torch.randn(1, 3, 7, 9, generator=gen)
+    rois = torch.tensor([[0, 3.3, 5.1, 40.7, 22.9], [0, 10.0, 11.0, 60.0, 50.0]])
+    ref = _roi_align_brute(feats.double(), rois.double(), 2, 2, 1 / 8, 2, True)
+    ours = tsd.roi_align(feats.bfloat16(), rois, (2, 2), spatial_scale=1 / 8)
+    assert ours.dtype == torch.bfloat16
+    assert_close(ours.double(), ref, 3e-2, "bf16 roi_align")
+    det = _detector().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = det.backbone(torch.randn(2, 3, 224, 224))
+        out = det.rpn(feats, det.backbone.fpn_strides, _gt())
+        losses = det(torch.randn(2, 3, 224, 224), _gt())
+    assert all(p.dtype == torch.float32 for per_img in out["proposals"].values() for p in per_img)
+    assert all(torch.isfinite(v.float()) for v in losses.values())
