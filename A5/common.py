@@ -4,7 +4,8 @@ Course API (names and signatures kept): `hello_common()`, `DetectorBackboneWithF
 `get_fpn_location_coords(...)`, `nms(boxes, scores, iou_threshold=0.5)`,
 `class_spec_nms(boxes, scores, class_ids, iou_threshold=0.5)`, plus the helpers the course kept in
 `a4_helper.py`: `infinite_loader(loader)`, `train_detector(...)`, `inference_with_detector(...)`.
-Added: `box_iou`, `hflip_boxes`, `random_hflip`, `predict_detections`, `evaluate_detector`.
+Added: `box_iou`, `hflip_boxes`, `random_hflip`, `predict_detections`, `evaluate_detector`,
+`evaluate_predictions`.
 
 Differences from the reference solutions (on purpose):
 * the backbone is EfficientNet-Lite0 with ImageNet weights that work offline
@@ -284,15 +285,18 @@ def infinite_loader(loader):
 
 
 # ----------------------------------------------------------------------------- training
-def _lr_factor(it, max_iters, warmup_iters, warmup_factor=0.001):
-    """Learning-rate multiplier: linear warmup from `warmup_factor`, then x0.1 at 60% and 90%."""
+def _lr_factor(it, max_iters, warmup_iters, warmup_factor=0.001, elapsed=0.0, time_limit=None):
+    """Learning-rate multiplier: linear warmup from `warmup_factor`, then x0.1 at 60% and 90% of
+    the budget: of `max_iters` iterations, or of `time_limit` seconds (`elapsed` so far) when
+    that comes first, so a run stopped by its time limit still ends on the decayed rate."""
     factor = 1.0
     if it < warmup_iters:
         alpha = it / warmup_iters
         factor = warmup_factor * (1 - alpha) + alpha
-    if it >= int(0.6 * max_iters):
+    time_progress = elapsed / time_limit if time_limit else 0.0
+    if it >= int(0.6 * max_iters) or time_progress >= 0.6:
         factor *= 0.1
-    if it >= int(0.9 * max_iters):
+    if it >= int(0.9 * max_iters) or time_progress >= 0.9:
         factor *= 0.1
     return factor
 
@@ -311,7 +315,8 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
 
     Schedule: linear warmup over `warmup_iters` (default min(500, max_iters // 10)) from 0.1% of
     `learning_rate`, then the course's MultiStepLR (x0.1 at 60% and 90% of `max_iters`),
-    implemented as a LambdaLR. The loss is the sum of every "loss*" entry of
+    implemented as a LambdaLR; with `time_limit`, the steps also come at 60% and 90% of the
+    time budget if that is reached first (training time, summed over resumed runs). The loss is the sum of every "loss*" entry of
     `detector(images, gt_boxes)` in train mode. Gradients are clipped to norm `grad_clip`
     (None: off). `augment` flips batches horizontally at random (`random_hflip`).
 
@@ -324,7 +329,7 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
 
     Returns:
         dict(loss_history=[float per iteration], iters=int (iterations done in total),
-             seconds=float (wall time of this call), stopped_early=bool)
+             seconds=float (wall time of this call), stopped_early=bool, lr=float (final rate))
     """
     device = torch.device(device)
     detector.to(device)
@@ -333,8 +338,10 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
     optimizer = torch.optim.SGD(params, lr=learning_rate, momentum=0.9, weight_decay=weight_decay)
     if warmup_iters is None:
         warmup_iters = min(500, max_iters // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: _lr_factor(it, max_iters, warmup_iters))
+    clock = {"before": 0.0, "t0": time.time()}  # training seconds of earlier runs, start of this one
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: _lr_factor(
+        it, max_iters, warmup_iters, elapsed=clock["before"] + time.time() - clock["t0"],
+        time_limit=time_limit))
 
     start_iter, loss_history = 0, []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
@@ -343,6 +350,7 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_iter, loss_history = state["iteration"], list(state["loss_history"])
+        clock["before"] = state.get("elapsed", 0.0)
         if verbose:
             print(f"Resumed from {checkpoint_path} at iteration {start_iter}")
 
@@ -351,10 +359,10 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
             _save_checkpoint(checkpoint_path, {
                 "model": detector.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "iteration": it,
-                "loss_history": loss_history})
+                "loss_history": loss_history, "elapsed": clock["before"] + time.time() - t0})
 
     pending, pending_parts = [], []  # detached per-iteration losses not yet synced
-    t0 = time.time()
+    t0 = clock["t0"] = time.time()
     last_log_t, last_log_it = t0, start_iter
     it, stopped_early = start_iter, False
     loader = infinite_loader(train_loader)
@@ -379,7 +387,7 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
         pending.append(total.detach())
         pending_parts.append(torch.stack([losses[k].detach().float() for k in loss_names]))
 
-        out_of_time = time_limit is not None and time.time() - t0 >= time_limit
+        out_of_time = time_limit is not None and clock["before"] + time.time() - t0 >= time_limit
         if it % log_period == 0 or it == max_iters or out_of_time:
             values = torch.stack(pending).tolist()
             parts = torch.stack(pending_parts).mean(0).tolist()
@@ -406,23 +414,27 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
         loss_history.extend(torch.stack(pending).tolist())
     checkpoint(it)
     return {"loss_history": loss_history, "iters": it, "seconds": time.time() - t0,
-            "stopped_early": stopped_early}
+            "stopped_early": stopped_early, "lr": optimizer.param_groups[0]["lr"]}
 
 
 # ----------------------------------------------------------------------------- inference
-def _as_loader(dataset_or_loader):
+def _as_loader(dataset_or_loader, batch_size=1):
     if isinstance(dataset_or_loader, torch.utils.data.DataLoader):
         return dataset_or_loader
-    return torch.utils.data.DataLoader(dataset_or_loader, batch_size=1, shuffle=False)
+    return torch.utils.data.DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False)
 
 
 @torch.no_grad()
 def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thresh=0.5,
-                       device="cpu", max_images=None, return_stats=False):
-    """Run a detector in eval mode, one image at a time, and collect its detections.
+                       device="cpu", max_images=None, return_stats=False, batch_size=1):
+    """Run a detector in eval mode and collect its detections.
 
     `detector(images, test_score_thresh=..., test_nms_thresh=...)` must return
     `(pred_boxes (M, 4), pred_classes (M,), pred_scores (M,))` for a batch of one image.
+    With `batch_size` > 1 and a detector that has `detect_batch(images, score_thresh,
+    nms_thresh)` (a list of such tuples, e.g. `FasterRCNN`), images go through it in batches
+    of `batch_size` (a dataset is loaded in such batches; a DataLoader keeps its own); other
+    detectors always run one image at a time.
 
     Returns:
         list (one per image) of dicts with "image_path", "boxes" (M, 4), "classes" (M,) long,
@@ -434,24 +446,32 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
     detector.to(device)
     was_training = detector.training
     detector.eval()
+    batched = batch_size > 1 and hasattr(detector, "detect_batch")
+    step = batch_size if batched else 1
     results, model_seconds = [], 0.0
-    for paths, images, gt_boxes in _as_loader(dataset_or_loader):
-        for b in range(images.shape[0]):
-            if max_images is not None and len(results) >= max_images:
+    for paths, images, gt_boxes in _as_loader(dataset_or_loader, batch_size):
+        for start in range(0, images.shape[0], step):
+            count = min(step, images.shape[0] - start)
+            if max_images is not None:
+                count = min(count, max_images - len(results))
+            if count <= 0:
                 break
-            image = images[b:b + 1].to(device)
+            chunk = images[start:start + count].to(device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t = time.perf_counter()
-            boxes, classes, scores = detector(image, test_score_thresh=score_thresh,
-                                              test_nms_thresh=nms_thresh)
-            boxes, classes, scores = boxes.float().cpu(), classes.long().cpu(), scores.float().cpu()
+            if batched:
+                outs = detector.detect_batch(chunk, score_thresh, nms_thresh)
+            else:
+                outs = [detector(chunk, test_score_thresh=score_thresh, test_nms_thresh=nms_thresh)]
+            outs = [(bx.float().cpu(), c.long().cpu(), sc.float().cpu()) for bx, c, sc in outs]
             model_seconds += time.perf_counter() - t  # .cpu() synchronized the device
-            gt = gt_boxes[b]
-            gt = gt[gt[:, 4] >= 0]
-            results.append({"image_path": paths[b], "boxes": boxes.reshape(-1, 4),
-                            "classes": classes.reshape(-1), "scores": scores.reshape(-1),
-                            "gt_boxes": gt[:, :4].float(), "gt_classes": gt[:, 4].long()})
+            for b, (boxes, classes, scores) in enumerate(outs, start):
+                gt = gt_boxes[b]
+                gt = gt[gt[:, 4] >= 0]
+                results.append({"image_path": paths[b], "boxes": boxes.reshape(-1, 4),
+                                "classes": classes.reshape(-1), "scores": scores.reshape(-1),
+                                "gt_boxes": gt[:, :4].float(), "gt_classes": gt[:, 4].long()})
         if max_images is not None and len(results) >= max_images:
             break
     detector.train(was_training)
@@ -463,7 +483,7 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
 
 def evaluate_detector(detector, dataset, score_thresh=0.05, nms_thresh=0.5, device="cpu",
                       max_images=None, use_difficult=True, num_classes=None, class_names=None,
-                      verbose=True):
+                      verbose=True, batch_size=1):
     """VOC mAP@0.5 of a detector on a dataset (from-scratch evaluator `eecs598.detection_eval`).
 
     Ground truth: the dataset's boxes (the course JSON, which lists only non-difficult objects);
@@ -475,11 +495,28 @@ def evaluate_detector(detector, dataset, score_thresh=0.05, nms_thresh=0.5, devi
         dict with "map" (all-point AP, VOC2010+, in [0, 1]), "map_07" (VOC2007 11-point),
         "ap_per_class" {class name: AP}, "ap07_per_class", "pr_curves", "num_gt_per_class",
         "images_per_s", "num_images", "used_difficult" and "predictions" (predict_detections).
+        `batch_size` as in `predict_detections`.
+    """
+    preds, stats = predict_detections(detector, dataset, score_thresh, nms_thresh, device,
+                                      max_images=max_images, return_stats=True,
+                                      batch_size=batch_size)
+    result = evaluate_predictions(preds, dataset, use_difficult, num_classes, class_names)
+    result.update(stats)
+    result["predictions"] = preds
+    if verbose:
+        print(f"mAP@0.5 {100 * result['map']:.2f}% (VOC07 11-point {100 * result['map_07']:.2f}%) "
+              f"on {stats['num_images']} images, {stats['images_per_s']:.1f} images/s")
+    return result
+
+
+def evaluate_predictions(preds, dataset, use_difficult=True, num_classes=None, class_names=None):
+    """VOC mAP@0.5 of predictions of the first len(preds) images of `dataset` (in order), as
+    `evaluate_detector` computes it (same ground truth, difficult objects, class names).
+
+    Returns the dict of `eecs598.detection_eval.evaluate_detections` plus "used_difficult".
     """
     from eecs598 import detection_eval
 
-    preds, stats = predict_detections(detector, dataset, score_thresh, nms_thresh, device,
-                                      max_images=max_images, return_stats=True)
     if class_names is None:
         idx_to_class = getattr(dataset, "idx_to_class", None)
         if idx_to_class is not None:
@@ -500,12 +537,7 @@ def evaluate_detector(detector, dataset, score_thresh=0.05, nms_thresh=0.5, devi
         gts.append(gt)
     result = detection_eval.evaluate_detections(preds, gts, num_classes, iou_threshold=0.5,
                                                 class_names=class_names)
-    result.update(stats)
     result["used_difficult"] = has_difficult
-    result["predictions"] = preds
-    if verbose:
-        print(f"mAP@0.5 {100 * result['map']:.2f}% (VOC07 11-point {100 * result['map_07']:.2f}%) "
-              f"on {stats['num_images']} images, {stats['images_per_s']:.1f} images/s")
     return result
 
 

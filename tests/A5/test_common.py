@@ -391,3 +391,27 @@ def test_inference_with_detector_draws(tmp_path):
                                            output_dir=str(tmp_path), max_images=2, show=False)
     assert len(preds) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detections_0.png", "detections_1.png"]
+
+
+def test_lr_schedule_time_aware_steps():
+    """The x0.1 steps also come at 60% / 90% of the time budget when that is reached first."""
+    f = lambda it, elapsed: common._lr_factor(it, 1000, 10, elapsed=elapsed, time_limit=100.0)  # noqa: E731
+    assert f(20, 59.0) == 1.0 and f(20, 60.0) == pytest.approx(0.1) and f(20, 90.0) == pytest.approx(0.01)
+    assert f(600, 0.0) == pytest.approx(0.1)  # the iteration budget still counts
+    assert common._lr_factor(20, 1000, 10, elapsed=1e6) == 1.0  # no time limit: iterations only
+
+
+def test_train_detector_decays_when_time_limit_stops_it():
+    """Stopped by its time limit long before max_iters, training still ends on the lowest rate."""
+    import time as _time
+
+    class Slow(_ToyDetector):
+        def forward(self, images, gt_boxes=None, **kw):
+            _time.sleep(0.02)
+            return super().forward(images, gt_boxes, **kw)
+
+    loader = torch.utils.data.DataLoader(_ToyDataset(8), batch_size=4)
+    out = common.train_detector(Slow(), loader, learning_rate=0.05, max_iters=10**6, warmup_iters=1,
+                                time_limit=0.5, augment=False, verbose=False)
+    assert out["stopped_early"] and 0 < out["iters"] < 10**6
+    assert out["lr"] == pytest.approx(0.05 * 0.01)

@@ -1,0 +1,212 @@
+"""Tests of A5/detection_training.py (shared training machinery of the FCOS and Faster R-CNN
+experiments). References: the detectors' own end-to-end forward on (mirrored) images, the cosine
+and warmup formulas written out by hand, an uninterrupted training run, batch-1 prediction."""
+import math
+
+import pytest
+import torch
+
+import common
+import detection_training as dt
+import one_stage_detector as osd
+import two_stage_detector as tsd
+from eecs598.testing import assert_close
+
+H, W = 64, 96
+
+
+def _tiny_data():
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, H, W)
+    gt = torch.full((2, 40, 5), -1.0)
+    gt[0, :2] = torch.tensor([[4.0, 6.0, 50.0, 60.0, 3.0], [30.0, 10.0, 90.0, 40.0, 11.0]])
+    gt[1, 0] = torch.tensor([10.0, 12.0, 70.0, 58.0, 7.0])
+    return images, gt, [("a", images[0], gt[0]), ("b", images[1], gt[1])]
+
+
+def _fcos():
+    return osd.FCOS(num_classes=20, fpn_channels=16, stem_channels=[16], pretrained=False,
+                    freeze_backbone=True)
+
+
+def _rcnn():
+    fpn = common.DetectorBackboneWithFPN(16, pretrained=False, freeze_backbone=True)
+    rpn = tsd.RPN(16, [16], batch_size_per_image=64, pre_nms_topk=100, post_nms_topk=20)
+    return tsd.FasterRCNN(fpn, rpn, [16], 20, batch_size_per_image=32)
+
+
+def _flipped_gt(gt):
+    """Mirrored boxes written out by hand (x1' = W - x2, x2' = W - x1 on real rows)."""
+    out = gt.clone()
+    real = gt[..., 4] >= 0
+    out[..., 0][real] = W - gt[..., 2][real]
+    out[..., 2][real] = W - gt[..., 0][real]
+    return out
+
+
+@pytest.mark.parametrize("make", [_fcos, _rcnn], ids=["fcos", "faster_rcnn"])
+def test_cached_feature_losses_equal_end_to_end(make):
+    """Losses from cached features (originals and mirrored copies) equal detector(images, gt)
+    on the (mirrored) images; same RNG seed for the RPN/ROI sampling; tolerance 1e-5."""
+    images, gt, dataset = _tiny_data()
+    det = make().train()
+    cache = dt.cache_backbone_features(det.backbone.backbone, dataset, "cpu", flip=True,
+                                       store_dtype=torch.float32)
+    assert cache["gt"].shape == (4, 40, 5) and cache["image_size"] == (H, W)
+    assert torch.equal(cache["gt"][:2], gt) and torch.equal(cache["gt"][2:], _flipped_gt(gt))
+    real_extractor = det.backbone.backbone
+    for idx, (x, g) in (([0, 1], (images, gt)), ([2, 3], (images.flip(-1), _flipped_gt(gt)))):
+        if hasattr(det, "_normalizer"):
+            det._normalizer.fill_(150.0)
+        torch.manual_seed(1)
+        ours = dt.losses_from_cached_features(det, {k: v[idx] for k, v in cache["feats"].items()},
+                                              cache["gt"][idx], cache["image_size"])
+        if hasattr(det, "_normalizer"):
+            det._normalizer.fill_(150.0)
+        torch.manual_seed(1)
+        ref = det(x, g)
+        assert sorted(ours) == sorted(ref)
+        for name in ref:
+            assert_close(ours[name], ref[name], 1e-5, name)
+    assert det.backbone.backbone is real_extractor  # the stand-in is removed again
+
+
+def test_cached_backbone_restores_on_error():
+    det = _fcos()
+    real = det.backbone.backbone
+    with pytest.raises(RuntimeError):
+        with dt.cached_backbone(det) as stand_in:
+            assert det.backbone.backbone is stand_in and isinstance(stand_in, dt.CachedFeatures)
+            raise RuntimeError("boom")
+    assert det.backbone.backbone is real
+
+
+def test_lr_factor_values():
+    """Hand-computed values: cosine over progress = max(it / max_iters, elapsed / time_limit),
+    linear warmup from warmup_start (tolerance 1e-12)."""
+    f = lambda *a, **k: dt.lr_factor(*a, **k)[0]  # noqa: E731
+    assert f(0, 0.0, 100, None, 10) == pytest.approx(0.001, abs=1e-12)
+    assert f(5, 0.0, 100, None, 10) == pytest.approx((0.001 + 0.999 * 0.5) * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert f(50, 0.0, 100, None, 10) == pytest.approx(0.5)
+    assert f(50, 0.0, 100, 0, 10) == pytest.approx(0.5)  # time_limit 0: time ignored
+    assert f(10, 75.0, 100, 100.0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert f(10, 5.0, 100, 100.0, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert dt.lr_factor(100, 0.0, 100)[1] == 1.0 and dt.lr_factor(3, 20.0, 100, 10.0)[1] == 2.0
+    assert f(3, 20.0, 100, 10.0) == pytest.approx(0.0, abs=1e-12)
+    # the Faster R-CNN protocol's (it + 1) / W ramp = warmup from 1 / W over W - 1 iterations
+    for it in range(60):
+        assert f(it, 0.0, 10**9, None, 49, 1 / 50) == pytest.approx(min(1.0, (it + 1) / 50), rel=1e-9)
+
+
+class _Linear(torch.nn.Module):
+    """A 'detector' for the training loop: losses of a linear model on random batches."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return {"loss_a": ((self.lin(x) - y) ** 2).mean(), "loss_b": self.lin.weight.abs().sum() * 0.01}
+
+
+def _loop_run(model, ckpt, fail_at=None, max_iters=12):
+    s = dict(learning_rate=0.05, weight_decay=1e-4, max_iters=max_iters, time_limit=None, warmup_iters=3)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+    data_x, data_y = data[:, :4], data[:, 4:]
+    calls = {"n": 0}
+
+    def next_batch():
+        idx = torch.randint(32, (8,), generator=gen)
+        return data_x[idx], data_y[idx]
+
+    def loss_fn(x, y):
+        calls["n"] += 1
+        if fail_at is not None and calls["n"] == fail_at:
+            raise KeyboardInterrupt  # an interrupted run
+        return model(x, y)
+
+    return dt.train_loop(model, next_batch, loss_fn, s, "cpu", log_period=4, verbose=False,
+                         checkpoint_path=ckpt, checkpoint_period=5, generator=gen)
+
+
+def test_train_loop_history_and_checkpoint_resume(tmp_path):
+    """An interrupted run resumed from its checkpoint ends with the weights and per-iteration
+    history of an uninterrupted run (same batches: the sampler's generator is checkpointed);
+    tolerance 1e-6."""
+    torch.manual_seed(0)
+    straight = _Linear()
+    out = _loop_run(straight, None)
+    assert out["iters"] == 12 and len(out["loss_history"]) == 12
+    assert sorted(out["loss_parts"]) == ["loss_a", "loss_b"] and len(out["loss_parts"]["loss_a"]) == 12
+    assert_close(torch.tensor(out["loss_history"]),
+                 torch.tensor(out["loss_parts"]["loss_a"]) + torch.tensor(out["loss_parts"]["loss_b"]),
+                 1e-6, "total = sum of parts")
+
+    ckpt = str(tmp_path / "state.pt")
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        _loop_run(_Linear(), ckpt, fail_at=8)  # checkpoint written at iteration 5
+    assert torch.load(ckpt, weights_only=False)["iteration"] == 5
+    resumed = _Linear()  # a new process starts from a new model
+    again = _loop_run(resumed, ckpt)
+    assert again["iters"] == 12 and len(again["loss_history"]) == 12
+    assert_close(torch.tensor(again["loss_history"]), torch.tensor(out["loss_history"]), 1e-6, "history")
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert_close(b, a, 1e-6, "resumed weights vs straight run")
+
+
+def test_train_on_cached_features_runs_both_detectors():
+    _, _, dataset = _tiny_data()
+    s = dict(learning_rate=0.01, weight_decay=1e-4, max_iters=3, time_limit=None, warmup_iters=1,
+             batch_size=2)
+    for det, flip in ((_fcos(), False), (_rcnn(), True)):
+        before = [p.detach().clone() for p in det.parameters() if p.requires_grad]
+        real = det.backbone.backbone
+        cache = dt.cache_backbone_features(real, dataset, "cpu", flip=not flip)
+        assert cache["feats"]["c3"].dtype == torch.float16
+        out = dt.train_on_cached_features(det, cache, s, "cpu", log_period=2, verbose=False, random_flip=flip)
+        assert out["iters"] == 3 and len(out["loss_history"]) == 3
+        assert all(math.isfinite(v) for v in out["loss_history"])
+        assert det.backbone.backbone is real
+        after = [p for p in det.parameters() if p.requires_grad]
+        assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_batched_prediction_equals_batch_one():
+    """common.predict_detections with batch_size 3 (FasterRCNN.detect_batch) gives the
+    detections of batch 1 (tolerance 1e-4 on boxes and scores)."""
+    torch.manual_seed(0)
+    images = torch.randn(5, 3, H, W)
+    gt = torch.full((5, 40, 5), -1.0)
+    gt[:, 0] = torch.tensor([4.0, 6.0, 50.0, 60.0, 3.0])
+    dataset = [(f"{i}", images[i], gt[i]) for i in range(5)]
+    det = _rcnn().eval()
+    one = common.predict_detections(det, dataset, 0.045, 0.5)
+    many, stats = common.predict_detections(det, dataset, 0.045, 0.5, batch_size=3, return_stats=True,
+                                            max_images=4)
+    assert len(many) == 4 and stats["num_images"] == 4
+    assert sum(len(p["scores"]) for p in one[:4]) > 0
+    for p, q in zip(many, one):
+        assert p["image_path"] == q["image_path"] and torch.equal(p["gt_boxes"], q["gt_boxes"])
+        assert torch.equal(p["classes"], q["classes"])
+        assert_close(p["boxes"], q["boxes"], 1e-4, "boxes")
+        assert_close(p["scores"], q["scores"], 1e-4, "scores")
+
+
+def test_checkpoint_path_under_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path))
+    path = dt.checkpoint_path("x.pt")
+    assert path == str(tmp_path / "checkpoints" / "A5" / "x.pt") and (tmp_path / "checkpoints" / "A5").is_dir()
+    monkeypatch.delenv("EECS598_CACHE")
+    assert dt.checkpoint_path("x.pt") is None
+
+
+def test_bf16_policy(monkeypatch):
+    monkeypatch.setattr(dt, "cpu_has_fast_bf16", lambda: False)
+    assert not dt.use_bf16({"amp_bf16": "auto"}, "cpu") and not dt.use_bf16({}, "cpu")
+    assert not dt.use_bf16({"amp_bf16": True}, "cpu")
+    monkeypatch.setattr(dt, "cpu_has_fast_bf16", lambda: True)
+    assert dt.use_bf16({"amp_bf16": "auto"}, "cpu") and not dt.use_bf16({}, "cpu")
+    with dt.autocast_for({}, "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
