@@ -67,3 +67,97 @@ def coco_captions():
     if not required <= set(data):
         raise store.DataError(f"{path}: missing keys {sorted(required - set(data))}")
     return data
+
+
+# ------------------------------------------------------------------------------------------
+# Captioning data as tensors: vocabulary, fixed-length encoded captions, resized images.
+SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>", "<UNK>")  # indices 0, 1, 2, 3 (as in coco.pt)
+
+
+def build_vocab(token_lists, min_count=2):
+    """Vocabulary {"idx_to_token": [...], "token_to_idx": {...}} from tokenized captions.
+
+    Indices 0-3 are <NULL>, <START>, <END>, <UNK>; then every word seen at least `min_count`
+    times, most frequent first (ties alphabetical). Rarer words map to <UNK> when encoding.
+    """
+    from collections import Counter
+
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    words = sorted((w for w, k in counts.items() if k >= min_count), key=lambda w: (-counts[w], w))
+    idx_to_token = list(SPECIAL_TOKENS) + words
+    return {"idx_to_token": idx_to_token, "token_to_idx": {t: i for i, t in enumerate(idx_to_token)}}
+
+
+def encode_captions(token_lists, token_to_idx, length=17):
+    """int64 (N, length): <START> w1 ... wk <END> <NULL> ...; captions longer than length - 2
+    words are cut to length - 2 words (the <END> is always kept). Unknown words -> <UNK>."""
+    import torch
+
+    null, start, end, unk = (token_to_idx[t] for t in SPECIAL_TOKENS)
+    out = torch.full((len(token_lists), length), null, dtype=torch.int64)
+    for i, tokens in enumerate(token_lists):
+        ids = [start] + [token_to_idx.get(t, unk) for t in tokens[:length - 2]] + [end]
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+def load_images_uint8(paths, size=112):
+    """uint8 (N, 3, size, size): each image converted to RGB and resized (bicubic, whole image
+    squashed to a square, no crop: captions describe the whole picture)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        with Image.open(p) as im:
+            im = im.convert("RGB").resize((size, size), Image.BICUBIC)
+            out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+    return out
+
+
+def caption_dataset(name="flickr8k-1k", image_size=112, length=18, min_count=2, num_heldout=100):
+    """An image-folder caption set as tensors, with a held-out split of images.
+
+    The images sorted by file name (as `caption_folder` returns them): the FIRST `num_heldout`
+    are held out ("test_*"), the rest train. The vocabulary is built from the training captions
+    only (tokenized with `eecs598.bleu.tokenize`: lower-case, punctuation removed; words seen
+    fewer than `min_count` times -> <UNK>). Captions are padded/cut to `length` tokens
+    (default 18 = <START> + at most 16 words + <END>; the course's coco.pt uses 17).
+    Resized images are cached in $EECS598_CACHE.
+
+    Returns a dict:
+      train_images uint8 (Ni, 3, S, S), train_captions int64 (Nc, length), train_image_idxs
+      int64 (Nc,) (which image each caption describes), train_references (per image, the list of
+      its tokenized captions), train_names; the same with the prefix test_; vocab
+      {idx_to_token, token_to_idx}; source (a description of the copy used).
+    """
+    import torch
+
+    from ..bleu import tokenize
+
+    items = caption_folder(name)
+    if len(items) <= num_heldout:
+        raise store.DataError(f"{name}: {len(items)} images, cannot hold out {num_heldout}")
+    paths = [p for p, _ in items]
+    csv_path = Path(paths[0]).parent.parent / "captions.txt"
+    images = store.cached_tensors(f"{name}_images_{image_size}",
+                                  lambda: load_images_uint8(paths, image_size), csv_path)
+    refs = [[tokenize(c) for c in caps] for _, caps in items]
+    split = {"test": range(num_heldout), "train": range(num_heldout, len(items))}
+    vocab = build_vocab([t for i in split["train"] for t in refs[i]], min_count=min_count)
+    data = {"vocab": vocab,
+            "source": f"{name} ({len(items)} Flickr8k images, {sum(len(r) for r in refs)} captions; "
+                      f"first {num_heldout} image names held out; images {image_size}x{image_size})"}
+    for key, idx in split.items():
+        idx = list(idx)
+        caps, owner = [], []
+        for j, i in enumerate(idx):
+            caps += refs[i]
+            owner += [j] * len(refs[i])
+        data[f"{key}_images"] = images[idx]
+        data[f"{key}_captions"] = encode_captions(caps, vocab["token_to_idx"], length)
+        data[f"{key}_image_idxs"] = torch.tensor(owner, dtype=torch.int64)
+        data[f"{key}_references"] = [refs[i] for i in idx]
+        data[f"{key}_names"] = [Path(paths[i]).name for i in idx]
+    return data

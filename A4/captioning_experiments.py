@@ -1,0 +1,571 @@
+"""
+Headline captioning experiments of A4: the notebook and `make reproduce` (through
+A4/experiments.py, which calls `run`) use the same functions. No solution code here: the models
+are rnn_lstm_captioning.CaptioningRNN (hand-written RNN / LSTM / attention LSTM cores).
+
+Data: the offline Flickr8k subset (`eecs598.data.text.caption_dataset("flickr8k-1k")`): 1,000
+real photos with 5 captions each. The FIRST 100 image names in sorted order are held out
+(500 reference captions); the other 900 train. A validation slice for model selection is carved
+from the 900 training images (the last `num_val` = 150 names); the held-out images are never
+used for any choice. Images are resized to 224 x 224 (ImageNet's resolution; the photos' longer
+side is at most 200 px, and each whole photo is squashed to the square, no crop).
+
+CPU protocol (full mode): the ImageNet encoder (EfficientNet-Lite0 by default) is FROZEN and
+its "head" features (the 1280-channel map its ImageNet classifier pools; (N, 1280, 7, 7) at
+224 px) are computed once for every image and its horizontal mirror (cached in
+$EECS598_CACHE); training picks the plain or mirrored features of each image at random (flip
+augmentation). Decoders: features standardized per channel (BatchNorm2d) and projected to the
+initial state (rnn, lstm: the spatial mean -> Linear -> tanh = h0) or to the attention memory
+(attn: 1x1 conv -> tanh), word vectors 256, hidden 512, dropout and word dropout, AdamW with
+weight decay and cosine learning-rate decay; the epoch with the lowest validation loss is kept.
+Held-out BLEU-1/-4: greedy decoding, corpus BLEU over the 5 references (`eecs598.bleu`, the same
+as NLTK's corpus_bleu). Baseline: one consensus caption for every image
+(`eecs598.bleu.consensus_caption`: the training caption whose corpus BLEU-4 on the training
+images is highest when used for all).
+
+    load_data                 the split as tensors (quick mode: 80 train / 20 held-out images)
+    extract_features          frozen-encoder features of images and of their mirrors (cached)
+    train_on_features         the headline trainer (minibatches of features + captions)
+    evaluate_bleu             greedy captions and corpus BLEU-1..4 against the references
+    consensus_baseline        the trivial baseline
+    overfit_small             the course's overfit check: 50 captions of 50 images, no regularization
+    image_dependence          validation loss with the true and with shuffled images
+    headline_run              one cell type, trained and evaluated
+    run(device)               all of the above as result records
+"""
+import copy
+import math
+import random
+import time
+
+import torch
+
+import eecs598
+import rnn_lstm_captioning as rlc
+from eecs598.bleu import bleu_scores, consensus_caption
+from eecs598.data import text as text_data
+from eecs598.data.store import cached_tensors
+from eecs598.results import make_record
+from eecs598.utils import device_name, timer
+
+ASSIGNMENT = "A4"
+DATASET = "flickr8k-1k"
+IMAGE_SIZE = 224  # ImageNet resolution; the photos' longer side is <= 200 px (squashed to a square)
+FEATURE = "head"  # EfficientNet-Lite0's 1280-channel pre-pooling features (7 x 7 at 224 px)
+CAPTION_LENGTH = 18  # <START> + at most 16 words + <END>
+CELL_TYPES = ("rnn", "lstm", "attn")
+BEAM_SIZE = 3  # the beam-search extra (the headline figures are greedy)
+
+# The course's loss targets (COURSE_API section 5): summed over time, averaged over the batch.
+LOSS_TARGETS = {"rnn": {"overfit": 0.5, "full": 2.0}, "lstm": {"overfit": 4.0, "full": 1.8},
+                "attn": {"overfit": 9.0, "full": 0.5}}
+# The course's reference figures (coco.pt, last-batch losses of the full runs).
+REFERENCE_LOSS = {"rnn": 0.1096, "lstm": 1.4858, "attn": 0.1141}
+# Scale (issue #5): an independent library reference on exactly this split (frozen
+# EfficientNet-Lite0 pooled features, torch.nn.LSTM decoder, NLTK corpus BLEU).
+LIBRARY_REFERENCE = {"bleu1": 0.52, "bleu4": 0.134, "baseline_bleu1": 0.17, "baseline_bleu4": 0.003}
+
+
+def settings(cell_type):
+    """Hyperparameters of the headline run of one cell type (full / quick).
+
+    feature_norm (BatchNorm2d on the frozen features) is what makes the decoders use the image:
+    without it the 1280-d pooled features' large common component drowns the image-specific
+    part and the greedy captions collapse to 1-3 generic sentences (validation slice: shuffling
+    the images changed the loss by 0.04 of 44.8)."""
+    s = {"feature": FEATURE, "feature_norm": True, "init_tanh": True,
+         "wordvec_dim": eecs598.pick(full=256, quick=64), "hidden_dim": eecs598.pick(full=512, quick=128),
+         "dropout": 0.3, "word_dropout": 0.1, "learning_rate": 4e-3 if cell_type == "attn" else 2e-3,
+         "weight_decay": 1e-2, "batch_size": 128,
+         "schedule": "cosine", "select": "loss", "patience": None,
+         "max_epochs": eecs598.pick(full={"rnn": 10, "lstm": 14, "attn": 14}[cell_type], quick=2),
+         "num_val": eecs598.pick(full=150, quick=10), "max_length": CAPTION_LENGTH - 2}
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+def load_data(name=DATASET, image_size=None):
+    """`caption_dataset` (first 100 names held out); quick mode keeps 80 train / 20 held-out images
+    at 112 x 112 (a smoke run: 4 x 4 feature maps, four times less encoder work)."""
+    image_size = eecs598.pick(full=IMAGE_SIZE, quick=112) if image_size is None else image_size
+    data = text_data.caption_dataset(name, image_size=image_size, length=CAPTION_LENGTH)
+    if eecs598.quick_mode():
+        data = _subset(data, "train", 80)
+        data = _subset(data, "test", 20)
+        data["source"] += " [quick mode: 80 train / 20 held-out images]"
+    return data
+
+
+def _subset(data, split, num_images):
+    """Keep the first `num_images` images of a split (and their captions)."""
+    data = dict(data)
+    keep = data[f"{split}_image_idxs"] < num_images
+    for key in ("images", "references", "names"):
+        data[f"{split}_{key}"] = data[f"{split}_{key}"][:num_images]
+    data[f"{split}_captions"] = data[f"{split}_captions"][keep]
+    data[f"{split}_image_idxs"] = data[f"{split}_image_idxs"][keep]
+    return data
+
+
+@torch.no_grad()
+def encode_images(encoder, images, batch_size=100, device=None):
+    """Frozen-encoder features of uint8 images: (N, C, Hf, Wf) float32 on the CPU."""
+    device = eecs598.get_device(device)
+    encoder = encoder.to(device).eval()
+    out = [encoder(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def extract_features(data, backbone="efficientnet_lite0", device=None, name=DATASET, feature=None):
+    """Features of all train and held-out images and of their horizontal mirrors.
+
+    Returns {"train": (Ni, C, Hf, Wf), "train_flip": ..., "test": ..., "test_flip": ...}, cached
+    in $EECS598_CACHE per (dataset, backbone, feature, image size) in full mode."""
+    feature = FEATURE if feature is None else feature
+
+    def build():
+        encoder = rlc.ImageEncoder(pretrained=True, verbose=False, backbone=backbone, feature=feature)
+        feats = {}
+        for split in ("train", "test"):
+            images = data[f"{split}_images"]
+            feats[split] = encode_images(encoder, images, device=device)
+            feats[f"{split}_flip"] = encode_images(encoder, images.flip(-1), device=device)
+        return feats
+
+    if eecs598.quick_mode():
+        return build()
+    csv_path = eecs598.data.caption_folder(name)[0][0].parent.parent / "captions.txt"
+    size = data["train_images"].shape[-1]
+    return cached_tensors(f"{name}_{backbone}_{size}px_{feature}_features", build, csv_path)
+
+
+# ---------------------------------------------------------------------------------------------
+def make_model(vocab, cell_type, s, backbone="efficientnet_lite0"):
+    return rlc.CaptioningRNN(vocab["token_to_idx"], wordvec_dim=s["wordvec_dim"], hidden_dim=s["hidden_dim"],
+                             cell_type=cell_type, backbone=backbone, dropout=s.get("dropout", 0.0),
+                             word_dropout=s.get("word_dropout", 0.0), feature=s.get("feature", FEATURE),
+                             forget_bias=s.get("forget_bias", 0.0), feature_norm=s.get("feature_norm", False),
+                             init_tanh=s.get("init_tanh", False), feature_dropout=s.get("feature_dropout", 0.0))
+
+
+def decoder_parameters(model):
+    """Every parameter except the (frozen) image encoder's."""
+    return [p for n, p in model.named_parameters() if not n.startswith("image_encoder.")]
+
+
+@torch.no_grad()
+def greedy_captions(model, feats, idx_to_word, max_length, batch_size=200):
+    """Greedy captions (lists of words) and, for attn, attention weights (N, T, Hf, Wf)."""
+    model.eval()
+    words, weights = [], []
+    device = next(model.parameters()).device
+    for i in range(0, len(feats), batch_size):
+        out = model.sample_features(feats[i:i + batch_size].to(device), max_length)
+        if isinstance(out, tuple):
+            out, w = out
+            weights.append(w.cpu())
+        words += [c.split() for c in rlc.decode_captions(out.cpu(), idx_to_word)]
+    return words, (torch.cat(weights) if weights else None)
+
+
+@torch.no_grad()
+def beam_search(model, features, beam_size=3, max_length=16):
+    """Beam-search captions from encoder features (N, C, Hf, Wf) for a CaptioningRNN of any
+    cell type: keeps the `beam_size` partial captions with the highest summed log-probability;
+    a caption that emitted <END> keeps its score and is padded with <NULL>. Returns word
+    indices (N, max_length) of the best beam (beam_size=1 is greedy decoding)."""
+    model.eval()
+    N, B = features.shape[0], beam_size
+    init = model._initial(features).repeat_interleave(B, dim=0)
+    if model.cell_type == "attn":
+        A, h = init, init.mean(dim=(2, 3))
+        c = h
+    else:
+        A, h = None, init
+        c = torch.zeros_like(h)
+    word = torch.full((N * B,), model._start, dtype=torch.long, device=features.device)
+    scores = features.new_full((N, B), float("-inf"), dtype=torch.float32)
+    scores[:, 0] = 0.0
+    done = torch.zeros(N * B, dtype=torch.bool, device=features.device)
+    seqs = torch.full((N * B, 0), model._null, dtype=torch.long, device=features.device)
+    for _ in range(max_length):
+        x = model.word_embed(word)
+        if model.cell_type == "rnn":
+            h = model.core.step_forward(x, h)
+        elif model.cell_type == "lstm":
+            h, c = model.core.step_forward(x, h, c)
+        else:
+            attn, _ = rlc.dot_product_attention(h, A)
+            h, c = model.core.step_forward(x, h, c, attn)
+        logp = torch.log_softmax(model.output(h).float(), dim=1)
+        logp[done] = float("-inf")
+        logp[done, model._null] = 0.0
+        V = logp.shape[1]
+        cand = (scores.reshape(N * B, 1) + logp).reshape(N, B * V)
+        scores, flat = cand.topk(B, dim=1)
+        beam = (flat // V + torch.arange(N, device=flat.device)[:, None] * B).reshape(-1)
+        word = (flat % V).reshape(-1)
+        h, c, seqs = h[beam], c[beam], torch.cat([seqs[beam], word[:, None]], dim=1)
+        if A is not None:
+            A = A[beam]
+        done = done[beam] | (word == model._end)
+        if bool(done.all()):
+            break
+    best = scores.argmax(dim=1) + torch.arange(N, device=scores.device) * B
+    out = torch.full((N, max_length), model._null, dtype=torch.long, device=features.device)
+    out[:, :seqs.shape[1]] = seqs[best]
+    return out
+
+
+def evaluate_beam(model, feats, references, idx_to_word, beam_size=3, max_length=16, batch_size=100):
+    """Beam-search captions of `feats` and their corpus BLEU-1..4. Returns (scores, hypotheses)."""
+    device = next(model.parameters()).device
+    hyps = []
+    for i in range(0, len(feats), batch_size):
+        out = beam_search(model, feats[i:i + batch_size].to(device), beam_size, max_length)
+        hyps += [c.split() for c in rlc.decode_captions(out.cpu(), idx_to_word)]
+    return bleu_scores(references, hyps), hyps
+
+
+def evaluate_bleu(model, feats, references, idx_to_word, max_length):
+    """Greedy captions of `feats` and corpus BLEU-1..4 against `references` (per image, a list of
+    token lists). Returns (scores dict, hypotheses, attention weights or None)."""
+    hyps, weights = greedy_captions(model, feats, idx_to_word, max_length)
+    return bleu_scores(references, hyps), hyps, weights
+
+
+@torch.no_grad()
+def mean_loss(model, feats, captions, image_idxs, batch_size=500):
+    """Mean (over captions) of the loss in eval mode (no dropout), summed over time."""
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, len(captions), batch_size):
+        idx = image_idxs[i:i + batch_size]
+        n = len(idx)
+        total += n * model.forward_features(feats[idx].to(device), captions[i:i + batch_size].to(device)).item()
+    return total / len(captions)
+
+
+def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs, batch_size, learning_rate,
+                      weight_decay=0.0, val=None, patience=None, flip=True, device=None, seed=0,
+                      time_limit=None, schedule="constant", select="loss", verbose=False):
+    """Train the decoder on precomputed features: shuffled minibatches of (caption, image
+    features), each image's plain or mirrored features at random (when `flip`), AdamW,
+    gradient norms clipped at 5. The feature projection runs once per distinct (image, flip)
+    of a batch (`forward_features(..., feature_idx)`).
+
+    schedule: "constant" or "cosine" (the learning rate decays per iteration from
+    `learning_rate` to 0 over `num_epochs` epochs).
+    val: optional dict(feats, captions, image_idxs, references, idx_to_word, max_length): after
+    every epoch, the teacher-forced loss (eval mode) and greedy BLEU-4 on it; the parameters of
+    the best epoch are restored at the end (select="loss": lowest validation loss;
+    select="bleu4": highest validation BLEU-4), and training stops after `patience` epochs
+    without improvement. Returns a dict of histories: loss_history (per iteration),
+    epoch_losses (mean per epoch), val_loss_history, val_bleu4_history, val_bleu1_history,
+    best_epoch, epochs, seconds, epoch_seconds.
+    """
+    if select not in ("loss", "bleu4"):
+        raise ValueError(f"select must be 'loss' or 'bleu4', not {select!r}")
+    device = eecs598.get_device(device)
+    eecs598.reset_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = model.to(device)
+    params = decoder_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    N = len(captions)
+    steps_per_epoch = (N + batch_size - 1) // batch_size
+    total_steps = max(1, num_epochs * steps_per_epoch)
+    if schedule == "cosine":
+        lr_at = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))  # noqa: E731
+    elif schedule == "constant":
+        lr_at = lambda step: 1.0  # noqa: E731
+    else:
+        raise ValueError(f"schedule must be 'constant' or 'cosine', not {schedule!r}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    feats, feats_flip = feats.to(device), feats_flip.to(device)
+    hist = {"loss_history": [], "epoch_losses": [], "val_bleu4_history": [], "val_bleu1_history": [],
+            "val_loss_history": [], "epoch_seconds": [], "best_epoch": None}
+    best, best_state, bad = None, None, 0
+    start = time.perf_counter()
+    with timer() as t:
+        for epoch in range(num_epochs):
+            t_epoch = time.perf_counter()
+            model.train()
+            order = torch.randperm(N, generator=gen)
+            losses = []
+            for j in range(0, N, batch_size):
+                idx = order[j:j + batch_size]
+                img = image_idxs[idx]
+                use_flip = torch.rand(len(idx), generator=gen) < 0.5
+                if not flip:
+                    use_flip.zero_()
+                keys, inverse = torch.unique(img * 2 + use_flip.long(), return_inverse=True)
+                u_img, u_flip = (keys // 2).to(device), (keys % 2).bool().to(device)
+                f = torch.where(u_flip[:, None, None, None], feats_flip[u_img], feats[u_img])
+                loss = model.forward_features(f, captions[idx].to(device), feature_idx=inverse.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                optimizer.step()
+                scheduler.step()
+                losses.append(loss.item())
+            hist["loss_history"] += losses
+            hist["epoch_losses"].append(sum(losses) / len(losses))
+            hist["epoch_seconds"].append(time.perf_counter() - t_epoch)
+            msg = f"epoch {epoch + 1}/{num_epochs}: train loss {hist['epoch_losses'][-1]:.3f}"
+            if val is not None:
+                scores, _, _ = evaluate_bleu(model, val["feats"], val["references"], val["idx_to_word"],
+                                             val["max_length"])
+                val_loss = mean_loss(model, val["feats"], val["captions"], val["image_idxs"])
+                hist["val_bleu4_history"].append(scores["bleu4"])
+                hist["val_bleu1_history"].append(scores["bleu1"])
+                hist["val_loss_history"].append(val_loss)
+                msg += f", val loss {val_loss:.3f}, BLEU-4 {scores['bleu4']:.4f} (BLEU-1 {scores['bleu1']:.3f})"
+                score = val_loss if select == "loss" else -scores["bleu4"]
+                if best is None or score < best:
+                    best, best_state, bad = score, copy.deepcopy(model.state_dict()), 0
+                    hist["best_epoch"] = epoch + 1
+                else:
+                    bad += 1
+            if verbose:
+                print(msg, f"[{time.perf_counter() - start:.0f}s]", flush=True)
+            if patience is not None and bad >= patience:
+                break
+            if time_limit is not None and time.perf_counter() - start > time_limit:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    hist["epochs"] = len(hist["epoch_losses"])
+    hist["seconds"] = t.seconds
+    return hist
+
+
+# ---------------------------------------------------------------------------------------------
+def consensus_baseline(data):
+    """The trivial baseline: one training caption for every held-out image. The caption is the
+    training caption with the highest corpus BLEU-4 on the TRAINING images when used for all of
+    them. Returns dict(caption, train_bleu4, test scores)."""
+    candidates = [c for refs in data["train_references"] for c in refs]
+    with timer() as t:
+        best, train_bleu4 = consensus_caption(data["train_references"], candidates, max_n=4)
+        scores = bleu_scores(data["test_references"], [best] * len(data["test_references"]))
+    return {"caption": " ".join(best), "train_bleu4": train_bleu4, "scores": scores, "seconds": t.seconds}
+
+
+def overfit_small(data, feats, cell_type, device=None, num=50, seed=0, verbose=False):
+    """The course's overfit check on our data: `num` training captions (the first caption of
+    each of the first `num` training images), the headline architecture without dropout, no
+    flips, no weight decay; course settings: 80 epochs,
+    batch 32, AdamW lr 1e-3 (LSTM: 1e-2, as in the course). Returns dict(final_loss, history)."""
+    s = dict(settings(cell_type), dropout=0.0, word_dropout=0.0)  # the headline architecture, unregularized
+    num = min(num, len(data["train_names"]))
+    first = torch.tensor([int((data["train_image_idxs"] == i).nonzero()[0]) for i in range(num)])
+    eecs598.reset_seed(seed)
+    model = make_model(data["vocab"], cell_type, s)
+    epochs = eecs598.pick(full=80, quick=5)
+    lr = 1e-2 if cell_type == "lstm" else 1e-3
+    hist = train_on_features(model, feats["train"], feats["train"], data["train_captions"][first],
+                             data["train_image_idxs"][first], epochs, 32, lr, flip=False, device=device,
+                             seed=seed, verbose=verbose)
+    return {"final_loss": hist["loss_history"][-1], "final_epoch_loss": hist["epoch_losses"][-1],
+            "epochs": epochs, "learning_rate": lr, "num_captions": num, **hist}
+
+
+def split_validation(data, feats, num_val):
+    """Carve the last `num_val` training images (sorted names) off as a validation slice.
+    Returns (train dict: feats, feats_flip, captions, image_idxs; val dict for train_on_features)."""
+    n_img = len(data["train_names"])
+    n_tr = n_img - num_val
+    keep = data["train_image_idxs"] < n_tr
+    train = {"feats": feats["train"][:n_tr], "feats_flip": feats["train_flip"][:n_tr],
+             "captions": data["train_captions"][keep], "image_idxs": data["train_image_idxs"][keep]}
+    val = {"feats": feats["train"][n_tr:], "references": data["train_references"][n_tr:],
+           "captions": data["train_captions"][~keep], "image_idxs": data["train_image_idxs"][~keep] - n_tr,
+           "idx_to_word": data["vocab"]["idx_to_token"], "max_length": CAPTION_LENGTH - 2}
+    return train, val
+
+
+def image_dependence(model, val, seed=0):
+    """Does the decoder use the image? The validation loss with each caption's own image and with
+    the images shuffled among the validation captions (a fixed permutation). Equal losses mean the
+    captions ignore the image. Returns dict(val_loss, val_loss_shuffled_images)."""
+    perm = torch.randperm(len(val["feats"]), generator=torch.Generator().manual_seed(seed))
+    return {"val_loss": mean_loss(model, val["feats"], val["captions"], val["image_idxs"]),
+            "val_loss_shuffled_images": mean_loss(model, val["feats"][perm], val["captions"], val["image_idxs"])}
+
+
+def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None):
+    """Train one captioner (settings(cell_type)) with early stopping on the validation slice and
+    evaluate it on the held-out images. Returns a dict: model, history, test scores, hypotheses,
+    attention weights (attn), train losses (last epoch with dropout on; eval-mode on train)."""
+    s = settings(cell_type) if s is None else s
+    train, val = split_validation(data, feats, s["num_val"])
+    eecs598.reset_seed(seed)
+    model = make_model(data["vocab"], cell_type, s)
+    hist = train_on_features(model, train["feats"], train["feats_flip"], train["captions"], train["image_idxs"],
+                             s["max_epochs"], s["batch_size"], s["learning_rate"], s["weight_decay"], val=val,
+                             patience=s["patience"], device=device, seed=seed, schedule=s["schedule"],
+                             select=s["select"], verbose=verbose)
+    with timer() as t_eval:
+        scores, hyps, weights = evaluate_bleu(model, feats["test"], data["test_references"],
+                                              data["vocab"]["idx_to_token"], s["max_length"])
+    train_loss_eval = mean_loss(model, train["feats"], train["captions"], train["image_idxs"])
+    dependence = image_dependence(model, val)
+    with timer() as t_beam:  # an extra: beam search (width BEAM_SIZE) on the same held-out images
+        beam_scores, beam_hyps = evaluate_beam(model, feats["test"], data["test_references"],
+                                               data["vocab"]["idx_to_token"], BEAM_SIZE, s["max_length"])
+    val_beam_scores, _ = evaluate_beam(model, val["feats"], val["references"], val["idx_to_word"], BEAM_SIZE,
+                                       s["max_length"])
+    return {"model": model, "image_dependence": dependence, "settings": s, "history": hist, "scores": scores,
+            "hypotheses": hyps,
+            "attention": weights, "train_loss_last_epoch": hist["epoch_losses"][-1],
+            "train_loss_eval": train_loss_eval, "eval_seconds": t_eval.seconds,
+            "num_train_images": len(train["feats"]), "num_val_images": s["num_val"],
+            "beam_scores": beam_scores, "beam_hypotheses": beam_hyps, "beam_seconds": t_beam.seconds,
+            "val_beam_scores": val_beam_scores}
+
+
+# ---------------------------------------------------------------------------------------------
+def plot_histories(results, overfits=None):
+    """Training-loss curves (per iteration) and validation BLEU-4 per epoch of headline runs
+    ({cell_type: headline_run dict}); optionally the overfit runs' loss curves."""
+    import matplotlib.pyplot as plt
+
+    ncols = 3 if overfits else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4))
+    for name, res in results.items():
+        h = res["history"]
+        axes[0].plot(h["loss_history"], label=name, linewidth=0.8)
+        axes[1].plot(range(1, len(h["val_bleu4_history"]) + 1), h["val_bleu4_history"], "o-", label=name)
+    axes[0].set(title="training loss (sum over time, mean over batch)", xlabel="iteration")
+    axes[1].set(title="validation-slice BLEU-4 (greedy)", xlabel="epoch")
+    if overfits:
+        for name, res in overfits.items():
+            axes[2].semilogy(res["loss_history"], label=name)
+        axes[2].set(title="overfitting 50 captions", xlabel="iteration")
+        axes[2].legend()
+    axes[0].legend()
+    axes[1].legend()
+    plt.tight_layout()
+    plt.show()
+
+
+def show_captions(images, predictions, references, num=6):
+    """A row of images (uint8 (N, 3, H, W)) with the predicted caption(s) ({label: [words]}) and
+    one reference caption under each."""
+    import matplotlib.pyplot as plt
+
+    num = min(num, len(images))
+    fig, axes = plt.subplots(1, num, figsize=(3.2 * num, 4.5))
+    for i, ax in enumerate(list(axes) if num > 1 else [axes]):
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.axis("off")
+        lines = [f"{k}: {' '.join(v[i])}" for k, v in predictions.items()]
+        lines.append(f"ref: {' '.join(references[i][0])}")
+        ax.set_title("\n".join(_wrap(line, 30) for line in lines), fontsize=8, loc="left")
+    plt.tight_layout()
+    plt.show()
+
+
+def _wrap(text, width):
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def show_attention(image, words, weights):
+    """One image (uint8 (3, H, W)) and, per generated word, its attention weights (T, Hf, Wf)
+    upsampled (bilinear) to the image and blended over it."""
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    words = (list(words) + ["<END>"])[:weights.shape[0]]  # the words and <END>, if it fits
+    T = len(words)
+    cols = min(T, 6)
+    rows = (T + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    H, W = image.shape[1:]
+    img = image.permute(1, 2, 0).numpy()
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= T:
+            continue
+        w = F.interpolate(weights[k][None, None].float(), size=(H, W), mode="bilinear", align_corners=False)[0, 0]
+        ax.imshow(img)
+        ax.imshow(w.numpy(), alpha=0.55, cmap="jet")
+        ax.set_title(words[k], fontsize=11)
+    plt.tight_layout()
+    plt.show()
+
+
+# ---------------------------------------------------------------------------------------------
+def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbose=True):
+    """Baseline, overfit checks and headline runs for every cell type, as result records."""
+    device = eecs598.get_device(device)
+    where = device_name(device)
+    random.seed(0)
+    with timer() as t_data:
+        data = load_data()
+        feats = extract_features(data, backbone=backbone, device=device)
+    source = data["source"]
+    common = {"backbone": f"{backbone} (ImageNet, frozen; {FEATURE} features {tuple(feats['train'].shape[1:])})",
+              "feature": FEATURE,
+              "image_size": int(data["train_images"].shape[-1]), "vocab_size": len(data["vocab"]["idx_to_token"]),
+              "num_train_images": len(data["train_names"]), "num_heldout_images": len(data["test_names"]),
+              "references_per_image": 5, "decoding": "greedy",
+              "bleu": "corpus BLEU, eecs598.bleu (== nltk corpus_bleu), lower-case, punctuation removed",
+              "data_and_feature_seconds": t_data.seconds}
+    records = []
+
+    def record(metric, value, unit, seconds, reference=None, **details):
+        records.append(make_record(ASSIGNMENT, metric, value, unit, data=source, device=where, seconds=seconds,
+                                   reference=reference, details={**common, **details}))
+
+    base = consensus_baseline(data)
+    if verbose:
+        print(f"consensus baseline: '{base['caption']}' held-out {base['scores']}", flush=True)
+    for n in (1, 4):
+        record(f"captioning_bleu{n}_consensus_baseline", base["scores"][f"bleu{n}"], "BLEU", base["seconds"],
+               LIBRARY_REFERENCE[f"baseline_bleu{n}"], caption=base["caption"],
+               choice="training caption with the highest corpus BLEU-4 on the training images when used for all",
+               train_bleu4=base["train_bleu4"])
+
+    for cell_type in cell_types:
+        over = overfit_small(data, feats, cell_type, device=device)
+        if verbose:
+            print(f"{cell_type} overfit: final loss {over['final_loss']:.3f}", flush=True)
+        record(f"captioning_overfit_loss_{cell_type}", over["final_loss"], "loss (sum over time, mean over batch)",
+               over["seconds"], None, target=f"< {LOSS_TARGETS[cell_type]['overfit']}",
+               num_captions=over["num_captions"], epochs=over["epochs"], batch_size=32,
+               learning_rate=over["learning_rate"], optimizer="AdamW", wordvec_dim=256, hidden_dim=512,
+               note="last-batch loss; one caption of each of the first 50 training images; frozen encoder; "
+                    "the headline architecture (feature_norm, init_tanh) without dropout or weight decay")
+
+        res = headline_run(data, feats, cell_type, device=device, verbose=verbose)
+        h, s = res["history"], res["settings"]
+        details = dict(cell_type=cell_type, **{k: v for k, v in s.items()}, epochs_run=h["epochs"],
+                       best_epoch=h["best_epoch"], num_train_images_used=res["num_train_images"],
+                       num_val_images=res["num_val_images"], val_bleu4_history=h["val_bleu4_history"],
+                       epoch_losses=h["epoch_losses"], val_loss_history=h["val_loss_history"],
+                       epoch_seconds=h["epoch_seconds"], flip_augmentation=True, **res["image_dependence"],
+                       train_loss_last_epoch=res["train_loss_last_epoch"], train_loss_eval=res["train_loss_eval"],
+                       bleu2=res["scores"]["bleu2"], bleu3=res["scores"]["bleu3"],
+                       examples=[" ".join(w) for w in res["hypotheses"][:5]])
+        if verbose:
+            print(f"{cell_type}: held-out {res['scores']} train loss {res['train_loss_last_epoch']:.3f} "
+                  f"({h['seconds']:.0f}s)", flush=True)
+        for n in (1, 4):
+            record(f"captioning_bleu{n}_{cell_type}", res["scores"][f"bleu{n}"], "BLEU", h["seconds"],
+                   LIBRARY_REFERENCE[f"bleu{n}"], **details)
+        for n in (1, 4):
+            record(f"captioning_bleu{n}_beam{BEAM_SIZE}_{cell_type}", res["beam_scores"][f"bleu{n}"], "BLEU",
+                   res["beam_seconds"], None, decoding=f"beam search, width {BEAM_SIZE}, summed log-probability",
+                   model="the greedy row's model (same training run)",
+                   val_bleu=res["val_beam_scores"], examples_beam=[" ".join(w) for w in res["beam_hypotheses"][:5]],
+                   cell_type=cell_type)
+        record(f"captioning_train_loss_{cell_type}", res["train_loss_last_epoch"],
+               "loss (sum over time, mean over batch)", h["seconds"], REFERENCE_LOSS[cell_type],
+               target=f"< {LOSS_TARGETS[cell_type]['full']} (course, coco.pt)",
+               note="mean training loss of the last epoch run (dropout and word dropout on); "
+                    "train_loss_eval = the selected model without dropout on the training captions", **details)
+    return records

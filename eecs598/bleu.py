@@ -1,0 +1,141 @@
+"""Corpus BLEU (Papineni et al., 2002) for captioning: BLEU-1 ... BLEU-4 over several references.
+
+    from eecs598.bleu import corpus_bleu, tokenize
+    refs = [[tokenize(c) for c in five_captions] for five_captions in references_per_image]
+    hyps = [tokenize(c) for c in generated]
+    corpus_bleu(refs, hyps, max_n=4)           # BLEU-4, uniform weights 1/4
+    corpus_bleu(refs, hyps, max_n=1)           # BLEU-1
+
+Definition (the same as ``nltk.translate.bleu_score.corpus_bleu`` without smoothing; the tests
+cross-check the two on the same inputs):
+
+* modified n-gram precision p_n, pooled over the corpus: for every hypothesis, each n-gram's count
+  is clipped to the largest count of that n-gram in any one of its references; the clipped counts
+  are summed over all hypotheses and divided by the total number of hypothesis n-grams;
+* brevity penalty BP = 1 if c > r else exp(1 - r / c), where c is the total hypothesis length and
+  r sums, per hypothesis, the reference length closest to the hypothesis length (ties -> the
+  shorter reference); BP = 0 when c = 0;
+* BLEU-N = BP * exp(sum_n w_n log p_n) with w_n = 1/N; it is 0 when any p_n (n <= N) is 0
+  (NLTK's unsmoothed score is then ~1e-77 or exactly 0).
+
+Tokenization (``tokenize``): lower-case, every character that is not a letter, digit or space
+becomes a space (so punctuation is dropped and "t-shirt" -> "t shirt"), split on whitespace.
+The captioning data (`eecs598.data.text`) uses the same function to build its vocabulary, so
+hypotheses decoded from word indices and references read from captions.txt are tokenized alike.
+"""
+import math
+import re
+from collections import Counter
+
+_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+
+
+def tokenize(text):
+    """'A dog, running!' -> ['a', 'dog', 'running'] (lower-case, punctuation removed, split)."""
+    return _NON_WORD.sub(" ", text.lower()).split()
+
+
+def ngram_counts(tokens, n):
+    """Counter of the n-grams (tuples) of a token list."""
+    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+
+
+def closest_ref_length(references, hyp_len):
+    """Length of the reference closest to `hyp_len` (ties -> the shorter one)."""
+    return min((len(r) for r in references), key=lambda r: (abs(r - hyp_len), r))
+
+
+def corpus_statistics(list_of_references, hypotheses, max_n=4):
+    """Pooled counts: (matches[n-1], totals[n-1] for n = 1..max_n, hyp_length c, ref_length r)."""
+    if len(list_of_references) != len(hypotheses):
+        raise ValueError(f"{len(list_of_references)} reference lists but {len(hypotheses)} hypotheses")
+    matches, totals = [0] * max_n, [0] * max_n
+    c = r = 0
+    for references, hyp in zip(list_of_references, hypotheses):
+        if not references:
+            raise ValueError("every hypothesis needs at least one reference")
+        for n in range(1, max_n + 1):
+            hyp_counts = ngram_counts(hyp, n)
+            max_ref = Counter()
+            for ref in references:
+                for gram, k in ngram_counts(ref, n).items():
+                    if k > max_ref[gram]:
+                        max_ref[gram] = k
+            matches[n - 1] += sum(min(k, max_ref[g]) for g, k in hyp_counts.items())
+            totals[n - 1] += max(len(hyp) - n + 1, 1)  # NLTK: max(1, number of n-grams)
+        c += len(hyp)
+        r += closest_ref_length(references, len(hyp))
+    return matches, totals, c, r
+
+
+def brevity_penalty(c, r):
+    """1 if c > r, 0 if c == 0, else exp(1 - r/c)."""
+    if c > r:
+        return 1.0
+    if c == 0:
+        return 0.0
+    return math.exp(1.0 - r / c)
+
+
+def bleu_from_statistics(matches, totals, c, r, max_n):
+    if any(m == 0 for m in matches[:max_n]):
+        return 0.0
+    log_p = sum(math.log(matches[n] / totals[n]) for n in range(max_n)) / max_n
+    return brevity_penalty(c, r) * math.exp(log_p)
+
+
+def corpus_bleu(list_of_references, hypotheses, max_n=4):
+    """Corpus BLEU-`max_n` with uniform weights.
+
+    list_of_references: one list of reference token lists per hypothesis (any number >= 1).
+    hypotheses: token lists. Returns a float in [0, 1].
+    """
+    matches, totals, c, r = corpus_statistics(list_of_references, hypotheses, max_n)
+    return bleu_from_statistics(matches, totals, c, r, max_n)
+
+
+def bleu_scores(list_of_references, hypotheses):
+    """{'bleu1': ..., 'bleu2': ..., 'bleu3': ..., 'bleu4': ...} from one pass over the corpus."""
+    matches, totals, c, r = corpus_statistics(list_of_references, hypotheses, 4)
+    return {f"bleu{n}": bleu_from_statistics(matches, totals, c, r, n) for n in range(1, 5)}
+
+
+def consensus_caption(list_of_references, candidates, max_n=4):
+    """The trivial baseline's caption: the candidate (a token list) whose corpus BLEU-`max_n` is
+    highest when the SAME candidate is the hypothesis for every entry of `list_of_references`.
+
+    Use the training images' references and the training captions as candidates; the winner is
+    then scored on held-out images. Vectorized over images with per-n-gram arrays of the largest
+    reference count per image. Returns (best candidate tokens, its BLEU on these references).
+    """
+    import numpy as np
+
+    num = len(list_of_references)
+    max_count = {}  # n-gram -> (num,) array: the largest count in any reference of each image
+    for i, refs in enumerate(list_of_references):
+        for ref in refs:
+            for n in range(1, max_n + 1):
+                for gram, k in ngram_counts(ref, n).items():
+                    arr = max_count.setdefault(gram, np.zeros(num, dtype=np.int64))
+                    arr[i] = max(arr[i], k)
+    ref_lengths = [sorted({len(r) for r in refs}) for refs in list_of_references]
+    r_cache = {}
+    best, best_score = None, -1.0
+    for cand in candidates:
+        cand = list(cand)
+        length = len(cand)
+        if length not in r_cache:
+            r_cache[length] = sum(min(lens, key=lambda x: (abs(x - length), x)) for lens in ref_lengths)
+        matches, totals = [], []
+        for n in range(1, max_n + 1):
+            total = 0
+            for gram, k in ngram_counts(cand, n).items():
+                arr = max_count.get(gram)
+                if arr is not None:
+                    total += int(np.minimum(arr, k).sum())
+            matches.append(total)
+            totals.append(max(length - n + 1, 1) * num)
+        score = bleu_from_statistics(matches, totals, length * num, r_cache[length], max_n)
+        if score > best_score:
+            best, best_score = cand, score
+    return best, best_score

