@@ -3,6 +3,7 @@ import builtins
 import io
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,10 @@ def test_rejects_path_like_names(tmp_path):
         submit.make_a1_submission(tmp_path, "../evil", "123")
     with pytest.raises(ValueError):
         submit.make_a1_submission(tmp_path, "name", "")
+
+
+def test_listed_code_and_notebooks_exist_in_the_repository():
+    root = Path(__file__).resolve().parents[2]
+    missing = [f"{a}/{name}" for a, names in SUBMISSION_FILES.items() for name in names
+               if name.endswith((".py", ".ipynb")) and not (root / a / name).is_file()]
+    assert not missing, f"SUBMISSION_FILES lists files that do not exist: {missing}"
