@@ -26,7 +26,8 @@ Conventions (those of the course):
 import torch
 
 from eecs598 import Solver
-from fully_connected_networks import Linear, Linear_ReLU, ReLU, adam, softmax_loss
+from fully_connected_networks import (Linear, Linear_ReLU, ReLU, _as_dtype, adam, load_model, save_model,
+                                      softmax_loss)
 
 
 def hello_convolutional_networks():
@@ -853,17 +854,6 @@ class Conv_BatchNorm_ReLU_Pool(object):
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
-def _as_dtype(X, params):
-    """Cast the input batch to the dtype of the model's parameters (a no-op when equal)."""
-    dtype = next(iter(params.values())).dtype
-    return X if X.dtype == dtype else X.to(dtype)
-
-
-def _load_checkpoint(path):
-    # Checkpoints hold plain data only (dicts of tensors, numbers, strings, dtypes).
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _same_device(a, b):
     """True when devices a and b are the same ('cuda' without an index is the current device)."""
     a, b = torch.device(a), torch.device(b)
@@ -922,22 +912,11 @@ class ThreeLayerConvNet(object):
         ### END SOLUTION
 
     def save(self, path):
-        checkpoint = {
-            "reg": self.reg,
-            "dtype": self.dtype,
-            "params": self.params,
-        }
-        torch.save(checkpoint, path)
-        print("Saved in {}".format(path))
+        save_model(self, path, ("reg", "dtype", "params"))
 
     def load(self, path, dtype=None, device="cpu"):
-        checkpoint = _load_checkpoint(path)
-        self.params = checkpoint["params"]
-        self.dtype = dtype if dtype is not None else checkpoint["dtype"]
-        self.reg = checkpoint["reg"]
-        for p in self.params:
-            self.params[p] = self.params[p].type(self.dtype).to(device)
-        print("load checkpoint file: {}".format(path))
+        load_model(self, path, ("reg", "dtype", "params"), dtype, device)
+        self.dtype = next(iter(self.params.values())).dtype
 
     def loss(self, X, y=None):
         """
@@ -1095,38 +1074,18 @@ class DeepConvNet(object):
             msg = 'param "%s" has dtype %r; should be %r' % (k, param.dtype, dtype)
             assert param.dtype == dtype, msg
 
+    _SAVED = ("reg", "dtype", "params", "num_layers", "max_pools", "batchnorm", "bn_params")
+
     def save(self, path):
-        checkpoint = {
-            "reg": self.reg,
-            "dtype": self.dtype,
-            "params": self.params,
-            "num_layers": self.num_layers,
-            "max_pools": self.max_pools,
-            "batchnorm": self.batchnorm,
-            "bn_params": self.bn_params,
-        }
-        torch.save(checkpoint, path)
-        print("Saved in {}".format(path))
+        save_model(self, path, self._SAVED)
 
     def load(self, path, dtype, device):
-        checkpoint = _load_checkpoint(path)
-        self.params = checkpoint["params"]
+        load_model(self, path, self._SAVED, dtype, device)
         self.dtype = dtype
-        self.reg = checkpoint["reg"]
-        self.num_layers = checkpoint["num_layers"]
-        self.max_pools = checkpoint["max_pools"]
-        self.batchnorm = checkpoint["batchnorm"]
-        self.bn_params = checkpoint["bn_params"]
-
-        for p in self.params:
-            self.params[p] = self.params[p].type(dtype).to(device)
-
-        for i in range(len(self.bn_params)):
+        for bn_param in self.bn_params:
             for p in ["running_mean", "running_var"]:
-                if p in self.bn_params[i]:
-                    self.bn_params[i][p] = self.bn_params[i][p].type(dtype).to(device)
-
-        print("load checkpoint file: {}".format(path))
+                if p in bn_param:
+                    bn_param[p] = bn_param[p].to(device=device, dtype=dtype)
 
     def loss(self, X, y=None):
         """

@@ -299,9 +299,23 @@ def _as_dtype(X, params):
     return X if X.dtype == dtype else X.to(dtype)
 
 
-def _load_checkpoint(path):
-    # Checkpoints hold plain data only (dicts of tensors, numbers, strings).
-    return torch.load(path, map_location="cpu", weights_only=True)
+def save_model(model, path, fields):
+    """Save the attributes `fields` of `model` (params, reg, ...) as a dict with torch.save."""
+    torch.save({name: getattr(model, name) for name in fields}, path)
+    print("Saved in {}".format(path))
+
+
+def load_model(model, path, fields, dtype, device):
+    """Restore the attributes `fields` of `model` saved by `save_model` and move its params to
+    `dtype` / `device` (dtype None: the saved `dtype` field). Returns the checkpoint dict.
+    Checkpoints hold plain data only (dicts of tensors, numbers, strings, dtypes)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for name in fields:
+        setattr(model, name, checkpoint[name])
+    dtype = dtype if dtype is not None else checkpoint["dtype"]
+    model.params = {k: v.to(device=device, dtype=dtype) for k, v in model.params.items()}
+    print("load checkpoint file: {}".format(path))
+    return checkpoint
 
 
 class TwoLayerNet(object):
@@ -342,17 +356,10 @@ class TwoLayerNet(object):
         ### END SOLUTION
 
     def save(self, path):
-        checkpoint = {"reg": self.reg, "params": self.params}
-        torch.save(checkpoint, path)
-        print("Saved in {}".format(path))
+        save_model(self, path, ("reg", "params"))
 
     def load(self, path, dtype, device):
-        checkpoint = _load_checkpoint(path)
-        self.params = checkpoint["params"]
-        self.reg = checkpoint["reg"]
-        for p in self.params:
-            self.params[p] = self.params[p].type(dtype).to(device)
-        print("load checkpoint file: {}".format(path))
+        load_model(self, path, ("reg", "params"), dtype, device)
 
     def loss(self, X, y=None):
         """
@@ -456,29 +463,14 @@ class FullyConnectedNet(object):
             if seed is not None:
                 self.dropout_param["seed"] = seed
 
+    _SAVED = ("reg", "dtype", "params", "num_layers", "use_dropout", "dropout_param")
+
     def save(self, path):
-        checkpoint = {
-            "reg": self.reg,
-            "dtype": self.dtype,
-            "params": self.params,
-            "num_layers": self.num_layers,
-            "use_dropout": self.use_dropout,
-            "dropout_param": self.dropout_param,
-        }
-        torch.save(checkpoint, path)
-        print("Saved in {}".format(path))
+        save_model(self, path, self._SAVED)
 
     def load(self, path, dtype, device):
-        checkpoint = _load_checkpoint(path)
-        self.params = checkpoint["params"]
+        load_model(self, path, self._SAVED, dtype, device)
         self.dtype = dtype
-        self.reg = checkpoint["reg"]
-        self.num_layers = checkpoint["num_layers"]
-        self.use_dropout = checkpoint["use_dropout"]
-        self.dropout_param = checkpoint["dropout_param"]
-        for p in self.params:
-            self.params[p] = self.params[p].type(dtype).to(device)
-        print("load checkpoint file: {}".format(path))
 
     def loss(self, X, y=None):
         """

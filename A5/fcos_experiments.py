@@ -29,7 +29,6 @@ feature cache, the training loop, the schedule and the bf16 policy are those of
     load_voc                    the VOC splits as datasets (detection_training.load_voc)
     build_fcos                  FCOS for a protocol
     extract_backbone_features   frozen c3/c4/c5 features (+ flipped copies) kept in memory
-    losses_from_cached_features the detector's losses from such features
     train_on_cached_features    CPU protocol training (FPN + head only)
     train_end_to_end            GPU protocol training (whole detector)
     overfit_small               the course's overfitting sanity check on a few images
@@ -95,11 +94,8 @@ def build_fcos(s, pretrained=True):
 
 
 # --------------------------------------------------------------------------------------------
-# The cached-feature machinery lives in detection_training (shared with rcnn_experiments); these
-# names stay here for the notebook and the tests.
-_Precomputed = dt.CachedFeatures
-losses_from_cached_features = dt.losses_from_cached_features
-
+# The cached-feature machinery lives in detection_training (shared with rcnn_experiments); the
+# two functions below only fix this protocol's choices.
 
 def extract_backbone_features(backbone, dataset, device, flip=False, batch_size=32, store_dtype=torch.float16,
                               bf16=False):

@@ -135,14 +135,17 @@ def train_mnist_classifier(x_train, y_train, epochs=3, batch_size=128, lr=3e-3, 
 
 
 @torch.no_grad()
-def predict_logits(model, images, value_range=(0.0, 1.0), batch_size=1000):
-    """Logits (N, 10) on the CPU for images (see `prepare_images`)."""
+def _in_batches(model, fn, images, value_range, batch_size):
+    """[fn(x) for each batch x of prepared `images` on the model's device], model in eval mode."""
     model.eval()
     device = _device(model)
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = prepare_images(images[start:start + batch_size], value_range).to(device)
-        out.append(model(x).float().cpu())
+    return [fn(prepare_images(images[start:start + batch_size], value_range).to(device))
+            for start in range(0, images.shape[0], batch_size)]
+
+
+def predict_logits(model, images, value_range=(0.0, 1.0), batch_size=1000):
+    """Logits (N, 10) on the CPU for images (see `prepare_images`)."""
+    out = _in_batches(model, lambda x: model(x).float().cpu(), images, value_range, batch_size)
     return torch.cat(out) if out else torch.zeros(0, 10)
 
 
@@ -151,32 +154,22 @@ def predict_proba(model, images, value_range=(0.0, 1.0), batch_size=1000):
     return predict_logits(model, images, value_range, batch_size).softmax(dim=1)
 
 
-@torch.no_grad()
 def features(model, images, value_range=(0.0, 1.0), batch_size=1000):
     """Penultimate-layer features (N, 128), float64 on the CPU, for the Frechet distance."""
-    model.eval()
-    device = _device(model)
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = prepare_images(images[start:start + batch_size], value_range).to(device)
-        out.append(model.features(x).double().cpu())
+    out = _in_batches(model, lambda x: model.features(x).double().cpu(), images, value_range, batch_size)
     return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM, dtype=torch.float64)
 
 
-@torch.no_grad()
 def features_and_logits(model, images, value_range=(0.0, 1.0), batch_size=1000):
     """`features` and `predict_logits` in one pass: ((N, 128) float64, (N, 10)) on the CPU."""
-    model.eval()
-    device = _device(model)
-    feats, logits = [], []
-    for start in range(0, images.shape[0], batch_size):
-        x = prepare_images(images[start:start + batch_size], value_range).to(device)
+    def both(x):
         f = model.features(x)
-        feats.append(f.double().cpu())
-        logits.append(model.head(f).float().cpu())
-    if not feats:
+        return f.double().cpu(), model.head(f).float().cpu()
+
+    out = _in_batches(model, both, images, value_range, batch_size)
+    if not out:
         return torch.zeros(0, FEATURE_DIM, dtype=torch.float64), torch.zeros(0, 10)
-    return torch.cat(feats), torch.cat(logits)
+    return torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
 
 
 def class_accuracy(model, images, labels, value_range=(0.0, 1.0)):

@@ -321,35 +321,3 @@ def test_fcos_inference_returns_valid_boxes(small_fcos):
             inter = max(iw, 0) * max(ih, 0)
             union = (b[m][2] - b[m][0]) * (b[m][3] - b[m][1]) + (b[n][2] - b[n][0]) * (b[n][3] - b[n][1]) - inter
             assert union <= 0 or inter / union <= 0.5 + 1e-6
-
-
-def test_cached_feature_losses_match_end_to_end_forward():
-    """The CPU protocol's cached-feature path (fcos_experiments) gives the same losses as
-    detector(images, gt) with a frozen backbone, for originals and their mirrored copies
-    (reference: the detector's own forward on flipped images and hand-flipped boxes; tol 1e-5)."""
-    import fcos_experiments as fx
-    torch.manual_seed(0)
-    det = osd.FCOS(num_classes=20, fpn_channels=16, stem_channels=[16], pretrained=False,
-                   freeze_backbone=True).train()
-    H, W = 64, 96
-    images = torch.randn(2, 3, H, W)
-    gt = torch.full((2, 40, 5), -1.0)
-    gt[0, :2] = torch.tensor([[4.0, 6.0, 50.0, 60.0, 3.0], [30.0, 10.0, 90.0, 40.0, 11.0]])
-    gt[1, 0] = torch.tensor([10.0, 12.0, 70.0, 58.0, 7.0])
-    dataset = [("a", images[0], gt[0]), ("b", images[1], gt[1])]
-    cache = fx.extract_backbone_features(det.backbone.backbone, dataset, "cpu", flip=True,
-                                         store_dtype=torch.float32)
-    assert cache["gt"].shape == (4, 40, 5) and cache["image_size"] == (H, W)
-    flipped_gt = gt.clone()
-    flipped_gt[:, :2, 0], flipped_gt[:, :2, 2] = W - gt[:, :2, 2], W - gt[:, :2, 0]
-    flipped_gt[1, 1] = -1
-    assert torch.equal(cache["gt"][2:], flipped_gt)
-    for idx, (x, g) in (([0, 1], (images, gt)), ([2, 3], (images.flip(-1), flipped_gt))):
-        det._normalizer.fill_(150.0)
-        ours = fx.losses_from_cached_features(det, {k: v[idx] for k, v in cache["feats"].items()},
-                                              cache["gt"][idx], cache["image_size"])
-        det._normalizer.fill_(150.0)
-        ref = det(x, g)
-        for name in ref:
-            assert_close(ours[name], ref[name], 1e-5, name)
-    assert isinstance(det.backbone.backbone, torch.nn.Module) and not isinstance(det.backbone.backbone, fx._Precomputed)
