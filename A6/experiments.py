@@ -199,6 +199,54 @@ def cvae_conditional_accuracy(model, classifier, per_digit=1000, seed=0):
     return correct.mean().item(), per_digit_acc
 
 
+def conditional_accuracy_by_latent_norm(model, classifier, per_digit=1000, seed=0, bins=4):
+    """Where do the CVAE's wrong digits come from? The digits of `cvae_conditional_accuracy`
+    (same z and labels), grouped into `bins` equal-size groups by the norm of their z, from
+    the prior's centre to its tails. Returns (accuracy per group (bins,), the groups' upper
+    norm edges (bins,)); the groups' mean is the overall conditional accuracy."""
+    images, labels = digit_rows(model, per_digit, seed=seed)
+    gen = torch.Generator().manual_seed(seed)  # the z that digit_rows -> vae_samples drew
+    z_norm = torch.randn(labels.numel(), model.latent_size, generator=gen).norm(dim=1)
+    correct = (mc.predict_logits(classifier, images).argmax(dim=1) == labels).double()
+    order = z_norm.argsort()
+    groups = order.chunk(bins)
+    return (torch.stack([correct[g].mean() for g in groups]),
+            torch.stack([z_norm[g].max() for g in groups]))
+
+
+@torch.no_grad()
+def _posterior_means(model, x, y, cond, batch_size=1000):
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].to(device).flatten(1)
+        if cond:
+            xb = torch.cat([xb, vae.one_hot(y[start:start + batch_size].to(device), 10).to(xb.dtype)], 1)
+        out.append(model.mu_layer(model.encoder(xb)).float().cpu())
+    return torch.cat(out)
+
+
+def latent_class_probe(model, train, test, cond=False, steps=300, lr=1e-2, seed=0):
+    """How much digit identity the latent code carries: a linear classifier (softmax
+    regression, full-batch Adam) trained on the posterior means mu of `train` = (x, y) and
+    scored on those of `test`. Chance is 0.1; a code that spells out the digit scores near 1.
+    For a CVAE the encoder also sees the label, so a high score means z repeats it."""
+    torch.manual_seed(seed)
+    m_train = _posterior_means(model, *train, cond)
+    m_test = _posterior_means(model, *test, cond)
+    mean, std = m_train.mean(0), m_train.std(0).clamp_min(1e-6)
+    probe = torch.nn.Linear(m_train.shape[1], 10)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(probe((m_train - mean) / std), train[1]).backward()
+            opt.step()
+    with torch.no_grad():
+        return (probe((m_test - mean) / std).argmax(1) == test[1]).double().mean().item()
+
+
 # --------------------------------------------------------------------------------------
 # GANs
 # --------------------------------------------------------------------------------------
@@ -356,13 +404,23 @@ def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
             with timer() as t:
                 accuracy, per_digit = cvae_conditional_accuracy(model, classifier,
                                                                 s["cvae_per_digit"])
+            by_norm, edges = conditional_accuracy_by_latent_norm(model, classifier,
+                                                                 s["cvae_per_digit"])
+            probe = latent_class_probe(model, (x_train, y_train), (x_test, y_test), cond=True)
             record("cvae_conditional_accuracy", accuracy, "fraction", t.seconds,
                    details={"target": CONDITIONAL_ACCURACY_TARGET,
                             "per_digit": [round(v, 4) for v in per_digit.tolist()],
+                            "accuracy_by_z_norm_quartile": [round(v, 4) for v in by_norm.tolist()],
+                            "z_norm_quartile_upper_edges": [round(v, 3) for v in edges.tolist()],
+                            "latent_class_probe_test_accuracy": round(probe, 4),
+                            "latent_class_probe": "softmax regression on the posterior means "
+                                                  "(train digits -> test digits); chance 0.1",
                             "num_generated": 10 * s["cvae_per_digit"],
                             "definition": "fraction of CVAE digits (z ~ N(0, I)) that the "
                                           "evaluation classifier assigns to the requested digit"})
-            print(f"   cvae conditional accuracy {accuracy:.4f}", flush=True)
+            print(f"   cvae conditional accuracy {accuracy:.4f}; by |z| quartile "
+                  f"{[round(v, 3) for v in by_norm.tolist()]}; class probe on mu {probe:.3f}",
+                  flush=True)
     return records
 
 

@@ -237,6 +237,77 @@ def test_experiments_build_vae_uses_xavier_init_by_default(cond):
         experiments.build_vae(cond, init="nonsense")
 
 
+class _PixelReader(nn.Module):
+    """A stand-in classifier: the logits are the first 10 pixels (scaled), so an image that
+    lights pixel k is classified as k."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def forward(self, x):
+        return self.scale * x.flatten(1)[:, :10]
+
+
+class _NormGatedDecoder(nn.Module):
+    """Decodes cat([z, one_hot(label)]) to an image lighting pixel `label` when |z| < radius,
+    and pixel label + 1 (a wrong digit) otherwise."""
+
+    def __init__(self, latent_size, radius):
+        super().__init__()
+        self.latent_size, self.radius = latent_size, radius
+
+    def forward(self, zc):
+        z, c = zc[:, :self.latent_size], zc[:, self.latent_size:]
+        label = c.argmax(1)
+        shown = torch.where(z.norm(dim=1) < self.radius, label, (label + 1) % 10)
+        out = torch.zeros(zc.shape[0], 784)
+        out[torch.arange(zc.shape[0]), shown] = 1.0
+        return out.view(-1, 1, 28, 28)
+
+
+def test_conditional_accuracy_by_latent_norm_sorts_the_same_digits_by_z_norm():
+    """With a decoder that gets the digit wrong exactly when |z| >= radius (the median norm of
+    the drawn z), the inner half of the groups is all right and the outer half all wrong; the
+    groups' mean equals cvae_conditional_accuracy on the same samples."""
+    import experiments
+
+    per_digit, seed = 40, 3
+    z = torch.randn(10 * per_digit, Z, generator=torch.Generator().manual_seed(seed))
+    radius = z.norm(dim=1).median().item() + 1e-6
+    model = vae.CVAE(784, latent_size=Z)
+    model.decoder = _NormGatedDecoder(Z, radius)
+    classifier = _PixelReader()
+    by_norm, edges = experiments.conditional_accuracy_by_latent_norm(model, classifier, per_digit,
+                                                                     seed=seed, bins=4)
+    overall, _ = experiments.cvae_conditional_accuracy(model, classifier, per_digit, seed=seed)
+    assert by_norm.tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert torch.all(edges[1:] > edges[:-1])
+    assert by_norm.mean().item() == pytest.approx(overall) == pytest.approx(0.5, abs=0.01)
+
+
+def test_latent_class_probe_reads_a_code_that_carries_the_digit_and_not_noise():
+    """An encoder whose posterior mean spells out the digit (here: one-hot of the label, for a
+    CVAE, which sees the label) scores ~1; one whose mean ignores the input scores ~chance."""
+    import experiments
+
+    x, y = _synthetic_digits(600, seed=1)
+    xt, yt = _synthetic_digits(300, seed=2)
+    model = vae.CVAE(784, latent_size=Z)
+    model.encoder = nn.Identity()  # the encoder input is cat([x.flatten(1), one_hot(y)])
+    copy_label = nn.Linear(784 + C, Z)
+    with torch.no_grad():
+        copy_label.weight.zero_()
+        copy_label.bias.zero_()
+        copy_label.weight[:C, 784:] = torch.eye(C)
+    model.mu_layer = copy_label
+    assert experiments.latent_class_probe(model, (x, y), (xt, yt), cond=True) > 0.97
+    with torch.no_grad():
+        copy_label.weight.zero_()
+        copy_label.bias.normal_()
+    assert experiments.latent_class_probe(model, (x, y), (xt, yt), cond=True) < 0.25
+
+
 def _synthetic_digits(n, seed=0):
     """Blurry random strokes in [0, 1]: structured enough for a VAE to learn something."""
     gen = torch.Generator().manual_seed(seed)
