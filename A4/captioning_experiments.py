@@ -75,10 +75,10 @@ def settings(cell_type):
     the images changed the loss by 0.04 of 44.8)."""
     s = {"feature": FEATURE, "feature_norm": True, "init_tanh": True,
          "wordvec_dim": eecs598.pick(full=256, quick=64), "hidden_dim": eecs598.pick(full=512, quick=128),
-         "dropout": 0.3, "word_dropout": 0.1, "learning_rate": 4e-3 if cell_type == "attn" else 2e-3,
+         "dropout": 0.3, "word_dropout": 0.1, "learning_rate": 2e-3,
          "weight_decay": 1e-2, "batch_size": 128,
          "schedule": "cosine", "select": "loss", "patience": None,
-         "max_epochs": eecs598.pick(full={"rnn": 10, "lstm": 14, "attn": 14}[cell_type], quick=2),
+         "max_epochs": eecs598.pick(full={"rnn": 10, "lstm": 14, "attn": 24}[cell_type], quick=2),
          "num_val": eecs598.pick(full=150, quick=10), "max_length": CAPTION_LENGTH - 2}
     return s
 

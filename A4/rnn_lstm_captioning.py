@@ -351,8 +351,7 @@ class CaptioningRNN(nn.Module):
     (standardize the encoder features per channel with a BatchNorm2d before the projection:
     frozen ImageNet features share a large common component, which otherwise drowns the
     image-specific part), feature_dropout (dropout on the (normalized) encoder features during
-    training: the attention LSTM sees 49 cells of 1280 features at every step and otherwise
-    memorizes the training images fast), init_tanh (squash the projected features with tanh, so h0 (and the
+    training; an option the headline runs leave at 0), init_tanh (squash the projected features with tanh, so h0 (and the
     attention memory A) lie in [-1, 1] like every later hidden state; a plain linear h0 can grow
     to a huge constant that saturates the gates and hides the image).
 
