@@ -163,11 +163,14 @@ def decode(model, z, labels=None):
     return model.decoder(z).cpu()
 
 
+def prior_latents(model, n, seed=0):
+    """n latents z ~ N(0, I) (n, Z), drawn from their own seeded generator."""
+    return torch.randn(n, model.latent_size, generator=torch.Generator().manual_seed(seed))
+
+
 def vae_samples(model, n, labels=None, seed=0):
     """n digits generated from z ~ N(0, I) (for a CVAE, of the given labels (n,))."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, model.latent_size, generator=gen)
-    return decode(model, z, labels)
+    return decode(model, prior_latents(model, n, seed), labels)
 
 
 def digit_rows(model, per_digit=10, seed=0):
@@ -205,8 +208,7 @@ def conditional_accuracy_by_latent_norm(model, classifier, per_digit=1000, seed=
     the prior's centre to its tails. Returns (accuracy per group (bins,), the groups' upper
     norm edges (bins,)); the groups' mean is the overall conditional accuracy."""
     images, labels = digit_rows(model, per_digit, seed=seed)
-    gen = torch.Generator().manual_seed(seed)  # the z that digit_rows -> vae_samples drew
-    z_norm = torch.randn(labels.numel(), model.latent_size, generator=gen).norm(dim=1)
+    z_norm = prior_latents(model, labels.numel(), seed).norm(dim=1)  # the z digit_rows decoded
     correct = (mc.predict_logits(classifier, images).argmax(dim=1) == labels).double()
     order = z_norm.argsort()
     groups = order.chunk(bins)
@@ -232,11 +234,12 @@ def latent_class_probe(model, train, test, cond=False, steps=300, lr=1e-2, seed=
     regression, full-batch Adam) trained on the posterior means mu of `train` = (x, y) and
     scored on those of `test`. Chance is 0.1; a code that spells out the digit scores near 1.
     For a CVAE the encoder also sees the label, so a high score means z repeats it."""
-    torch.manual_seed(seed)
     m_train = _posterior_means(model, *train, cond)
     m_test = _posterior_means(model, *test, cond)
     mean, std = m_train.mean(0), m_train.std(0).clamp_min(1e-6)
-    probe = torch.nn.Linear(m_train.shape[1], 10)
+    with torch.random.fork_rng(devices=[]):  # seeded probe init; the global RNG is left alone
+        torch.manual_seed(seed)
+        probe = torch.nn.Linear(m_train.shape[1], 10)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     with torch.enable_grad():
         for _ in range(steps):

@@ -5,7 +5,8 @@ References are independent of the code under test:
   (torchvision/csrc/ops/cpu/nms_kernel.cpp): stable descending sort, areas and IoU in the
   boxes' dtype (numpy float32 scalars for float32 boxes), `ovr > iou_threshold` compared in
   double precision, suppressed boxes skipped. torchvision itself is not installed here.
-* `_iou_reference` is a scalar Python double loop with torchvision.ops.box_iou's formula.
+* `box_iou_reference` (eecs598.testing) is a scalar Python double loop with
+  torchvision.ops.box_iou's formula.
 * FPN shapes/wiring are checked against the lateral/output convs applied by hand with
   torch.nn.functional; location coordinates against the flattening of a non-square map.
 """
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from eecs598.testing import assert_close
+from eecs598.testing import assert_close, box_iou_reference
 
 
 # ----------------------------------------------------------------------------- references
@@ -71,18 +72,6 @@ def _batched_nms_reference(boxes, scores, class_ids, iou_threshold):
     return torch.tensor(sorted(sorted(keep), key=lambda k: -s[k]), dtype=torch.long)
 
 
-def _iou_reference(boxes1, boxes2):
-    out = torch.zeros(len(boxes1), len(boxes2), dtype=torch.float64)
-    for m, a in enumerate(boxes1.tolist()):
-        for n, b in enumerate(boxes2.tolist()):
-            w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-            h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-            inter = w * h
-            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-            out[m, n] = inter / union if union > 0 else float("nan")
-    return out
-
-
 def _random_boxes(n, generator, size=100.0, max_wh=40.0, dtype=torch.float32):
     xy = torch.rand(n, 2, generator=generator, dtype=torch.float64) * size
     wh = torch.rand(n, 2, generator=generator, dtype=torch.float64) * max_wh
@@ -102,10 +91,10 @@ def test_box_iou_matches_bruteforce():
     b2[3] = torch.tensor([500.0, 500.0, 510.0, 510.0], dtype=torch.float64)  # disjoint -> 0
     ours = common.box_iou(b1, b2)
     assert ours.shape == (13, 17)
-    assert_close(ours, _iou_reference(b1, b2), 1e-12, "box_iou float64")
+    assert_close(ours, box_iou_reference(b1, b2), 1e-12, "box_iou float64")
     ours32 = common.box_iou(b1.float(), b2.float())
     assert ours32.dtype == torch.float32
-    assert (ours32.double() - _iou_reference(b1, b2)).abs().max() < 1e-5
+    assert (ours32.double() - box_iou_reference(b1, b2)).abs().max() < 1e-5
     assert torch.allclose(torch.diagonal(ours[:3, :3]), torch.ones(3, dtype=torch.float64))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import two_stage_detector as tsd
-from eecs598.testing import assert_close
+from eecs598.testing import assert_close, box_iou_reference
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -73,24 +73,13 @@ def test_rpn_prediction_network_flattening_matches_anchors():
 
 # --- IoU, box coder ---------------------------------------------------------------------------
 
-def _iou_brute(b1, b2):
-    out = torch.zeros(len(b1), len(b2), dtype=torch.float64)
-    for i, p in enumerate(b1.tolist()):
-        for j, q in enumerate(b2.tolist()):
-            iw = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
-            ih = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
-            inter = iw * ih
-            union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - inter
-            out[i, j] = inter / union
-    return out
-
 
 def test_iou_vs_brute_force():
     gen = torch.Generator().manual_seed(1)
     b1, b2 = _random_boxes(13, gen=gen), _random_boxes(7, gen=gen)
     b2[0] = b1[0]  # identical box -> IoU 1
     b2[1] = torch.tensor([500.0, 500, 510, 510], dtype=torch.float64)  # disjoint -> 0
-    assert_close(tsd.iou(b1, b2), _iou_brute(b1, b2), 1e-12, "iou")
+    assert_close(tsd.iou(b1, b2), box_iou_reference(b1, b2), 1e-12, "iou")
 
 
 def test_delta_round_trip_and_formula():
@@ -122,7 +111,7 @@ def test_apply_deltas_clamps_scale():
 def _match_brute(anchors, gt, lo, hi, low_quality=True):
     gt = [g for g in gt.tolist() if g[4] != -1]
     out = []
-    ious = _iou_brute(anchors, torch.tensor([g[:4] for g in gt], dtype=torch.float64))
+    ious = box_iou_reference(anchors, torch.tensor([g[:4] for g in gt], dtype=torch.float64))
     best_per_gt = [max(ious[:, j].tolist()) for j in range(len(gt))]
     for i in range(len(anchors)):
         row = ious[i].tolist()
@@ -366,7 +355,7 @@ def test_faster_rcnn_inference_outputs_valid():
     # no two kept boxes of the same class overlap by more than the NMS threshold
     for c in classes.unique():
         b = boxes[classes == c].double()
-        ious = _iou_brute(b, b) - torch.eye(len(b), dtype=torch.float64)
+        ious = box_iou_reference(b, b) - torch.eye(len(b), dtype=torch.float64)
         assert (ious <= 0.5 + 1e-6).all()
 
 
