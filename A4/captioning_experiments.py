@@ -17,9 +17,11 @@ $EECS598_CACHE); training picks the plain or mirrored features of each image at 
 augmentation). Decoders: features standardized per channel (BatchNorm2d) and projected to the
 initial state (rnn, lstm: the spatial mean -> Linear -> tanh = h0) or to the attention memory
 (attn: 1x1 conv -> tanh), word vectors 256, hidden 512, dropout and word dropout, AdamW with
-weight decay and cosine learning-rate decay; the epoch with the lowest validation loss is kept.
+weight decay and cosine learning-rate decay (attn: plus Show, Attend and Tell's doubly stochastic
+attention penalty); the epoch with the lowest validation loss is chosen, and the evaluated model
+is retrained on all 900 training images for that many epochs of the same schedule (`refit`).
 Held-out BLEU-1/-4: greedy decoding, corpus BLEU over the 5 references (`eecs598.bleu`, the same
-as NLTK's corpus_bleu). Baseline: one consensus caption for every image
+as NLTK's corpus_bleu), with percentile-bootstrap intervals over the held-out images. Baseline: one consensus caption for every image
 (`eecs598.bleu.consensus_caption`: the training caption whose corpus BLEU-4 on the training
 images is highest when used for all).
 
@@ -42,7 +44,7 @@ import torch
 
 import eecs598
 import rnn_lstm_captioning as rlc
-from eecs598.bleu import bleu_scores, consensus_caption
+from eecs598.bleu import bleu_scores, bootstrap_bleu, consensus_caption
 from eecs598.data import text as text_data
 from eecs598.data.store import cached_tensors
 from eecs598.results import make_record
@@ -78,8 +80,13 @@ def settings(cell_type):
          "dropout": 0.3, "word_dropout": 0.1, "learning_rate": 2e-3,
          "weight_decay": 1e-2, "batch_size": 128,
          "schedule": "cosine", "select": "loss", "patience": None,
-         "max_epochs": eecs598.pick(full={"rnn": 10, "lstm": 14, "attn": 24}[cell_type], quick=2),
-         "num_val": eecs598.pick(full=150, quick=10), "max_length": CAPTION_LENGTH - 2}
+         "max_epochs": eecs598.pick(full={"rnn": 10, "lstm": 14, "attn": 24}[cell_type], quick=2), "refit": True,
+         "num_val": eecs598.pick(full=150, quick=10), "max_length": CAPTION_LENGTH - 2,
+         # Show, Attend and Tell's doubly stochastic attention penalty (attn only). On the validation
+         # slice (24-epoch runs, one seed) lambda = 0 / 0.1 / 0.3 / 1 gave the lowest validation loss
+         # 43.04 / 42.97 / 43.38 / 43.65, greedy BLEU-4 there 0.133 / 0.146 / 0.100 / 0.122, and
+         # 43 / 19 / 52 / 39 of 150 captions with a repeated bigram.
+         "attention_penalty": 0.1 if cell_type == "attn" else 0.0}
     return s
 
 
@@ -145,7 +152,8 @@ def make_model(vocab, cell_type, s, backbone="efficientnet_lite0"):
                              cell_type=cell_type, backbone=backbone, dropout=s.get("dropout", 0.0),
                              word_dropout=s.get("word_dropout", 0.0), feature=s.get("feature", FEATURE),
                              forget_bias=s.get("forget_bias", 0.0), feature_norm=s.get("feature_norm", False),
-                             init_tanh=s.get("init_tanh", False), feature_dropout=s.get("feature_dropout", 0.0))
+                             init_tanh=s.get("init_tanh", False), feature_dropout=s.get("feature_dropout", 0.0),
+                             attention_penalty=s.get("attention_penalty", 0.0))
 
 
 def decoder_parameters(model):
@@ -249,7 +257,7 @@ def mean_loss(model, feats, captions, image_idxs, batch_size=500):
 
 def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs, batch_size, learning_rate,
                       weight_decay=0.0, val=None, patience=None, flip=True, device=None, seed=0,
-                      time_limit=None, schedule="constant", select="loss", verbose=False):
+                      time_limit=None, schedule="constant", select="loss", verbose=False, stop_after=None):
     """Train the decoder on precomputed features: shuffled minibatches of (caption, image
     features), each image's plain or mirrored features at random (when `flip`), AdamW,
     gradient norms clipped at 5. The feature projection runs once per distinct (image, flip)
@@ -257,6 +265,8 @@ def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs
 
     schedule: "constant" or "cosine" (the learning rate decays per iteration from
     `learning_rate` to 0 over `num_epochs` epochs).
+    stop_after: run only the first `stop_after` epochs of that schedule (the refit on all
+    training images stops where the validation run's selected epoch was).
     val: optional dict(feats, captions, image_idxs, references, idx_to_word, max_length): after
     every epoch, the teacher-forced loss (eval mode) and greedy BLEU-4 on it; the parameters of
     the best epoch are restored at the end (select="loss": lowest validation loss;
@@ -289,7 +299,7 @@ def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs
     best, best_state, bad = None, None, 0
     start = time.perf_counter()
     with timer() as t:
-        for epoch in range(num_epochs):
+        for epoch in range(num_epochs if stop_after is None else min(stop_after, num_epochs)):
             t_epoch = time.perf_counter()
             model.train()
             order = torch.randperm(N, generator=gen)
@@ -341,6 +351,12 @@ def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs
     return hist
 
 
+def repeated_bigram_count(hypotheses):
+    """How many captions (lists of words) contain some bigram more than once (a decoding loop such as
+    "a man in a blue shirt and a blue shirt")."""
+    return sum(len(set(zip(w, w[1:]))) < max(len(w) - 1, 0) for w in hypotheses)
+
+
 # ---------------------------------------------------------------------------------------------
 def consensus_baseline(data):
     """The trivial baseline: one training caption for every held-out image. The caption is the
@@ -358,7 +374,7 @@ def overfit_small(data, feats, cell_type, device=None, num=50, seed=0, verbose=F
     each of the first `num` training images), the headline architecture without dropout, no
     flips, no weight decay; course settings: 80 epochs,
     batch 32, AdamW lr 1e-3 (LSTM: 1e-2, as in the course). Returns dict(final_loss, history)."""
-    s = dict(settings(cell_type), dropout=0.0, word_dropout=0.0)  # the headline architecture, unregularized
+    s = dict(settings(cell_type), dropout=0.0, word_dropout=0.0)  # the headline architecture without dropout
     num = min(num, len(data["train_names"]))
     first = torch.tensor([int((data["train_image_idxs"] == i).nonzero()[0]) for i in range(num)])
     eecs598.reset_seed(seed)
@@ -396,50 +412,76 @@ def image_dependence(model, val, seed=0):
 
 
 def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None):
-    """Train one captioner (settings(cell_type)) with early stopping on the validation slice and
-    evaluate it on the held-out images. Returns a dict: model, history, test scores, hypotheses,
-    attention weights (attn), train losses (last epoch with dropout on; eval-mode on train)."""
+    """Train one captioner (settings(cell_type)) and evaluate it on the held-out images.
+
+    1. Train on the training images minus the validation slice; keep the epoch with the lowest
+       validation loss (`best_epoch`).
+    2. With s["refit"] (the headline protocol), train a fresh model on ALL training images with the
+       same settings and seed, stopping after `best_epoch` epochs of the same max_epochs schedule;
+       that model is the one evaluated. The validation-selected model is evaluated on the held-out
+       images too (`val_model_scores`), for comparison.
+    Returns a dict: model (the evaluated one), history (of its training), val_history (step 1),
+    test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
+    epoch with dropout on; eval mode on the training captions), image_dependence (step 1's model
+    on the validation slice, which the refit model has trained on)."""
     s = settings(cell_type) if s is None else s
     train, val = split_validation(data, feats, s["num_val"])
+    idx_to_word = data["vocab"]["idx_to_token"]
+
+    def fit(model, split, val=None, stop_after=None):
+        return train_on_features(model, split["feats"], split["feats_flip"], split["captions"], split["image_idxs"],
+                                 s["max_epochs"], s["batch_size"], s["learning_rate"], s["weight_decay"], val=val,
+                                 patience=s["patience"], device=device, seed=seed, schedule=s["schedule"],
+                                 select=s["select"], verbose=verbose, stop_after=stop_after)
+
     eecs598.reset_seed(seed)
     model = make_model(data["vocab"], cell_type, s)
-    hist = train_on_features(model, train["feats"], train["feats_flip"], train["captions"], train["image_idxs"],
-                             s["max_epochs"], s["batch_size"], s["learning_rate"], s["weight_decay"], val=val,
-                             patience=s["patience"], device=device, seed=seed, schedule=s["schedule"],
-                             select=s["select"], verbose=verbose)
-    with timer() as t_eval:
-        scores, hyps, weights = evaluate_bleu(model, feats["test"], data["test_references"],
-                                              data["vocab"]["idx_to_token"], s["max_length"])
-    train_loss_eval = mean_loss(model, train["feats"], train["captions"], train["image_idxs"])
+    val_hist = fit(model, train, val)
     dependence = image_dependence(model, val)
-    with timer() as t_beam:  # an extra: beam search (width BEAM_SIZE) on the same held-out images
-        beam_scores, beam_hyps = evaluate_beam(model, feats["test"], data["test_references"],
-                                               data["vocab"]["idx_to_token"], BEAM_SIZE, s["max_length"])
+    val_model_scores, _, _ = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word, s["max_length"])
     val_beam_scores, _ = evaluate_beam(model, val["feats"], val["references"], val["idx_to_word"], BEAM_SIZE,
                                        s["max_length"])
-    return {"model": model, "image_dependence": dependence, "settings": s, "history": hist, "scores": scores,
-            "hypotheses": hyps,
+    hist, used = val_hist, train
+    if s.get("refit"):
+        used = {"feats": feats["train"], "feats_flip": feats["train_flip"], "captions": data["train_captions"],
+                "image_idxs": data["train_image_idxs"]}
+        if verbose:
+            print(f"refit on all {len(used['feats'])} training images for {val_hist['best_epoch']} of "
+                  f"{s['max_epochs']} epochs", flush=True)
+        eecs598.reset_seed(seed)
+        model = make_model(data["vocab"], cell_type, s)
+        hist = fit(model, used, stop_after=val_hist["best_epoch"])
+    with timer() as t_eval:
+        scores, hyps, weights = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word,
+                                              s["max_length"])
+    train_loss_eval = mean_loss(model, used["feats"], used["captions"], used["image_idxs"])
+    with timer() as t_beam:  # an extra: beam search (width BEAM_SIZE) on the same held-out images
+        beam_scores, beam_hyps = evaluate_beam(model, feats["test"], data["test_references"], idx_to_word,
+                                               BEAM_SIZE, s["max_length"])
+    return {"model": model, "image_dependence": dependence, "settings": s, "history": hist, "val_history": val_hist,
+            "scores": scores, "hypotheses": hyps, "val_model_scores": val_model_scores,
             "attention": weights, "train_loss_last_epoch": hist["epoch_losses"][-1],
             "train_loss_eval": train_loss_eval, "eval_seconds": t_eval.seconds,
-            "num_train_images": len(train["feats"]), "num_val_images": s["num_val"],
+            "num_train_images": len(used["feats"]), "num_val_images": s["num_val"],
+            "seconds": val_hist["seconds"] + (hist["seconds"] if hist is not val_hist else 0.0),
             "beam_scores": beam_scores, "beam_hypotheses": beam_hyps, "beam_seconds": t_beam.seconds,
-            "val_beam_scores": val_beam_scores}
+            "val_beam_scores": val_beam_scores, "refit": bool(s.get("refit"))}
 
 
 # ---------------------------------------------------------------------------------------------
 def plot_histories(results, overfits=None):
-    """Training-loss curves (per iteration) and validation BLEU-4 per epoch of headline runs
-    ({cell_type: headline_run dict}); optionally the overfit runs' loss curves."""
+    """Training-loss curves (per iteration) of the evaluated models and validation BLEU-4 per epoch
+    of the validation runs ({cell_type: headline_run dict}); optionally the overfit runs' loss curves."""
     import matplotlib.pyplot as plt
 
     ncols = 3 if overfits else 2
     fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4))
     for name, res in results.items():
-        h = res["history"]
+        h, vh = res["history"], res.get("val_history", res["history"])
         axes[0].plot(h["loss_history"], label=name, linewidth=0.8)
-        axes[1].plot(range(1, len(h["val_bleu4_history"]) + 1), h["val_bleu4_history"], "o-", label=name)
-    axes[0].set(title="training loss (sum over time, mean over batch)", xlabel="iteration")
-    axes[1].set(title="validation-slice BLEU-4 (greedy)", xlabel="epoch")
+        axes[1].plot(range(1, len(vh["val_bleu4_history"]) + 1), vh["val_bleu4_history"], "o-", label=name)
+    axes[0].set(title="training loss of the evaluated model (sum over time, mean over batch)", xlabel="iteration")
+    axes[1].set(title="validation-slice BLEU-4 (greedy; validation run)", xlabel="epoch")
     if overfits:
         for name, res in overfits.items():
             axes[2].semilogy(res["loss_history"], label=name)
@@ -530,6 +572,7 @@ def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbo
                choice="training caption with the highest corpus BLEU-4 on the training images when used for all",
                train_bleu4=base["train_bleu4"])
 
+    hypotheses = {}
     for cell_type in cell_types:
         over = overfit_small(data, feats, cell_type, device=device)
         if verbose:
@@ -539,33 +582,88 @@ def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbo
                num_captions=over["num_captions"], epochs=over["epochs"], batch_size=32,
                learning_rate=over["learning_rate"], optimizer="AdamW", wordvec_dim=256, hidden_dim=512,
                note="last-batch loss; one caption of each of the first 50 training images; frozen encoder; "
-                    "the headline architecture (feature_norm, init_tanh) without dropout or weight decay")
+                    "the headline architecture (feature_norm, init_tanh) without dropout or weight decay"
+                    + (f"; the loss includes the attention penalty (lambda {settings(cell_type)['attention_penalty']}), "
+                       "as the training loss does"
+                       if cell_type == "attn" else ""))
 
         res = headline_run(data, feats, cell_type, device=device, verbose=verbose)
-        h, s = res["history"], res["settings"]
-        details = dict(cell_type=cell_type, **{k: v for k, v in s.items()}, epochs_run=h["epochs"],
-                       best_epoch=h["best_epoch"], num_train_images_used=res["num_train_images"],
-                       num_val_images=res["num_val_images"], val_bleu4_history=h["val_bleu4_history"],
-                       epoch_losses=h["epoch_losses"], val_loss_history=h["val_loss_history"],
+        h, vh, s = res["history"], res["val_history"], res["settings"]
+        protocol = (f"hyperparameters and epoch count chosen on the validation slice (the last {s['num_val']} "
+                    f"training images); the evaluated model is "
+                    + (f"a fresh one trained on all {res['num_train_images']} training images for the chosen "
+                       f"{vh['best_epoch']} epochs of the {s['max_epochs']}-epoch schedule (same seed)"
+                       if res["refit"] else "the validation-selected one"))
+        details = dict(cell_type=cell_type, **{k: v for k, v in s.items()}, protocol=protocol,
+                       epochs_run=vh["epochs"], best_epoch=vh["best_epoch"],
+                       refit_epochs=h["epochs"] if res["refit"] else None,
+                       num_train_images_used=res["num_train_images"],
+                       num_val_images=res["num_val_images"], val_bleu4_history=vh["val_bleu4_history"],
+                       epoch_losses=h["epoch_losses"], val_loss_history=vh["val_loss_history"],
+                       val_run_epoch_losses=vh["epoch_losses"],
                        epoch_seconds=h["epoch_seconds"], flip_augmentation=True, **res["image_dependence"],
+                       val_model_heldout_bleu={k: round(v, 4) for k, v in res["val_model_scores"].items()},
                        train_loss_last_epoch=res["train_loss_last_epoch"], train_loss_eval=res["train_loss_eval"],
                        bleu2=res["scores"]["bleu2"], bleu3=res["scores"]["bleu3"],
+                       repeated_bigram_captions=repeated_bigram_count(res["hypotheses"]),
                        examples=[" ".join(w) for w in res["hypotheses"][:5]])
         if verbose:
             print(f"{cell_type}: held-out {res['scores']} train loss {res['train_loss_last_epoch']:.3f} "
-                  f"({h['seconds']:.0f}s)", flush=True)
+                  f"({res['seconds']:.0f}s; validation-selected model: {res['val_model_scores']})", flush=True)
+        hypotheses[cell_type] = res["hypotheses"]
+        boot = heldout_bootstrap(data, res["hypotheses"], [base["caption"].split()] * len(res["hypotheses"]))
         for n in (1, 4):
-            record(f"captioning_bleu{n}_{cell_type}", res["scores"][f"bleu{n}"], "BLEU", h["seconds"],
-                   LIBRARY_REFERENCE[f"bleu{n}"], **details)
+            extra = {"bootstrap_bleu4": boot, "heldout_captions": [" ".join(w) for w in res["hypotheses"]]} \
+                if n == 4 else {}
+            record(f"captioning_bleu{n}_{cell_type}", res["scores"][f"bleu{n}"], "BLEU", res["seconds"],
+                   LIBRARY_REFERENCE[f"bleu{n}"], **details, **extra)
         for n in (1, 4):
             record(f"captioning_bleu{n}_beam{BEAM_SIZE}_{cell_type}", res["beam_scores"][f"bleu{n}"], "BLEU",
                    res["beam_seconds"], None, decoding=f"beam search, width {BEAM_SIZE}, summed log-probability",
                    model="the greedy row's model (same training run)",
-                   val_bleu=res["val_beam_scores"], examples_beam=[" ".join(w) for w in res["beam_hypotheses"][:5]],
+                   val_slice_bleu_of_validation_selected_model=res["val_beam_scores"],
+                   examples_beam=[" ".join(w) for w in res["beam_hypotheses"][:5]],
                    cell_type=cell_type)
         record(f"captioning_train_loss_{cell_type}", res["train_loss_last_epoch"],
-               "loss (sum over time, mean over batch)", h["seconds"], REFERENCE_LOSS[cell_type],
+               "loss (sum over time, mean over batch)", res["seconds"], REFERENCE_LOSS[cell_type],
                target=f"< {LOSS_TARGETS[cell_type]['full']} (course, coco.pt)",
                note="mean training loss of the last epoch run (dropout and word dropout on); "
                     "train_loss_eval = the selected model without dropout on the training captions", **details)
+    if "attn" in hypotheses and "lstm" in hypotheses:  # is attention better than the plain LSTM?
+        boot = heldout_bootstrap(data, hypotheses["attn"], hypotheses["lstm"])
+        record("captioning_bleu4_attn_minus_lstm", boot["diff"], "BLEU", 0.0, None, **boot,
+               note="held-out greedy BLEU-4 of the attention LSTM minus the plain LSTM's; interval: paired "
+                    "bootstrap over the held-out images (both models scored on the same resampled images)")
     return records
+
+
+def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000):
+    """Percentile-bootstrap 95% intervals over the held-out images (eecs598.bleu.bootstrap_bleu) of
+    BLEU-4 and of its paired difference from `baseline_hypotheses`; rounded, without the samples."""
+    out = bootstrap_bleu(data["test_references"], hypotheses, 4, num_samples, seed=0,
+                         baseline_hypotheses=baseline_hypotheses)
+    keys = ("bleu", "low", "high", "diff", "diff_low", "diff_high", "p_not_better")
+    return {k: round(out[k], 4) for k in keys} | {"num_samples": num_samples, "confidence": 0.95}
+
+
+def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False):
+    """How much the held-out figures move with the training seed (initialization, batch order,
+    dropout, flips): `headline_run` again with other seeds (seed 0 is the headline run). Not part
+    of `run` (it multiplies the training time); called by hand, e.g.
+    `python -c "import captioning_experiments as ce; print(ce.seed_study(('attn',), (1,)))"` in A4/.
+    Returns {cell_type: {seed: dict(bleu4, bleu1, beam_bleu4, val_model_bleu4, best_epoch,
+    repeated_bigram_captions, seconds)}}."""
+    data = load_data()
+    feats = extract_features(data, device=device)
+    out = {}
+    for cell_type in cell_types:
+        out[cell_type] = {}
+        for seed in seeds:
+            res = headline_run(data, feats, cell_type, device=device, seed=seed, verbose=verbose)
+            out[cell_type][seed] = {"bleu4": res["scores"]["bleu4"], "bleu1": res["scores"]["bleu1"],
+                                    "beam_bleu4": res["beam_scores"]["bleu4"],
+                                    "val_model_bleu4": res["val_model_scores"]["bleu4"],
+                                    "best_epoch": res["val_history"]["best_epoch"],
+                                    "repeated_bigram_captions": repeated_bigram_count(res["hypotheses"]),
+                                    "seconds": res["seconds"]}
+    return out

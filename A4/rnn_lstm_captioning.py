@@ -353,7 +353,12 @@ class CaptioningRNN(nn.Module):
     image-specific part), feature_dropout (dropout on the (normalized) encoder features during
     training; an option the headline runs leave at 0), init_tanh (squash the projected features with tanh, so h0 (and the
     attention memory A) lie in [-1, 1] like every later hidden state; a plain linear h0 can grow
-    to a huge constant that saturates the gates and hides the image).
+    to a huge constant that saturates the gates and hides the image), attention_penalty (attn
+    only; the weight lambda of Show, Attend and Tell's "doubly stochastic" regularization, added
+    to the loss in training mode: lambda * sum over cells k of (1 - sum_t alpha[t, k])^2, summed
+    over the caption's real steps (targets other than <NULL>), averaged over captions; with the
+    number of steps fixed it penalizes the spread of the attention's total coverage over the
+    cells, so a caption that keeps attending to the same cells pays for it).
 
     `forward(images, captions)` -> the training loss with teacher forcing;
     `sample(images, max_length)` -> greedy captions. `forward_features` / `sample_features` take
@@ -363,7 +368,7 @@ class CaptioningRNN(nn.Module):
     def __init__(self, word_to_idx, input_dim=None, wordvec_dim=128, hidden_dim=128, cell_type="rnn",
                  image_encoder_pretrained=True, ignore_index=None, backbone="efficientnet_lite0",
                  dropout=0.0, word_dropout=0.0, verbose=False, feature="c5", forget_bias=0.0,
-                 feature_norm=False, init_tanh=False, feature_dropout=0.0):
+                 feature_norm=False, init_tanh=False, feature_dropout=0.0, attention_penalty=0.0):
         super().__init__()
         if cell_type not in {"rnn", "lstm", "attn"}:
             raise ValueError(f'Invalid cell_type "{cell_type}"')
@@ -378,6 +383,9 @@ class CaptioningRNN(nn.Module):
         self.ignore_index = self._null if ignore_index is None else ignore_index
         self.word_dropout = word_dropout
         self.init_tanh = init_tanh
+        if attention_penalty and cell_type != "attn":
+            raise ValueError("attention_penalty needs cell_type='attn'")
+        self.attention_penalty = attention_penalty
 
         ### BEGIN SOLUTION
         ### HINT: ImageEncoder, a feature projection (Linear for rnn/lstm, 1x1 Conv2d for attn), WordEmbedding, the core, Linear to the vocabulary.
@@ -433,8 +441,9 @@ class CaptioningRNN(nn.Module):
         describes features[feature_idx[n]]. The same as passing features[feature_idx], but the
         feature projection runs once per image instead of once per caption."""
         loss = None
+        attn_weights = None  # attn with attention_penalty: the weights (N, T, Hf, Wf) the core used
         ### BEGIN SOLUTION
-        ### HINT: embed captions[:, :-1], run the core from the image state, score with the output layer, temporal_softmax_loss against captions[:, 1:].
+        ### HINT: embed captions[:, :-1], run the core from the image state, score with the output layer, temporal_softmax_loss against captions[:, 1:] (attn with attention_penalty: keep the core's attention weights in attn_weights).
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         if self.training and self.word_dropout > 0:
             drop = torch.rand(captions_in.shape, device=captions_in.device) < self.word_dropout
@@ -444,11 +453,25 @@ class CaptioningRNN(nn.Module):
         init = self._initial(features)
         if feature_idx is not None:
             init = init[feature_idx]
-        h = self.core(x, init)
+        if self.attention_penalty:
+            h, attn_weights = self.core(x, init, return_weights=True)
+        else:
+            h = self.core(x, init)
         scores = self.output(self.drop(h))
         loss = temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)
         ### END SOLUTION
+        if self.training and self.attention_penalty:
+            loss = loss + self.attention_penalty_term(attn_weights, captions[:, 1:])
         return loss
+
+    def attention_penalty_term(self, weights, captions_out):
+        """The doubly stochastic penalty (see the class docstring): attention weights (N, T, Hf, Wf)
+        of the steps predicting captions_out (N, T). Returns a scalar."""
+        if weights is None:
+            raise ValueError("attention_penalty > 0 but forward_features did not keep the attention weights")
+        real = (captions_out != self.ignore_index).to(weights.dtype)  # (N, T)
+        coverage = (weights * real[:, :, None, None]).sum(dim=1)  # (N, Hf, Wf)
+        return self.attention_penalty * (1 - coverage).pow(2).sum(dim=(1, 2)).mean()
 
     def sample(self, images, max_length=15):
         """Greedy captions for images: (N, max_length) word indices (<NULL> after <END>).

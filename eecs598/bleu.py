@@ -45,6 +45,24 @@ def closest_ref_length(references, hyp_len):
     return min((len(r) for r in references), key=lambda r: (abs(r - hyp_len), r))
 
 
+def sentence_statistics(references, hyp, max_n=4):
+    """One hypothesis' counts: (matches[n-1], totals[n-1] for n = 1..max_n, its length, the closest
+    reference length). Summed over a corpus they give `corpus_statistics`."""
+    if not references:
+        raise ValueError("every hypothesis needs at least one reference")
+    matches, totals = [0] * max_n, [0] * max_n
+    for n in range(1, max_n + 1):
+        hyp_counts = ngram_counts(hyp, n)
+        max_ref = Counter()
+        for ref in references:
+            for gram, k in ngram_counts(ref, n).items():
+                if k > max_ref[gram]:
+                    max_ref[gram] = k
+        matches[n - 1] = sum(min(k, max_ref[g]) for g, k in hyp_counts.items())
+        totals[n - 1] = max(len(hyp) - n + 1, 1)  # NLTK: max(1, number of n-grams)
+    return matches, totals, len(hyp), closest_ref_length(references, len(hyp))
+
+
 def corpus_statistics(list_of_references, hypotheses, max_n=4):
     """Pooled counts: (matches[n-1], totals[n-1] for n = 1..max_n, hyp_length c, ref_length r)."""
     if len(list_of_references) != len(hypotheses):
@@ -52,19 +70,11 @@ def corpus_statistics(list_of_references, hypotheses, max_n=4):
     matches, totals = [0] * max_n, [0] * max_n
     c = r = 0
     for references, hyp in zip(list_of_references, hypotheses):
-        if not references:
-            raise ValueError("every hypothesis needs at least one reference")
-        for n in range(1, max_n + 1):
-            hyp_counts = ngram_counts(hyp, n)
-            max_ref = Counter()
-            for ref in references:
-                for gram, k in ngram_counts(ref, n).items():
-                    if k > max_ref[gram]:
-                        max_ref[gram] = k
-            matches[n - 1] += sum(min(k, max_ref[g]) for g, k in hyp_counts.items())
-            totals[n - 1] += max(len(hyp) - n + 1, 1)  # NLTK: max(1, number of n-grams)
-        c += len(hyp)
-        r += closest_ref_length(references, len(hyp))
+        m, t, hyp_len, ref_len = sentence_statistics(references, hyp, max_n)
+        matches = [a + b for a, b in zip(matches, m)]
+        totals = [a + b for a, b in zip(totals, t)]
+        c += hyp_len
+        r += ref_len
     return matches, totals, c, r
 
 
@@ -139,3 +149,47 @@ def consensus_caption(list_of_references, candidates, max_n=4):
         if score > best_score:
             best, best_score = cand, score
     return best, best_score
+
+
+def bootstrap_bleu(list_of_references, hypotheses, max_n=4, num_samples=1000, seed=0, baseline_hypotheses=None,
+                   confidence=0.95):
+    """How much corpus BLEU-`max_n` depends on WHICH images were held out: the percentile bootstrap
+    over images (Koehn, 2004). Each of `num_samples` resamples draws len(hypotheses) images with
+    replacement (numpy default_rng(seed).integers, one (num_samples, S) draw) and recomputes corpus
+    BLEU from the pooled per-image counts.
+
+    With `baseline_hypotheses` (another system's captions of the same images) the resamples are
+    paired: the same images for both, giving the difference BLEU(hypotheses) - BLEU(baseline).
+    Returns dict(bleu, low, high, samples (num_samples,) numpy array) and, when paired,
+    diff, diff_low, diff_high, diff_samples, p_not_better (fraction of resamples in which the
+    hypotheses do not score above the baseline)."""
+    import numpy as np
+
+    def stats(hyps):
+        rows = [sentence_statistics(refs, h, max_n) for refs, h in zip(list_of_references, hyps)]
+        return np.array([[*m, *t, c, r] for m, t, c, r in rows], dtype=np.float64)  # (S, 2 max_n + 2)
+
+    def bleu_of(sums):  # sums (B, 2 max_n + 2) -> (B,) BLEU, as bleu_from_statistics
+        m, t, c, r = sums[:, :max_n], sums[:, max_n:2 * max_n], sums[:, -2], sums[:, -1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_p = np.log(m / t).mean(axis=1)
+            bp = np.where(c > r, 1.0, np.exp(1.0 - r / np.where(c > 0, c, 1.0)))
+        bp = np.where(c == 0, 0.0, bp)
+        return np.where((m == 0).any(axis=1), 0.0, bp * np.exp(log_p))
+
+    if len(list_of_references) != len(hypotheses):
+        raise ValueError(f"{len(list_of_references)} reference lists but {len(hypotheses)} hypotheses")
+    S = len(hypotheses)
+    idx = np.random.default_rng(seed).integers(0, S, size=(num_samples, S))
+    tail = (1.0 - confidence) / 2 * 100
+    a = stats(hypotheses)
+    samples = bleu_of(a[idx].sum(axis=1))
+    out = {"bleu": float(bleu_of(a.sum(axis=0, keepdims=True))[0]), "samples": samples,
+           "low": float(np.percentile(samples, tail)), "high": float(np.percentile(samples, 100 - tail))}
+    if baseline_hypotheses is not None:
+        b = stats(baseline_hypotheses)
+        diff = samples - bleu_of(b[idx].sum(axis=1))
+        out.update(diff=out["bleu"] - float(bleu_of(b.sum(axis=0, keepdims=True))[0]), diff_samples=diff,
+                   diff_low=float(np.percentile(diff, tail)), diff_high=float(np.percentile(diff, 100 - tail)),
+                   p_not_better=float((diff <= 0).mean()))
+    return out

@@ -567,3 +567,71 @@ def test_beam_search_width_one_is_greedy_and_wide_beam_is_exhaustive(cell_type):
         losses = [model.forward_features(feats[n:n + 1], caps[i:i + 1]).item() for i in range(len(caps))]
         expected = caps[min(range(len(caps)), key=losses.__getitem__), 1:]
         assert best[n].tolist() == expected.tolist()
+
+
+# --------------------------------------------------------------------------------------------- extensions
+def test_attention_penalty_matches_explicit_loop_and_only_trains():
+    """attention_penalty: in training mode the loss is the plain loss plus lambda * sum over cells
+    of (1 - sum over real steps of alpha)^2, averaged over captions. Reference: the unpenalized
+    model's loss (same weights) and the attention weights recomputed step by step with
+    dot_product_attention, summed in a Python loop that skips <NULL> targets. Eval mode and
+    lambda = 0 leave the loss alone; rnn / lstm refuse a penalty."""
+    torch.manual_seed(21)
+    vocab = _vocab()
+    lam = 0.7
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type="attn", image_encoder_pretrained=False,
+                              attention_penalty=lam).to(DT)
+    plain = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type="attn",
+                              image_encoder_pretrained=False).to(DT)
+    plain.load_state_dict(model.state_dict())
+    feats = _rand(3, 320, 2, 2)
+    captions = torch.tensor([[1, 4, 5, 6, 2], [1, 5, 6, 2, 0], [1, 7, 2, 0, 0]])
+    A = model._initial(feats).detach()
+    h, c = A.mean(dim=(2, 3)), A.mean(dim=(2, 3))
+    coverage = torch.zeros(3, 2, 2, dtype=DT)
+    x = F.embedding(captions[:, :-1], model.word_embed.W_embed).detach()
+    for t in range(4):
+        attn, w = rlc.dot_product_attention(h, A)
+        for n in range(3):
+            if captions[n, t + 1] != vocab["<NULL>"]:
+                coverage[n] += w[n]
+        h, c = model.core.step_forward(x[:, t], h, c, attn)
+    penalty = lam * sum(((1 - coverage[n]) ** 2).sum() for n in range(3)) / 3
+    model.train()
+    plain.train()  # no dropout configured, so train mode is deterministic
+    assert_close(model.forward_features(feats, captions).detach(),
+                 plain.forward_features(feats, captions).detach() + penalty, 1e-10, "penalized loss")
+    model.eval()
+    plain.eval()
+    assert_close(model.forward_features(feats, captions).detach(), plain.forward_features(feats, captions).detach(),
+                 1e-12, "eval mode: no penalty")
+    with pytest.raises(ValueError, match="attn"):
+        rlc.CaptioningRNN(vocab, cell_type="lstm", image_encoder_pretrained=False, attention_penalty=1.0)
+
+
+def test_train_on_features_stop_after_runs_the_start_of_the_same_schedule(monkeypatch):
+    """stop_after=k runs k epochs whose learning rates are the first k epochs of the full
+    num_epochs cosine schedule (reference: math.cos), and no more optimizer steps."""
+    import captioning_experiments as ce
+    torch.manual_seed(22)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=8, cell_type="rnn", image_encoder_pretrained=False)
+    feats = torch.randn(4, 320, 2, 2)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0]] * 4)
+    lrs = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step",
+                        lambda self, *a, **k: (lrs.append(self.param_groups[0]["lr"]), step(self, *a, **k))[1])
+    hist = ce.train_on_features(model, feats, feats, captions, torch.arange(8) % 4, num_epochs=5, batch_size=3,
+                                learning_rate=1e-2, schedule="cosine", stop_after=2)
+    total = 5 * 3  # 5 epochs of ceil(8 / 3) = 3 steps
+    assert hist["epochs"] == 2
+    assert lrs == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(6)], rel=1e-9)
+
+
+def test_repeated_bigram_count():
+    import captioning_experiments as ce
+    hyps = [["a", "dog", "runs"], ["a", "man", "in", "a", "man", "in"], [], ["a"], ["a", "a", "a"]]
+    # brute force: some bigram occurs at least twice
+    expected = sum(any([tuple(w[i:i + 2]) for i in range(len(w) - 1)].count(tuple(w[j:j + 2])) > 1
+                       for j in range(len(w) - 1)) for w in hyps)
+    assert ce.repeated_bigram_count(hyps) == expected == 2

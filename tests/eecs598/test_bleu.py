@@ -83,3 +83,25 @@ def test_consensus_caption_is_the_brute_force_argmax():
     best_ref = max(brute)
     assert abs(score - best_ref) < 1e-12, (score, best_ref)
     assert abs(_nltk(refs, [best] * len(refs), 4) - best_ref) < 1e-12
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_bootstrap_bleu_resamples_are_nltk_corpus_bleu_of_the_resampled_images(n):
+    """Every bootstrap sample equals NLTK's corpus_bleu of the explicitly resampled lists (the same
+    numpy draws), the paired difference uses the same images for both systems, and the interval
+    is the percentile interval of those samples."""
+    import numpy as np
+    rng = random.Random(7)
+    refs, hyps = _random_corpus(rng, num=25, num_refs=3)
+    _, other = _random_corpus(random.Random(8), num=25, num_refs=3)
+    out = bleu.bootstrap_bleu(refs, hyps, max_n=n, num_samples=40, seed=3, baseline_hypotheses=other)
+    idx = np.random.default_rng(3).integers(0, 25, size=(40, 25))
+    expected = [_nltk([refs[i] for i in row], [hyps[i] for i in row], n) for row in idx]
+    expected_other = [_nltk([refs[i] for i in row], [other[i] for i in row], n) for row in idx]
+    assert np.allclose(out["samples"], expected, atol=1e-12, rtol=0)
+    assert np.allclose(out["diff_samples"], np.array(expected) - np.array(expected_other), atol=1e-12, rtol=0)
+    assert abs(out["bleu"] - _nltk(refs, hyps, n)) < 1e-12
+    assert out["low"] == pytest.approx(np.percentile(expected, 2.5)) and out["high"] == pytest.approx(
+        np.percentile(expected, 97.5))
+    assert out["p_not_better"] == pytest.approx(np.mean(np.array(expected) <= np.array(expected_other)))
+    assert out["low"] < out["bleu"] < out["high"]
