@@ -438,11 +438,12 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     model = make_model(data["vocab"], cell_type, s)
     val_hist = fit(model, train, val)
     dependence = image_dependence(model, val)
-    val_model_scores, _, _ = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word, s["max_length"])
     val_beam_scores, _ = evaluate_beam(model, val["feats"], val["references"], val["idx_to_word"], BEAM_SIZE,
                                        s["max_length"])
-    hist, used = val_hist, train
+    hist, used, val_model_scores = val_hist, train, None
     if s.get("refit"):
+        val_model_scores, _, _ = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word,
+                                               s["max_length"])
         used = {"feats": feats["train"], "feats_flip": feats["train_flip"], "captions": data["train_captions"],
                 "image_idxs": data["train_image_idxs"]}
         if verbose:
@@ -454,6 +455,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     with timer() as t_eval:
         scores, hyps, weights = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word,
                                               s["max_length"])
+    val_model_scores = scores if val_model_scores is None else val_model_scores  # no refit: the same model
     train_loss_eval = mean_loss(model, used["feats"], used["captions"], used["image_idxs"])
     with timer() as t_beam:  # an extra: beam search (width BEAM_SIZE) on the same held-out images
         beam_scores, beam_hyps = evaluate_beam(model, feats["test"], data["test_references"], idx_to_word,

@@ -192,26 +192,32 @@ def latent_interpolation(model, rows=10, steps=10, labels=None, seed=0):
     return decode(model, z, labels)
 
 
-def cvae_conditional_accuracy(model, classifier, per_digit=1000, seed=0):
-    """Generate `per_digit` digits of each class with the CVAE; return (fraction classified
-    as the requested digit, per-digit fractions (10,))."""
+def requested_digit_hits(model, classifier, per_digit=1000, seed=0):
+    """Generate `per_digit` digits of each class with the CVAE (`digit_rows`) and classify them.
+    Returns (hits (10 * per_digit,) float64: 1 where the classifier agrees with the requested
+    digit, labels (10 * per_digit,), the norms of the z that were decoded (10 * per_digit,))."""
     images, labels = digit_rows(model, per_digit, seed=seed)
-    pred = mc.predict_logits(classifier, images).argmax(dim=1)
-    correct = (pred == labels).double()
-    per_digit_acc = correct.view(10, per_digit).mean(dim=1)
-    return correct.mean().item(), per_digit_acc
+    z_norm = prior_latents(model, labels.numel(), seed).norm(dim=1)  # the z digit_rows decoded
+    hits = (mc.predict_logits(classifier, images).argmax(dim=1) == labels).double()
+    return hits, labels, z_norm
 
 
-def conditional_accuracy_by_latent_norm(model, classifier, per_digit=1000, seed=0, bins=4):
+def cvae_conditional_accuracy(model, classifier, per_digit=1000, seed=0, hits=None):
+    """Generate `per_digit` digits of each class with the CVAE; return (fraction classified
+    as the requested digit, per-digit fractions (10,)). `hits`: a `requested_digit_hits`
+    result to reuse instead of generating again."""
+    correct, _, _ = requested_digit_hits(model, classifier, per_digit, seed) if hits is None else hits
+    return correct.mean().item(), correct.view(10, -1).mean(dim=1)
+
+
+def conditional_accuracy_by_latent_norm(model, classifier, per_digit=1000, seed=0, bins=4, hits=None):
     """Where do the CVAE's wrong digits come from? The digits of `cvae_conditional_accuracy`
     (same z and labels), grouped into `bins` equal-size groups by the norm of their z, from
     the prior's centre to its tails. Returns (accuracy per group (bins,), the groups' upper
-    norm edges (bins,)); the groups' mean is the overall conditional accuracy."""
-    images, labels = digit_rows(model, per_digit, seed=seed)
-    z_norm = prior_latents(model, labels.numel(), seed).norm(dim=1)  # the z digit_rows decoded
-    correct = (mc.predict_logits(classifier, images).argmax(dim=1) == labels).double()
-    order = z_norm.argsort()
-    groups = order.chunk(bins)
+    norm edges (bins,)); the groups' mean is the overall conditional accuracy. `hits` as in
+    `cvae_conditional_accuracy`."""
+    correct, _, z_norm = requested_digit_hits(model, classifier, per_digit, seed) if hits is None else hits
+    groups = z_norm.argsort().chunk(bins)
     return (torch.stack([correct[g].mean() for g in groups]),
             torch.stack([z_norm[g].max() for g in groups]))
 
@@ -405,10 +411,9 @@ def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
                         "sampling": "z ~ N(0, I)" + (", labels 0..9 in turn" if cond else "")})
         if cond:
             with timer() as t:
-                accuracy, per_digit = cvae_conditional_accuracy(model, classifier,
-                                                                s["cvae_per_digit"])
-            by_norm, edges = conditional_accuracy_by_latent_norm(model, classifier,
-                                                                 s["cvae_per_digit"])
+                hits = requested_digit_hits(model, classifier, s["cvae_per_digit"])
+                accuracy, per_digit = cvae_conditional_accuracy(model, classifier, hits=hits)
+            by_norm, edges = conditional_accuracy_by_latent_norm(model, classifier, hits=hits)
             probe = latent_class_probe(model, (x_train, y_train), (x_test, y_test), cond=True)
             record("cvae_conditional_accuracy", accuracy, "fraction", t.seconds,
                    details={"target": CONDITIONAL_ACCURACY_TARGET,

@@ -169,13 +169,9 @@ def bootstrap_bleu(list_of_references, hypotheses, max_n=4, num_samples=1000, se
         rows = [sentence_statistics(refs, h, max_n) for refs, h in zip(list_of_references, hyps)]
         return np.array([[*m, *t, c, r] for m, t, c, r in rows], dtype=np.float64)  # (S, 2 max_n + 2)
 
-    def bleu_of(sums):  # sums (B, 2 max_n + 2) -> (B,) BLEU, as bleu_from_statistics
-        m, t, c, r = sums[:, :max_n], sums[:, max_n:2 * max_n], sums[:, -2], sums[:, -1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_p = np.log(m / t).mean(axis=1)
-            bp = np.where(c > r, 1.0, np.exp(1.0 - r / np.where(c > 0, c, 1.0)))
-        bp = np.where(c == 0, 0.0, bp)
-        return np.where((m == 0).any(axis=1), 0.0, bp * np.exp(log_p))
+    def bleu_of(sums):  # pooled counts (B, 2 max_n + 2) -> (B,) BLEU
+        return np.array([bleu_from_statistics(row[:max_n], row[max_n:2 * max_n], row[-2], row[-1], max_n)
+                         for row in sums.tolist()])
 
     if len(list_of_references) != len(hypotheses):
         raise ValueError(f"{len(list_of_references)} reference lists but {len(hypotheses)} hypotheses")

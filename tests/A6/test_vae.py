@@ -284,6 +284,9 @@ def test_conditional_accuracy_by_latent_norm_sorts_the_same_digits_by_z_norm():
     assert by_norm.tolist() == [1.0, 1.0, 0.0, 0.0]
     assert torch.all(edges[1:] > edges[:-1])
     assert by_norm.mean().item() == pytest.approx(overall) == pytest.approx(0.5, abs=0.01)
+    hits = experiments.requested_digit_hits(model, classifier, per_digit, seed=seed)
+    assert experiments.cvae_conditional_accuracy(model, classifier, hits=hits)[0] == overall
+    assert torch.equal(experiments.conditional_accuracy_by_latent_norm(model, classifier, hits=hits)[0], by_norm)
 
 
 def test_latent_class_probe_reads_a_code_that_carries_the_digit_and_not_noise():
