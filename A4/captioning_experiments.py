@@ -29,6 +29,9 @@ images is highest when used for all).
     extract_features          frozen-encoder features of images and of their mirrors (cached)
     train_on_features         the headline trainer (minibatches of features + captions)
     evaluate_bleu             greedy captions and corpus BLEU-1..4 against the references
+    decoder_start/_step       one decoding step of any cell type (log-probabilities, new state)
+    beam_search               beam-search captions (the extra rows; width 1 is greedy)
+    ensemble_greedy           greedy captions of several models (mean next-word probability)
     consensus_baseline        the trivial baseline
     overfit_small             the course's overfit check: 50 captions of 50 images, no regularization
     image_dependence          validation loss with the true and with shuffled images
@@ -176,36 +179,63 @@ def greedy_captions(model, feats, idx_to_word, max_length, batch_size=200):
     return words, (torch.cat(weights) if weights else None)
 
 
+def decoder_start(model, features):
+    """The decoder state of a CaptioningRNN before its first word, from encoder features
+    (N, C, Hf, Wf): a dict with h (N, H), c (N, H; zeros for rnn/lstm, unused by rnn) and A (the
+    attention memory (N, H, Hf, Wf) for attn, else None), as in `sample_features`."""
+    init = model._initial(features)
+    if model.cell_type == "attn":
+        h = init.mean(dim=(2, 3))
+        return {"h": h, "c": h, "A": init}
+    return {"h": init, "c": torch.zeros_like(init), "A": None}
+
+
+def decoder_step(model, state, word):
+    """One decoding step: the previous words (N,) int64 and the state -> (log-probabilities of the
+    next word (N, V) float32, the new state). The same arithmetic as `sample_features`."""
+    x = model.word_embed(word)
+    h, c, A = state["h"], state["c"], state["A"]
+    if model.cell_type == "rnn":
+        h = model.core.step_forward(x, h)
+    elif model.cell_type == "lstm":
+        h, c = model.core.step_forward(x, h, c)
+    else:
+        attn, _ = rlc.dot_product_attention(h, A)
+        h, c = model.core.step_forward(x, h, c, attn)
+    return torch.log_softmax(model.output(h).float(), dim=1), {"h": h, "c": c, "A": A}
+
+
+def _select(state, rows):
+    """The state of the decoder rows `rows` (beam reordering)."""
+    return {k: (None if v is None else v[rows]) for k, v in state.items()}
+
+
+def _ban(logp, banned):
+    """Log-probabilities with the `banned` token indices set to -inf (e.g. <UNK>: a word that
+    never matches a reference)."""
+    if banned:
+        logp[:, list(banned)] = float("-inf")
+    return logp
+
+
 @torch.no_grad()
-def beam_search(model, features, beam_size=3, max_length=16):
+def beam_search(model, features, beam_size=3, max_length=16, banned=()):
     """Beam-search captions from encoder features (N, C, Hf, Wf) for a CaptioningRNN of any
     cell type: keeps the `beam_size` partial captions with the highest summed log-probability;
-    a caption that emitted <END> keeps its score and is padded with <NULL>. Returns word
-    indices (N, max_length) of the best beam (beam_size=1 is greedy decoding)."""
+    a caption that emitted <END> keeps its score and is padded with <NULL>. `banned`: token
+    indices never emitted. Returns word indices (N, max_length) of the best beam (beam_size=1 is
+    greedy decoding)."""
     model.eval()
     N, B = features.shape[0], beam_size
-    init = model._initial(features).repeat_interleave(B, dim=0)
-    if model.cell_type == "attn":
-        A, h = init, init.mean(dim=(2, 3))
-        c = h
-    else:
-        A, h = None, init
-        c = torch.zeros_like(h)
+    state = _select(decoder_start(model, features), torch.arange(N, device=features.device).repeat_interleave(B))
     word = torch.full((N * B,), model._start, dtype=torch.long, device=features.device)
     scores = features.new_full((N, B), float("-inf"), dtype=torch.float32)
     scores[:, 0] = 0.0
     done = torch.zeros(N * B, dtype=torch.bool, device=features.device)
     seqs = torch.full((N * B, 0), model._null, dtype=torch.long, device=features.device)
     for _ in range(max_length):
-        x = model.word_embed(word)
-        if model.cell_type == "rnn":
-            h = model.core.step_forward(x, h)
-        elif model.cell_type == "lstm":
-            h, c = model.core.step_forward(x, h, c)
-        else:
-            attn, _ = rlc.dot_product_attention(h, A)
-            h, c = model.core.step_forward(x, h, c, attn)
-        logp = torch.log_softmax(model.output(h).float(), dim=1)
+        logp, state = decoder_step(model, state, word)
+        logp = _ban(logp, banned)
         logp[done] = float("-inf")
         logp[done, model._null] = 0.0
         V = logp.shape[1]
@@ -213,9 +243,7 @@ def beam_search(model, features, beam_size=3, max_length=16):
         scores, flat = cand.topk(B, dim=1)
         beam = (flat // V + torch.arange(N, device=flat.device)[:, None] * B).reshape(-1)
         word = (flat % V).reshape(-1)
-        h, c, seqs = h[beam], c[beam], torch.cat([seqs[beam], word[:, None]], dim=1)
-        if A is not None:
-            A = A[beam]
+        state, seqs = _select(state, beam), torch.cat([seqs[beam], word[:, None]], dim=1)
         done = done[beam] | (word == model._end)
         if bool(done.all()):
             break
@@ -225,12 +253,50 @@ def beam_search(model, features, beam_size=3, max_length=16):
     return out
 
 
-def evaluate_beam(model, feats, references, idx_to_word, beam_size=3, max_length=16, batch_size=100):
+@torch.no_grad()
+def ensemble_greedy(models, features, max_length=16, banned=()):
+    """Greedy captions of an ensemble: at every step each CaptioningRNN (any mix of cell types,
+    one vocabulary) gives its next-word distribution for the words chosen so far, and the word
+    with the highest AVERAGE probability is taken (<NULL> after <END>). `banned`: token indices
+    never emitted. One model and no ban: exactly `sample_features`. Returns (N, max_length) int64."""
+    for m in models:
+        m.eval()
+    first = models[0]
+    N = features.shape[0]
+    states = [decoder_start(m, features) for m in models]
+    captions = torch.full((N, max_length), first._null, dtype=torch.long, device=features.device)
+    word = torch.full((N,), first._start, dtype=torch.long, device=features.device)
+    done = torch.zeros(N, dtype=torch.bool, device=features.device)
+    for t in range(max_length):
+        logps = []
+        for k, m in enumerate(models):
+            logp, states[k] = decoder_step(m, states[k], word)
+            logps.append(logp)
+        mean_logp = logps[0] if len(logps) == 1 else torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+        word = _ban(mean_logp, banned).argmax(dim=1)
+        captions[:, t] = torch.where(done, torch.full_like(word, first._null), word)
+        done = done | (word == first._end)
+        if bool(done.all()):
+            break
+    return captions
+
+
+def evaluate_ensemble(models, feats, references, idx_to_word, max_length=16, banned=(), batch_size=200):
+    """Ensemble greedy captions of `feats` and their corpus BLEU-1..4. Returns (scores, hypotheses)."""
+    device = next(models[0].parameters()).device
+    hyps = []
+    for i in range(0, len(feats), batch_size):
+        out = ensemble_greedy(models, feats[i:i + batch_size].to(device), max_length, banned)
+        hyps += [c.split() for c in rlc.decode_captions(out.cpu(), idx_to_word)]
+    return bleu_scores(references, hyps), hyps
+
+
+def evaluate_beam(model, feats, references, idx_to_word, beam_size=3, max_length=16, batch_size=100, banned=()):
     """Beam-search captions of `feats` and their corpus BLEU-1..4. Returns (scores, hypotheses)."""
     device = next(model.parameters()).device
     hyps = []
     for i in range(0, len(feats), batch_size):
-        out = beam_search(model, feats[i:i + batch_size].to(device), beam_size, max_length)
+        out = beam_search(model, feats[i:i + batch_size].to(device), beam_size, max_length, banned)
         hyps += [c.split() for c in rlc.decode_captions(out.cpu(), idx_to_word)]
     return bleu_scores(references, hyps), hyps
 

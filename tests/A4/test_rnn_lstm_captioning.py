@@ -635,3 +635,71 @@ def test_repeated_bigram_count():
     expected = sum(any([tuple(w[i:i + 2]) for i in range(len(w) - 1)].count(tuple(w[j:j + 2])) > 1
                        for j in range(len(w) - 1)) for w in hyps)
     assert ce.repeated_bigram_count(hyps) == expected == 2
+
+
+def _peaked_model(cell_type, seed):
+    torch.manual_seed(seed)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type,
+                              image_encoder_pretrained=False).to(DT).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(4.0)  # peaked, image-dependent distributions
+    return model, vocab
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_ensemble_greedy_of_one_model_is_sample_features_and_ban_equals_masked_output(cell_type):
+    """captioning_experiments.ensemble_greedy: one model without a ban reproduces the model's own
+    greedy `sample_features`; banning <UNK> gives the captions of a copy of the model whose output
+    bias for <UNK> is -1e4 (the word can never win an argmax), and no <UNK> appears."""
+    import copy
+    import captioning_experiments as ce
+    model, vocab = _peaked_model(cell_type, 21)
+    unk = vocab["<UNK>"]
+    with torch.no_grad():
+        model.output.bias[unk] = 3.0  # <UNK> would win often
+    feats = _rand(6, 320, 2, 2)
+
+    def greedy(m):
+        out = m.sample_features(feats, max_length=6)
+        return out[0] if cell_type == "attn" else out
+
+    plain = greedy(model)
+    assert torch.equal(ce.ensemble_greedy([model], feats, max_length=6), plain)
+    assert (plain == unk).any()  # the ban below has something to do
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        masked.output.bias[unk] = -1e4
+    banned = ce.ensemble_greedy([model], feats, max_length=6, banned=(unk,))
+    assert torch.equal(banned, greedy(masked))
+    assert not (banned == unk).any()
+    beam = ce.beam_search(model, feats, beam_size=1, max_length=6, banned=(unk,))
+    assert torch.equal(beam, banned)
+
+
+def test_ensemble_greedy_takes_the_word_of_highest_average_probability():
+    """Two different models (rnn + attn): each step's word is the argmax of the mean of the two
+    models' softmax distributions, each model fed the ensemble's previous words (teacher forcing
+    with the ensemble's own caption, recomputed through forward-pass scores)."""
+    import captioning_experiments as ce
+    a, vocab = _peaked_model("rnn", 22)
+    b, _ = _peaked_model("attn", 23)
+    feats = _rand(5, 320, 2, 2)
+    T = 5
+    out = ce.ensemble_greedy([a, b], feats, max_length=T)
+    start, end, null = vocab["<START>"], vocab["<END>"], vocab["<NULL>"]
+    for n in range(len(feats)):
+        words = [start]
+        for t in range(T):
+            probs = 0
+            for m in (a, b):
+                st = ce.decoder_start(m, feats[n:n + 1])
+                for w in words:  # replay the prefix step by step
+                    logp, st = ce.decoder_step(m, st, torch.tensor([w]))
+                probs = probs + logp.exp() / 2
+            w = int(probs.argmax())
+            assert out[n, t].item() == w, (n, t)
+            words.append(w)
+            if w == end:
+                assert (out[n, t + 1:] == null).all()
+                break
