@@ -20,6 +20,8 @@ works (FCOS and FasterRCNN do).
     losses_from_cached_features    a detector's training losses from cached features
     train_loop                     SGD within an iteration/time budget (any batches, any losses)
     train_on_cached_features       train_loop on batches of cached features
+    metric_suffix / devices_label / handoff_details   records of a detector trained elsewhere
+    save_sharded / load_sharded    a state dict in files of bounded size (gpu_handoff.py)
 
 Settings dicts `s` (the experiments' protocols) provide: learning_rate, weight_decay, max_iters,
 time_limit (seconds or None), warmup_iters, batch_size; optional: warmup_start (default 0.001),
@@ -35,7 +37,7 @@ from torch import nn
 
 import common
 from eecs598.data.voc import VOC2007Detection
-from eecs598.utils import get_device
+from eecs598.utils import device_name, get_device
 
 
 def load_voc(split, num_images=None):
@@ -314,3 +316,61 @@ def train_on_cached_features(detector, cache, s, device, seed=0, log_period=50, 
         return train_loop(detector, next_batch,
                           lambda batch, gt: _losses(detector, stand_in, batch, gt, cache["image_size"]),
                           s, device, log_period, verbose, checkpoint_path, checkpoint_period, generator=gen)
+
+
+# ----------------------------------------------------------------------------- training elsewhere
+# A GPU machine that cannot hold the validation images (a size limit on what travels to it) can
+# train, measure its speed and hand the weights back (gpu_handoff.py); the mAP is then computed
+# here. These helpers let the experiments' records say so.
+
+def metric_suffix(protocol):
+    """"" for the CPU protocol, "_gpu_protocol" for the GPU one: both sets of rows can coexist."""
+    return "" if protocol == "cpu" else "_gpu_protocol"
+
+
+def devices_label(out, device):
+    """The record's device: where `out` (a train / train_and_evaluate dict) was trained and, if
+    elsewhere, where it was evaluated."""
+    here = device_name(device)
+    trained_on = out.get("device", here)
+    return here if trained_on == here else f"{trained_on} (training); {here} (evaluation)"
+
+
+def handoff_details(out, device):
+    """Details entries for a detector trained on another machine (empty if trained here)."""
+    if out.get("device", device_name(device)) == device_name(device):
+        return {}
+    return {"trained_on": out["device"], "evaluated_on": device_name(device),
+            "training_torch_version": out.get("torch_version"),
+            "training_device_images_per_s": out.get("training_device_images_per_s")}
+
+
+def save_sharded(state_dict, folder, name, max_bytes=15 * 2**20):
+    """Save a state dict as <folder>/<name>.shard<k>.pt files of at most about `max_bytes` each
+    (whole tensors per file; a tensor larger than max_bytes gets a file of its own), moved to the
+    CPU. Returns the file paths."""
+    os.makedirs(folder, exist_ok=True)
+    shards, size = [{}], 0
+    for key, value in state_dict.items():
+        nbytes = value.numel() * value.element_size() if torch.is_tensor(value) else 0
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value.detach().cpu() if torch.is_tensor(value) else value
+        size += nbytes
+    paths = []
+    for k, shard in enumerate(shards):
+        paths.append(os.path.join(folder, f"{name}.shard{k}.pt"))
+        torch.save(shard, paths[-1])
+    return paths
+
+
+def load_sharded(folder, name):
+    """The state dict `save_sharded` wrote (all <folder>/<name>.shard<k>.pt, k = 0, 1, ...)."""
+    state, k = {}, 0
+    while os.path.exists(path := os.path.join(folder, f"{name}.shard{k}.pt")):
+        state.update(torch.load(path, map_location="cpu", weights_only=True))
+        k += 1
+    if k == 0:
+        raise FileNotFoundError(f"no {name}.shard0.pt in {folder}")
+    return state

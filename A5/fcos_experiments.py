@@ -179,22 +179,22 @@ def evaluate(detector, dataset, device, s=None, score_thresh=EVAL_SCORE_THRESH, 
     return result
 
 
-def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True):
-    """Train FCOS with a protocol ("gpu"/"cpu", default from the device), evaluate on voc07_val.
+def train(device=None, protocol=None, verbose=True, checkpoint=True):
+    """Train FCOS on voc07_train with a protocol ("gpu"/"cpu", default from the device).
 
     With `checkpoint` (and $EECS598_CACHE set), training state is saved every 500 iterations to
     $EECS598_CACHE/checkpoints/A5/fcos_<protocol>[_quick]_train.pt, so an interrupted run resumes
     where it stopped; after training the file is removed and the final weights are saved as
     fcos_<protocol>[_quick].pt.
 
-    Returns dict(settings, train (history), eval (mAP dict), seconds per phase, detector).
+    Returns dict(settings, train (history), phases (seconds per phase), detector, num_train,
+    protocol, device (its name)).
     """
     device = get_device(device)
     protocol = protocol or protocol_for(device)
     s = settings(protocol)
     reset_seed(0)
     train_set = load_voc("train", s["num_train"])
-    val_set = load_voc("val", s["num_val"])
     detector = build_fcos(s).to(device)
     phases = {}
     tag = f"fcos_{protocol}{'_quick' if quick_mode() else ''}"
@@ -205,35 +205,50 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
         phases["feature_extraction_s"] = cache["seconds"]
         if verbose:
             print(f"cached features of {cache['gt'].shape[0]} images in {cache['seconds']:.0f}s", flush=True)
-        train = train_on_cached_features(detector, cache, s, device, verbose=verbose,
-                                         checkpoint_path=train_ckpt)
+        history = train_on_cached_features(detector, cache, s, device, verbose=verbose,
+                                           checkpoint_path=train_ckpt)
         del cache
     else:
         with timer() as t:
             images, gts = load_images_to_device(train_set, device)
         phases["image_loading_s"] = t.seconds
-        train = train_end_to_end(detector, images, gts, s, device, verbose=verbose,
-                                 checkpoint_path=train_ckpt)
+        history = train_end_to_end(detector, images, gts, s, device, verbose=verbose,
+                                   checkpoint_path=train_ckpt)
         del images, gts
-    phases["training_s"] = train["seconds"]
+    phases["training_s"] = history["seconds"]
     if train_ckpt is not None:
         torch.save(detector.state_dict(), checkpoint_path(f"{tag}.pt"))
         os.remove(train_ckpt)
-    result = evaluate(detector, val_set, device, s)
-    phases["evaluation_s"] = result["seconds"]
+    return {"settings": s, "train": history, "phases": phases, "detector": detector,
+            "num_train": len(train_set), "protocol": protocol, "device": device_name(device)}
+
+
+def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True, trained=None):
+    """`train` (or take `trained`, a dict as `train` returns, e.g. from gpu_handoff.import_trained),
+    then evaluate on voc07_val on `device`.
+
+    Returns the `train` dict plus eval (mAP dict) and num_val; phases gains evaluation_s.
+    """
+    device = get_device(device)
+    out = dict(trained) if trained is not None else train(device, protocol, verbose, checkpoint)
+    s = out["settings"]
+    val_set = load_voc("val", s["num_val"])
+    result = evaluate(out["detector"], val_set, device, s)
+    out["phases"] = dict(out["phases"], evaluation_s=result["seconds"])
     if verbose:
         print(f"mAP@0.5 {result['map']:.4f} (11-point {result['map_07']:.4f}) on {len(val_set)} val images")
-    return {"settings": s, "train": train, "eval": result, "phases": phases, "detector": detector,
-            "num_train": len(train_set), "num_val": len(val_set), "protocol": protocol}
+    return dict(out, eval=result, num_val=len(val_set))
 
 
 # --------------------------------------------------------------------------------------------
-def run(device=None):
-    """Headline records: FCOS mAP@0.5 on all of voc07_val (all-point and 11-point) and inference speed."""
+def run(device=None, trained=None):
+    """Headline records: FCOS mAP@0.5 on all of voc07_val (all-point and 11-point) and inference
+    speed. `trained`: a detector trained elsewhere (`gpu_handoff.import_trained`), evaluated here.
+    The GPU protocol's metrics end in "_gpu_protocol", so they sit beside the CPU protocol's."""
     device = get_device(device)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cpu_start = time.process_time()
-    out = train_and_evaluate(device, verbose=not quick_mode())
+    out = train_and_evaluate(device, verbose=not quick_mode(), trained=trained)
     cpu_total = time.process_time() - cpu_start
     s, train, ev, phases = out["settings"], out["train"], out["eval"], out["phases"]
     total = sum(phases.values())
@@ -250,15 +265,21 @@ def run(device=None):
         "final_loss": (sum(train["loss_history"][-50:]) / len(train["loss_history"][-50:])
                        if train["loss_history"] else None),
         "course_target": COURSE_TARGET_MAP, "gpu_target": GPU_TARGET_MAP,
+        **dt.handoff_details(out, device),
     }
-    dev = device_name(device)
+    dev, suffix = dt.devices_label(out, device), dt.metric_suffix(out["protocol"])
     records = [
-        make_record(ASSIGNMENT, "fcos_map50", 100 * ev["map"], "% mAP@0.5 (VOC all-point)", DATA, dev,
+        make_record(ASSIGNMENT, f"fcos_map50{suffix}", 100 * ev["map"], "% mAP@0.5 (VOC all-point)", DATA, dev,
                     total, reference=None,
                     details={**details, "ap_per_class": {c: 100 * ap for c, ap in ev["ap_per_class"].items()}}),
-        make_record(ASSIGNMENT, "fcos_map50_voc07_11pt", 100 * ev["map_07"], "% mAP@0.5 (VOC07 11-point)",
+        make_record(ASSIGNMENT, f"fcos_map50_voc07_11pt{suffix}", 100 * ev["map_07"], "% mAP@0.5 (VOC07 11-point)",
                     DATA, dev, total, reference=None, details=details),
-        make_record(ASSIGNMENT, "fcos_images_per_s", ev["images_per_s"], "images/s (batch 1, incl. NMS)",
-                    DATA, dev, phases["evaluation_s"], reference=None, details=details),
+        make_record(ASSIGNMENT, f"fcos_images_per_s{suffix}", ev["images_per_s"], "images/s (batch 1, incl. NMS)",
+                    DATA, device_name(device), phases["evaluation_s"], reference=None, details=details),
     ]
+    if dt.handoff_details(out, device):  # trained elsewhere: that machine's inference speed too
+        records.append(make_record(
+            ASSIGNMENT, f"fcos_images_per_s{suffix}_training_device", out["training_device_images_per_s"],
+            "images/s (batch 1, incl. NMS)", DATA, out["device"], out["training_device_eval_seconds"],
+            reference=None, details={**details, "measured_on": out["training_device_speed_images"]}))
     return records

@@ -177,24 +177,23 @@ def overfit(device=None, num_images=None, iters=None, seed=0, verbose=False):
 
 
 # --------------------------------------------------------------------------------------------
-def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True):
-    """Train Faster R-CNN with one protocol and evaluate on voc07_val.
+def train(device=None, protocol=None, verbose=True, checkpoint=True):
+    """Train Faster R-CNN on voc07_train with one protocol ("cuda"/"cpu", default from the device).
 
     With `checkpoint` (and $EECS598_CACHE set), the training state is saved under
     $EECS598_CACHE/checkpoints/A5/faster_rcnn_<protocol>[_quick]_train.pt while training (an
     interrupted run resumes there; removed once training ends) and the final weights as
     faster_rcnn_<protocol>[_quick].pt.
 
-    Returns dict(map, map_07, ap_per_class, images_per_s, iters, train_seconds, total_seconds,
-    phases, settings, loss_history, detector, predictions, num_val, checkpoint).
+    Returns dict(settings, train (history: loss_history, iters, seconds), phases, detector,
+    num_train, protocol, device (its name), checkpoint (the final weights' path or None)).
     """
     device = eecs598.get_device(device)
     protocol = protocol or protocol_for(device)
     s = settings(protocol)
     eecs598.reset_seed(0)
-    t_total = time.time()
     detector = build_detector(s).to(device)
-    train_set, val_set = load_voc("train", s["num_train"]), load_voc("val", s["num_val"])
+    train_set = load_voc("train", s["num_train"])
     phases = {}
     tag = f"faster_rcnn_{protocol}{'_quick' if eecs598.quick_mode() else ''}"
     ckpt = dt.checkpoint_path(f"{tag}_train.pt") if checkpoint else None  # resume state
@@ -203,7 +202,7 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
         phases["feature_extraction_s"] = cache["seconds"]
         if verbose:
             print(f"cached features of {cache['gt'].shape[0]} images in {cache['seconds']:.0f}s", flush=True)
-        train = train_on_cached_features(detector, cache, s, device, verbose=verbose, checkpoint_path=ckpt)
+        history = train_on_cached_features(detector, cache, s, device, verbose=verbose, checkpoint_path=ckpt)
         del cache
     else:
         loader = torch.utils.data.DataLoader(train_set, batch_size=s["batch_size"], shuffle=True,
@@ -214,38 +213,57 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
         # whichever is reached first, so the schedule completes within the time budget.
         autocast = torch.bfloat16 if device.type == "cuda" else None
         max_iters = s["max_iters"]
-        train = common.train_detector(detector, loader, learning_rate=s["learning_rate"],
-                                      weight_decay=s["weight_decay"], max_iters=max_iters,
-                                      warmup_iters=min(s["warmup_iters"], max(max_iters // 5, 1)),
-                                      device=device, time_limit=s["time_limit"], checkpoint_path=ckpt,
-                                      autocast_dtype=autocast, verbose=verbose, log_period=50)
+        history = common.train_detector(detector, loader, learning_rate=s["learning_rate"],
+                                        weight_decay=s["weight_decay"], max_iters=max_iters,
+                                        warmup_iters=min(s["warmup_iters"], max(max_iters // 5, 1)),
+                                        device=device, time_limit=s["time_limit"], checkpoint_path=ckpt,
+                                        autocast_dtype=autocast, verbose=verbose, log_period=50)
     if ckpt is not None and os.path.exists(ckpt):  # finished: the next run starts fresh
         os.remove(ckpt)
-    phases["train_s"] = train["seconds"]
+    phases["train_s"] = history["seconds"]
+    ckpt_path = dt.checkpoint_path(f"{tag}.pt") if checkpoint else None
+    if ckpt_path is not None:
+        torch.save(detector.state_dict(), ckpt_path)
+    return {"settings": s, "train": history, "phases": phases, "detector": detector,
+            "num_train": len(train_set), "protocol": protocol, "device": device_name(device),
+            "checkpoint": ckpt_path}
+
+
+def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True, trained=None):
+    """`train` (or take `trained`, a dict as `train` returns, e.g. from gpu_handoff.import_trained),
+    then evaluate on voc07_val on `device`.
+
+    Returns dict(map, map_07, ap_per_class, images_per_s, iters, train_seconds, total_seconds,
+    phases, settings, loss_history, detector, predictions, num_val, checkpoint, protocol, device,
+    result) plus the other entries of `trained`.
+    """
+    device = eecs598.get_device(device)
+    t_total = time.time()
+    out = dict(trained) if trained is not None else train(device, protocol, verbose, checkpoint)
+    s, detector, history = out["settings"], out["detector"], out["train"]
+    val_set = load_voc("val", s["num_val"])
     t = time.time()
     result = common.evaluate_detector(detector, val_set, s["score_thresh"], s["nms_thresh"], device=device,
                                       num_classes=NUM_CLASSES, verbose=False,
                                       batch_size=s.get("eval_batch_size", 1))
     preds, images_per_s = result["predictions"], result["images_per_s"]
-    phases["eval_s"] = time.time() - t
-    ckpt_path = dt.checkpoint_path(f"{tag}.pt") if checkpoint else None
-    if ckpt_path is not None:
-        torch.save(detector.state_dict(), ckpt_path)
+    phases = dict(out["phases"], eval_s=time.time() - t)
     if verbose:
         print(f"mAP@0.5 {100 * result['map']:.2f}% (11-point {100 * result['map_07']:.2f}%) on "
-              f"{len(preds)} val images; {train['iters']} iterations; {images_per_s:.1f} images/s")
-    return {"map": result["map"], "map_07": result["map_07"], "ap_per_class": result["ap_per_class"],
-            "result": result, "images_per_s": images_per_s, "iters": train["iters"],
-            "train_seconds": train["seconds"], "total_seconds": time.time() - t_total,
-            "phases": phases, "settings": s, "loss_history": train["loss_history"],
-            "detector": detector, "predictions": preds, "num_val": len(preds),
-            "checkpoint": ckpt_path}
+              f"{len(preds)} val images; {history['iters']} iterations; {images_per_s:.1f} images/s")
+    return dict(out, map=result["map"], map_07=result["map_07"], ap_per_class=result["ap_per_class"],
+                result=result, images_per_s=images_per_s, iters=history["iters"],
+                train_seconds=history["seconds"],
+                total_seconds=time.time() - t_total + (history["seconds"] if trained is not None else 0.0),
+                phases=phases, loss_history=history["loss_history"], predictions=preds, num_val=len(preds))
 
 
-def run(device=None):
-    """Faster R-CNN mAP@0.5 on all of voc07_val (all-point and 11-point) and inference speed."""
+def run(device=None, trained=None):
+    """Faster R-CNN mAP@0.5 on all of voc07_val (all-point and 11-point) and inference speed.
+    `trained`: a detector trained elsewhere (`gpu_handoff.import_trained`), evaluated here. The
+    GPU protocol's metrics end in "_gpu_protocol", so they sit beside the CPU protocol's."""
     device = eecs598.get_device(device)
-    out = train_and_evaluate(device, verbose=True)
+    out = train_and_evaluate(device, verbose=True, trained=trained)
     s = out["settings"]
     details = {
         "protocol": s["protocol"], "backbone": f"{s['backbone']} (ImageNet weights, "
@@ -259,16 +277,24 @@ def run(device=None):
         "settings": {k: v for k, v in s.items() if k != "protocol"},
         "torch_threads": torch.get_num_threads(),
         "final_loss": round(sum(out["loss_history"][-20:]) / max(len(out["loss_history"][-20:]), 1), 3),
+        **dt.handoff_details(out, device),
     }
-    dev, secs = device_name(device), out["total_seconds"]
+    dev, secs, suffix = dt.devices_label(out, device), out["total_seconds"], dt.metric_suffix(out["protocol"])
     ref_note = "reference solution: never trained or evaluated (no number)"
-    return [
-        make_record(ASSIGNMENT, "faster_rcnn_map50", 100 * out["map"], "% mAP@0.5 (VOC all-point)",
+    records = [
+        make_record(ASSIGNMENT, f"faster_rcnn_map50{suffix}", 100 * out["map"], "% mAP@0.5 (VOC all-point)",
                     DATA, dev, secs, reference=None, details={**details, "reference_note": ref_note}),
-        make_record(ASSIGNMENT, "faster_rcnn_map50_voc07_11pt", 100 * out["map_07"],
+        make_record(ASSIGNMENT, f"faster_rcnn_map50_voc07_11pt{suffix}", 100 * out["map_07"],
                     "% mAP@0.5 (VOC07 11-point)", DATA, dev, secs, reference=None, details=details),
-        make_record(ASSIGNMENT, "faster_rcnn_images_per_s", out["images_per_s"], "images/s",
-                    DATA, dev, out["phases"]["eval_s"], reference=None,
+        make_record(ASSIGNMENT, f"faster_rcnn_images_per_s{suffix}", out["images_per_s"], "images/s",
+                    DATA, device_name(device), out["phases"]["eval_s"], reference=None,
                     details={"protocol": s["protocol"], "batch": s.get("eval_batch_size", 1),
                              "note": "model time only (data loading excluded), score_thresh 0.05"}),
     ]
+    if dt.handoff_details(out, device):  # trained elsewhere: that machine's inference speed too
+        records.append(make_record(
+            ASSIGNMENT, f"faster_rcnn_images_per_s{suffix}_training_device", out["training_device_images_per_s"],
+            "images/s", DATA, out["device"], out["training_device_eval_seconds"], reference=None,
+            details={"protocol": s["protocol"], "measured_on": out["training_device_speed_images"],
+                     "note": "model time only (data loading excluded), score_thresh 0.05"}))
+    return records

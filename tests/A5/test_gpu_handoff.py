@@ -1,0 +1,73 @@
+"""A5/gpu_handoff.py: a detector trained on one machine (a GPU that cannot hold the validation
+images) is exported in size-limited shards and evaluated on another, with records that say so."""
+import json
+
+import pytest
+import torch
+
+import detection_training as dt
+from eecs598.testing import shared_data_available
+
+
+def test_sharded_state_dict_round_trip_respects_the_size_limit(tmp_path):
+    """save_sharded splits a detector's state dict (float weights, BatchNorm int64 counters) into
+    files of at most max_bytes of tensor data unless one tensor alone is larger; load_sharded
+    returns the identical dict (same keys in order, same dtypes and values)."""
+    import fcos_experiments as fx
+    torch.manual_seed(0)
+    s = dict(fx.GPU_PROTOCOL, stem_channels=[32], fpn_channels=32)
+    state = fx.build_fcos(s, pretrained=False).state_dict()
+    limit = 2 * 2**20
+    paths = dt.save_sharded(state, tmp_path, "fcos", max_bytes=limit)
+    assert len(paths) > 1
+    for p in paths:
+        shard = torch.load(p, weights_only=True)
+        sizes = [v.numel() * v.element_size() for v in shard.values()]
+        assert sum(sizes) <= limit or len(sizes) == 1
+    loaded = dt.load_sharded(tmp_path, "fcos")
+    assert list(loaded) == list(state)
+    for k, v in state.items():
+        assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v), k
+    with pytest.raises(FileNotFoundError):
+        dt.load_sharded(tmp_path, "faster_rcnn")
+
+
+def test_metric_suffix_and_device_labels():
+    assert dt.metric_suffix("cpu") == "" and dt.metric_suffix("gpu") == "_gpu_protocol"
+    assert dt.metric_suffix("cuda") == "_gpu_protocol"
+    here = dt.device_name("cpu")
+    assert dt.devices_label({"device": here}, "cpu") == here and dt.handoff_details({"device": here}, "cpu") == {}
+    label = dt.devices_label({"device": "NVIDIA H200"}, "cpu")
+    assert label == f"NVIDIA H200 (training); {here} (evaluation)"
+    assert dt.handoff_details({"device": "NVIDIA H200"}, "cpu")["trained_on"] == "NVIDIA H200"
+
+
+@pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
+@pytest.mark.parametrize("kind", ["fcos", "faster_rcnn"])
+def test_export_then_evaluate_elsewhere_in_quick_mode(kind, tmp_path, monkeypatch):
+    """Quick mode on the CPU: export writes shards + JSON; import_trained rebuilds the detector with
+    exactly the exported weights; run(trained=...) evaluates it and, when the JSON names another
+    training device, labels the records with both machines and adds that machine's speed row."""
+    import gpu_handoff
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    info = gpu_handoff.export(kind, tmp_path / "out", "cpu", verbose=False)
+    assert info["shards"] == [f"{kind}.shard0.pt"] and info["training_device_images_per_s"] > 0
+    assert info["train"]["iters"] > 0
+    trained = gpu_handoff.import_trained(kind, tmp_path / "out")
+    exported = dt.load_sharded(tmp_path / "out", kind)
+    for k, v in trained["detector"].state_dict().items():
+        assert torch.equal(v, exported[k]), k
+
+    path = tmp_path / "out" / f"{kind}_train.json"
+    doc = json.loads(path.read_text())
+    doc["device"] = "NVIDIA H200 (test)"  # as if exported on a GPU machine
+    path.write_text(json.dumps(doc))
+    records = gpu_handoff.MODULES[kind].run("cpu", trained=gpu_handoff.import_trained(kind, tmp_path / "out"))
+    metrics = {r["metric"]: r for r in records}
+    prefix = "fcos" if kind == "fcos" else "faster_rcnn"
+    assert {f"{prefix}_map50", f"{prefix}_images_per_s", f"{prefix}_images_per_s_training_device"} <= set(metrics)
+    assert metrics[f"{prefix}_map50"]["device"].startswith("NVIDIA H200 (test) (training); ")
+    assert metrics[f"{prefix}_images_per_s_training_device"]["device"] == "NVIDIA H200 (test)"
+    assert metrics[f"{prefix}_map50"]["details"]["trained_on"] == "NVIDIA H200 (test)"
+    assert 0 <= metrics[f"{prefix}_map50"]["value"] <= 100
