@@ -57,11 +57,11 @@ def measure_speed(kind, out, device):
     return result["images_per_s"], time.time() - t0, len(images)
 
 
-def export(kind, out_dir, device=None, verbose=True):
-    """Train `kind` with the device's protocol, time its inference, and write <kind>.shard<k>.pt
-    and <kind>_train.json to `out_dir`. Returns the JSON's content."""
+def export(kind, out_dir, device=None, verbose=True, protocol=None):
+    """Train `kind` with the device's protocol (or `protocol`), time its inference, and write
+    <kind>.shard<k>.pt and <kind>_train.json to `out_dir`. Returns the JSON's content."""
     device = get_device(device)
-    out = _module(kind).train(device, verbose=verbose, checkpoint=True)
+    out = _module(kind).train(device, protocol, verbose=verbose, checkpoint=True)
     speed, seconds, num = measure_speed(kind, out, device)
     shards = dt.save_sharded(out["detector"].state_dict(), out_dir, kind)
     history = {k: v for k, v in out["train"].items() if isinstance(v, (int, float, list, dict, str))}

@@ -43,15 +43,19 @@ def test_metric_suffix_and_device_labels():
 
 
 @pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
-@pytest.mark.parametrize("kind", ["fcos", "faster_rcnn"])
-def test_export_then_evaluate_elsewhere_in_quick_mode(kind, tmp_path, monkeypatch):
-    """Quick mode on the CPU: export writes shards + JSON; import_trained rebuilds the detector with
+@pytest.mark.parametrize("kind,protocol", [("fcos", "cpu"), ("faster_rcnn", "cpu"),
+                                           ("fcos", "gpu"), ("faster_rcnn", "cuda")])
+def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, monkeypatch):
+    """Quick mode on the CPU, with either protocol (the GPU protocols' training code runs on the
+    CPU too, in fp32): export writes shards + JSON; import_trained rebuilds the detector with
     exactly the exported weights; run(trained=...) evaluates it and, when the JSON names another
-    training device, labels the records with both machines and adds that machine's speed row."""
+    training device, labels the records with both machines and adds that machine's speed row.
+    The GPU protocol's metrics carry the "_gpu_protocol" suffix."""
     import gpu_handoff
     monkeypatch.setenv("EECS598_QUICK", "1")
     monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
-    info = gpu_handoff.export(kind, tmp_path / "out", "cpu", verbose=False)
+    info = gpu_handoff.export(kind, tmp_path / "out", "cpu", verbose=False, protocol=protocol)
+    assert info["protocol"] == protocol
     assert info["shards"] == [f"{kind}.shard0.pt"] and info["training_device_images_per_s"] > 0
     assert info["train"]["iters"] > 0
     trained = gpu_handoff.import_trained(kind, tmp_path / "out")
@@ -65,9 +69,11 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, tmp_path, monkeypatc
     path.write_text(json.dumps(doc))
     records = gpu_handoff.MODULES[kind].run("cpu", trained=gpu_handoff.import_trained(kind, tmp_path / "out"))
     metrics = {r["metric"]: r for r in records}
-    prefix = "fcos" if kind == "fcos" else "faster_rcnn"
-    assert {f"{prefix}_map50", f"{prefix}_images_per_s", f"{prefix}_images_per_s_training_device"} <= set(metrics)
-    assert metrics[f"{prefix}_map50"]["device"].startswith("NVIDIA H200 (test) (training); ")
-    assert metrics[f"{prefix}_images_per_s_training_device"]["device"] == "NVIDIA H200 (test)"
-    assert metrics[f"{prefix}_map50"]["details"]["trained_on"] == "NVIDIA H200 (test)"
-    assert 0 <= metrics[f"{prefix}_map50"]["value"] <= 100
+    name = "fcos" if kind == "fcos" else "faster_rcnn"
+    suffix = "" if protocol == "cpu" else "_gpu_protocol"
+    assert set(metrics) == {f"{name}_map50{suffix}", f"{name}_map50_voc07_11pt{suffix}",
+                            f"{name}_images_per_s{suffix}", f"{name}_images_per_s{suffix}_training_device"}
+    map50 = metrics[f"{name}_map50{suffix}"]
+    assert map50["device"].startswith("NVIDIA H200 (test) (training); ")
+    assert map50["details"]["trained_on"] == "NVIDIA H200 (test)" and 0 <= map50["value"] <= 100
+    assert metrics[f"{name}_images_per_s{suffix}_training_device"]["device"] == "NVIDIA H200 (test)"
