@@ -258,7 +258,7 @@ def ensemble_greedy(models, features, max_length=16, banned=()):
     """Greedy captions of an ensemble: at every step each CaptioningRNN (any mix of cell types,
     one vocabulary) gives its next-word distribution for the words chosen so far, and the word
     with the highest AVERAGE probability is taken (<NULL> after <END>). `banned`: token indices
-    never emitted. One model and no ban: exactly `sample_features`. Returns (N, max_length) int64."""
+    never emitted. One model and no ban: the captions of `sample_features`. Returns (N, max_length) int64."""
     for m in models:
         m.eval()
     first = models[0]
@@ -272,7 +272,7 @@ def ensemble_greedy(models, features, max_length=16, banned=()):
         for k, m in enumerate(models):
             logp, states[k] = decoder_step(m, states[k], word)
             logps.append(logp)
-        mean_logp = logps[0] if len(logps) == 1 else torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))
+        mean_logp = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))  # log of the mean probability
         word = _ban(mean_logp, banned).argmax(dim=1)
         captions[:, t] = torch.where(done, torch.full_like(word, first._null), word)
         done = done | (word == first._end)
@@ -281,24 +281,25 @@ def ensemble_greedy(models, features, max_length=16, banned=()):
     return captions
 
 
-def evaluate_ensemble(models, feats, references, idx_to_word, max_length=16, banned=(), batch_size=200):
-    """Ensemble greedy captions of `feats` and their corpus BLEU-1..4. Returns (scores, hypotheses)."""
-    device = next(models[0].parameters()).device
+def _decode_and_score(decode, device, feats, references, idx_to_word, batch_size):
+    """Captions of `feats` from `decode(features) -> word indices`, in batches, and their corpus
+    BLEU-1..4 against `references`. Returns (scores, hypotheses)."""
     hyps = []
     for i in range(0, len(feats), batch_size):
-        out = ensemble_greedy(models, feats[i:i + batch_size].to(device), max_length, banned)
-        hyps += [c.split() for c in rlc.decode_captions(out.cpu(), idx_to_word)]
+        hyps += [c.split() for c in rlc.decode_captions(decode(feats[i:i + batch_size].to(device)).cpu(), idx_to_word)]
     return bleu_scores(references, hyps), hyps
+
+
+def evaluate_ensemble(models, feats, references, idx_to_word, max_length=16, banned=(), batch_size=200):
+    """Ensemble greedy captions of `feats` and their corpus BLEU-1..4. Returns (scores, hypotheses)."""
+    return _decode_and_score(lambda f: ensemble_greedy(models, f, max_length, banned),
+                             next(models[0].parameters()).device, feats, references, idx_to_word, batch_size)
 
 
 def evaluate_beam(model, feats, references, idx_to_word, beam_size=3, max_length=16, batch_size=100, banned=()):
     """Beam-search captions of `feats` and their corpus BLEU-1..4. Returns (scores, hypotheses)."""
-    device = next(model.parameters()).device
-    hyps = []
-    for i in range(0, len(feats), batch_size):
-        out = beam_search(model, feats[i:i + batch_size].to(device), beam_size, max_length, banned)
-        hyps += [c.split() for c in rlc.decode_captions(out.cpu(), idx_to_word)]
-    return bleu_scores(references, hyps), hyps
+    return _decode_and_score(lambda f: beam_search(model, f, beam_size, max_length, banned),
+                             next(model.parameters()).device, feats, references, idx_to_word, batch_size)
 
 
 def evaluate_bleu(model, feats, references, idx_to_word, max_length):

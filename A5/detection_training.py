@@ -20,7 +20,8 @@ works (FCOS and FasterRCNN do).
     losses_from_cached_features    a detector's training losses from cached features
     train_loop                     SGD within an iteration/time budget (any batches, any losses)
     train_on_cached_features       train_loop on batches of cached features
-    metric_suffix / devices_label / handoff_details   records of a detector trained elsewhere
+    metric_suffix / devices_label / handoff_details / training_device_speed_record
+                                   records of a detector trained elsewhere
     save_sharded / load_sharded    a state dict in files of bounded size (gpu_handoff.py)
 
 Settings dicts `s` (the experiments' protocols) provide: learning_rate, weight_decay, max_iters,
@@ -37,6 +38,7 @@ from torch import nn
 
 import common
 from eecs598.data.voc import VOC2007Detection
+from eecs598.results import make_record
 from eecs598.utils import device_name, get_device
 
 
@@ -343,6 +345,14 @@ def handoff_details(out, device):
     return {"trained_on": out["device"], "evaluated_on": device_name(device),
             "training_torch_version": out.get("torch_version"),
             "training_device_images_per_s": out.get("training_device_images_per_s")}
+
+
+def training_device_speed_record(assignment, metric, out, unit, data, details):
+    """The record of the inference speed measured on the machine that trained `out` (a detector
+    trained elsewhere: gpu_handoff.export timed it there)."""
+    return make_record(assignment, metric, out["training_device_images_per_s"], unit, data, out["device"],
+                       out["training_device_eval_seconds"], reference=None,
+                       details={**details, "measured_on": out["training_device_speed_images"]})
 
 
 def save_sharded(state_dict, folder, name, max_bytes=15 * 2**20):

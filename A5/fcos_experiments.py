@@ -278,8 +278,6 @@ def run(device=None, trained=None):
                     DATA, device_name(device), phases["evaluation_s"], reference=None, details=details),
     ]
     if dt.handoff_details(out, device):  # trained elsewhere: that machine's inference speed too
-        records.append(make_record(
-            ASSIGNMENT, f"fcos_images_per_s{suffix}_training_device", out["training_device_images_per_s"],
-            "images/s (batch 1, incl. NMS)", DATA, out["device"], out["training_device_eval_seconds"],
-            reference=None, details={**details, "measured_on": out["training_device_speed_images"]}))
+        records.append(dt.training_device_speed_record(ASSIGNMENT, f"fcos_images_per_s{suffix}_training_device", out,
+                                                       "images/s (batch 1, incl. NMS)", DATA, details))
     return records

@@ -292,9 +292,7 @@ def run(device=None, trained=None):
                              "note": "model time only (data loading excluded), score_thresh 0.05"}),
     ]
     if dt.handoff_details(out, device):  # trained elsewhere: that machine's inference speed too
-        records.append(make_record(
-            ASSIGNMENT, f"faster_rcnn_images_per_s{suffix}_training_device", out["training_device_images_per_s"],
-            "images/s", DATA, out["device"], out["training_device_eval_seconds"], reference=None,
-            details={"protocol": s["protocol"], "measured_on": out["training_device_speed_images"],
-                     "note": "model time only (data loading excluded), score_thresh 0.05"}))
+        records.append(dt.training_device_speed_record(
+            ASSIGNMENT, f"faster_rcnn_images_per_s{suffix}_training_device", out, "images/s", DATA,
+            {"protocol": s["protocol"], "note": "model time only (data loading excluded), score_thresh 0.05"}))
     return records
