@@ -235,6 +235,21 @@ class FastConv(object):
         return max(1, min(N, budget // max(per_sample_bytes, 1)))
 
     @staticmethod
+    def _weight_grad(d2, cols):
+        """sum_i d2[i] @ cols[i]^T for d2 (n, F, M) and cols (n, K, M) -> (F, K). Per-sample
+        products summed afterwards write n * F * K numbers; one product over (sample, position)
+        first copies the n * (F + K) * M inputs into its layout. Take the cheaper: the batched
+        products for large maps, the single one for small maps with many channels (a ResNet's
+        4 x 4 stage, where the per-sample products would write gigabytes at batch 512)."""
+        n, F, M = d2.shape
+        K = cols.shape[1]
+        if n > 1 and M * (F + K) < F * K:
+            return torch.tensordot(d2, cols, dims=([0, 2], [0, 2]))
+        if n == 1:
+            return d2[0] @ cols[0].t()
+        return torch.bmm(d2, cols.transpose(1, 2)).sum(dim=0)
+
+    @staticmethod
     def _wide_cols(xp, KH, KW, M):
         """(n, C, Hp + 1, Wp) padded buffer -> (n, C*KH*KW, M) columns on the wide grid."""
         n, C, _, Wp = xp.shape
@@ -307,10 +322,7 @@ class FastConv(object):
                 dwide[:n, :, :, :Wo] = dout[i:i + n]
                 d2 = dwide[:n].view(n, F, M)
                 cols = FastConv._wide_cols(xp[i:i + n], KH, KW, M)
-                if n == 1:
-                    dw.addmm_(d2[0], cols[0].t())
-                else:
-                    dw += torch.bmm(d2, cols.transpose(1, 2)).sum(dim=0)
+                dw += FastConv._weight_grad(d2, cols)
                 dcols = torch.matmul(w2t, d2).view(n, C, KH * KW, M)
                 flat = dxp[i:i + n].view(n, C, -1)
                 for kh in range(KH):
@@ -322,10 +334,7 @@ class FastConv(object):
                 n = min(chunk, N - i)
                 d2 = dout[i:i + n].reshape(n, F, Ho * Wo)
                 cols = FastConv._strided_cols(xp[i:i + n], KH, KW, stride)
-                if n == 1:
-                    dw.addmm_(d2[0], cols[0].t())
-                else:
-                    dw += torch.bmm(d2, cols.transpose(1, 2)).sum(dim=0)
+                dw += FastConv._weight_grad(d2, cols)
                 dcols = torch.matmul(w2t, d2).view(n, C, KH, KW, Ho, Wo)
                 dxi = dxp[i:i + n]
                 for kh in range(KH):

@@ -29,7 +29,7 @@ import torch
 
 import eecs598
 from convolutional_networks import FastConv, FastMaxPool, SpatialBatchNorm
-from eecs598.utils import timer
+from eecs598.utils import fp32_precision, timer
 from fully_connected_networks import Linear, ReLU
 
 CONV = {"stride": 1, "pad": 1}
@@ -270,13 +270,9 @@ def train_resnet(model, data, config, seed=0, verbose=False, print_every=50):
     configs = {k: {"learning_rate": 0.0, "momentum": config["momentum"],
                    "weight_decay": config["weight_decay"] if (k.endswith(".w")) else 0.0}
                for k in model.params}
-    tf32 = None
-    if X.device.type == "cuda" and config.get("allow_tf32"):
-        tf32 = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
     losses = []
     step = 0
-    try:
+    with fp32_precision("tf32" if config.get("allow_tf32") else "ieee"):
         with timer() as t_train:
             for epoch in range(config["epochs"]):
                 Xa = augment(X, config["crop_pad"], config["flip"], generator)
@@ -298,9 +294,6 @@ def train_resnet(model, data, config, seed=0, verbose=False, print_every=50):
             scores = predict(model, data["X_test"], tta=config["tta"], batch=config["eval_batch"])
             plain = scores if not config["tta"] else predict(model, data["X_test"], tta=False,
                                                              batch=config["eval_batch"])
-    finally:
-        if tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = tf32
     acc = (scores.argmax(dim=1) == data["y_test"]).float().mean().item()
     acc_plain = (plain.argmax(dim=1) == data["y_test"]).float().mean().item()
     return {"test_acc": acc, "test_acc_no_tta": acc_plain, "train_seconds": t_train.seconds,

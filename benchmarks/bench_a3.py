@@ -15,6 +15,9 @@ PyTorch's own kernels). Also:
 
 Timings are medians over `--repeats` runs; ours and torch are measured alternately, so a
 change of machine load affects both alike. CUDA runs when available (or when asked for).
+On CUDA both sides run float32 in one precision, `--fp32 ieee` (default) or `tf32`: by default
+PyTorch runs cuDNN convolutions in TF32 but matrix products (which our conv is made of) in
+full float32, which would compare precisions rather than code.
 Quick mode (EECS598_QUICK=1) shrinks the batch to 16 and the repeats to 3.
 With --json, the figures are written as result records (eecs598.results.make_record,
 assignment "A3"), which benchmarks/run_all.py merges into results/.
@@ -36,7 +39,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import eecs598  # noqa: E402
 from eecs598.results import make_record  # noqa: E402
-from eecs598.utils import device_name  # noqa: E402
+from eecs598.utils import device_name, fp32_precision  # noqa: E402
 
 DATA = "synthetic random tensors"
 
@@ -215,6 +218,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="batch size N (default 128; quick mode 16)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write result records to this JSON file")
+    parser.add_argument("--fp32", choices=("ieee", "tf32"), default="ieee",
+                        help="CUDA float32 precision of both sides' matmuls and convolutions (default ieee)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -223,43 +228,52 @@ def main(argv=None):
     N = args.batch or eecs598.pick(full=128, quick=16)
 
     records = []
-    for name in devices:
-        device = torch.device(name)
-        where = device_name(device)
-        threads = torch.get_num_threads() if device.type == "cpu" else None
-        print(f"== {where} (batch {N}, median of {repeats}"
-              + (f", {threads} CPU threads" if threads else "") + ")", flush=True)
-        base = {"batch": N, "repeats": repeats, "dtype": "float32"}
-        if threads:
-            base["cpu_threads"] = threads
-        tag = device.type
-        for op, ours, ref, shape, (fo, fr), seconds in op_benchmarks(device, N, repeats):
-            print(f"   {op:10s} fwd+bwd: ours {1e3 * ours:8.2f} ms  torch {1e3 * ref:8.2f} ms  "
-                  f"ratio {ours / ref:5.2f}x   (forward only: {fo / fr:5.2f}x)", flush=True)
-            records.append(make_record(
-                "A3", f"bench_{op}_fwd_bwd_ratio_vs_torch_{tag}", ours / ref, "x (ours / torch time)", DATA,
-                where, seconds, details={**base, "shape": shape, "ours_ms": 1e3 * ours, "torch_ms": 1e3 * ref,
-                                         "forward_ratio": fo / fr, "forward_ours_ms": 1e3 * fo,
-                                         "forward_torch_ms": 1e3 * fr}))
-        start = time.perf_counter()
-        naive, fast, shape = naive_vs_fast(device, repeats)
-        seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        print(f"   naive Conv {1e3 * naive:8.1f} ms  FastConv {1e3 * fast:8.2f} ms  speed-up {naive / fast:7.0f}x",
-              flush=True)
-        records.append(make_record("A3", f"bench_conv_naive_vs_fast_speedup_{tag}", naive / fast,
-                                   "x (naive / fast time)", DATA, where, seconds,
-                                   details={**base, "shape": shape, "naive_ms": 1e3 * naive,
-                                            "fast_ms": 1e3 * fast, "batch": 4}))
-        ours, ref, what = training_step(device, N, repeats)
-        seconds = time.perf_counter() - start
-        print(f"   DeepConvNet step: ours {1e3 * ours:8.1f} ms  torch.nn {1e3 * ref:8.1f} ms  "
-              f"ratio {ours / ref:5.2f}x", flush=True)
-        records.append(make_record("A3", f"bench_deepconvnet_step_ratio_vs_torch_nn_{tag}", ours / ref,
-                                   "x (ours / torch time)", DATA, where, seconds,
-                                   details={**base, "model": what, "ours_ms": 1e3 * ours, "torch_ms": 1e3 * ref}))
+    with fp32_precision(args.fp32):
+        for name in devices:
+            records += _benchmark_device(torch.device(name), N, repeats, args.fp32)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
+    return records
+
+
+def _benchmark_device(device, N, repeats, fp32):
+    """Every benchmark on one device; returns its result records."""
+    records = []
+    where = device_name(device)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    print(f"== {where} (batch {N}, median of {repeats}"
+          + (f", {threads} CPU threads" if threads else "") + ")", flush=True)
+    base = {"batch": N, "repeats": repeats, "dtype": "float32"}
+    if threads:
+        base["cpu_threads"] = threads
+    if device.type == "cuda":
+        base["fp32_precision"] = fp32
+    tag = device.type
+    for op, ours, ref, shape, (fo, fr), seconds in op_benchmarks(device, N, repeats):
+        print(f"   {op:10s} fwd+bwd: ours {1e3 * ours:8.2f} ms  torch {1e3 * ref:8.2f} ms  "
+              f"ratio {ours / ref:5.2f}x   (forward only: {fo / fr:5.2f}x)", flush=True)
+        records.append(make_record(
+            "A3", f"bench_{op}_fwd_bwd_ratio_vs_torch_{tag}", ours / ref, "x (ours / torch time)", DATA,
+            where, seconds, details={**base, "shape": shape, "ours_ms": 1e3 * ours, "torch_ms": 1e3 * ref,
+                                     "forward_ratio": fo / fr, "forward_ours_ms": 1e3 * fo,
+                                     "forward_torch_ms": 1e3 * fr}))
+    start = time.perf_counter()
+    naive, fast, shape = naive_vs_fast(device, repeats)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    print(f"   naive Conv {1e3 * naive:8.1f} ms  FastConv {1e3 * fast:8.2f} ms  speed-up {naive / fast:7.0f}x",
+          flush=True)
+    records.append(make_record("A3", f"bench_conv_naive_vs_fast_speedup_{tag}", naive / fast,
+                               "x (naive / fast time)", DATA, where, seconds,
+                               details={**base, "shape": shape, "naive_ms": 1e3 * naive,
+                                        "fast_ms": 1e3 * fast, "batch": 4}))
+    ours, ref, what = training_step(device, N, repeats)
+    seconds = time.perf_counter() - start
+    print(f"   DeepConvNet step: ours {1e3 * ours:8.1f} ms  torch.nn {1e3 * ref:8.1f} ms  "
+          f"ratio {ours / ref:5.2f}x", flush=True)
+    records.append(make_record("A3", f"bench_deepconvnet_step_ratio_vs_torch_nn_{tag}", ours / ref,
+                               "x (ours / torch time)", DATA, where, seconds,
+                               details={**base, "model": what, "ours_ms": 1e3 * ours, "torch_ms": 1e3 * ref}))
     return records
 
 

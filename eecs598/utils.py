@@ -73,6 +73,33 @@ def timer():
         elapsed.seconds = time.perf_counter() - start
 
 
+@contextmanager
+def fp32_precision(mode):
+    """Within the block, float32 matrix products (torch.matmul & co.) and cuDNN convolutions on
+    CUDA run in `mode`: "ieee" (full float32) or "tf32" (tensor-core TF32). PyTorch's defaults
+    differ (matmul "ieee", cuDNN conv "tf32"), which would make a from-scratch conv built on
+    matmul look slower than `F.conv2d` for a difference of precision, not of code. Uses
+    PyTorch's per-backend `fp32_precision` flags (never mixed with the legacy `allow_tf32`
+    flags, which PyTorch rejects; those only before PyTorch 2.9), restoring them afterwards;
+    no effect on the CPU."""
+    if mode not in ("ieee", "tf32"):
+        raise ValueError(f"mode must be 'ieee' or 'tf32', not {mode!r}")
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # PyTorch >= 2.9
+        flags = [(torch.backends.cuda.matmul, "fp32_precision", mode),
+                 (torch.backends.cudnn.conv, "fp32_precision", mode)]
+    else:
+        flags = [(torch.backends.cuda.matmul, "allow_tf32", mode == "tf32"),
+                 (torch.backends.cudnn, "allow_tf32", mode == "tf32")]
+    before = [getattr(obj, name) for obj, name, _ in flags]
+    for obj, name, value in flags:
+        setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for (obj, name, _), value in zip(flags, before):
+            setattr(obj, name, value)
+
+
 def median_time(fn, repeats, warmup=1):
     """Time `fn()` `repeats` times after `warmup` untimed calls (CUDA synchronized).
 

@@ -45,7 +45,8 @@ def test_hello(capsys):
 # Convolution: naive and fast vs torch.nn.functional.conv2d + autograd (float64)
 # ---------------------------------------------------------------------------------------
 # (N, C, H, W, F, HH, WW, stride, pad): strides 1, 2, 3; pads 0, 1, 2; odd and non-square
-# inputs and kernels; 1x1 kernels; a kernel as large as the padded input.
+# inputs and kernels; 1x1 kernels; a kernel as large as the padded input; the last two have
+# many channels on tiny maps, so FastConv's weight gradient takes its one-product path.
 CONV_CASES = [
     (2, 3, 7, 9, 4, 3, 3, 1, 1),
     (2, 3, 8, 5, 2, 3, 2, 2, 0),
@@ -56,6 +57,8 @@ CONV_CASES = [
     (2, 4, 5, 6, 3, 2, 3, 1, 0),
     (2, 3, 7, 7, 2, 7, 7, 1, 0),
     (3, 2, 6, 9, 2, 3, 5, 2, 1),
+    (3, 16, 2, 3, 16, 3, 3, 1, 1),
+    (3, 16, 4, 4, 16, 3, 3, 2, 1),
 ]
 CONV_IDS = ["N{}C{}_{}x{}_F{}_k{}x{}_s{}_p{}".format(*c) for c in CONV_CASES]
 
