@@ -191,6 +191,20 @@ class SelfAttention(nn.Module):
         return y
 
 
+def _batch_mask(mask):
+    """An attention mask as (N, K_q, K_k) or (1, K_q, K_k): a 2-D (K_q, K_k) mask gets a leading
+    batch axis of 1 (it then broadcasts over the samples, and over the heads after the head axis
+    is inserted at dim 1). Any rank other than 2 or 3 raises ValueError: a mask that only
+    broadcasts would otherwise be matched against the wrong axes (e.g. the heads)."""
+    if mask is None:
+        return None
+    if mask.dim() == 2:
+        return mask[None]
+    if mask.dim() != 3:
+        raise ValueError(f"attention mask must be (N, K_q, K_k) or (K_q, K_k), got shape {tuple(mask.shape)}")
+    return mask
+
+
 class MultiHeadAttention(nn.Module):
     """`num_heads` SelfAttention heads SelfAttention(dim_in, dim_out, dim_out) side by side,
     concatenated to num_heads * dim_out features and projected back to dim_in by
@@ -225,8 +239,10 @@ class MultiHeadAttention(nn.Module):
         return F.linear(x, weight, bias).view(N, K, self.num_heads, -1).transpose(1, 2)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor = None) -> Tensor:
-        """query (N, K_q, dim_in), key/value (N, K_k, dim_in), mask (N, K_q, K_k) -> (N, K_q, dim_in)."""
+        """query (N, K_q, dim_in), key/value (N, K_k, dim_in), mask (N, K_q, K_k) or (K_q, K_k)
+        (the same mask for every sample, as torch.nn.MultiheadAttention accepts) -> (N, K_q, dim_in)."""
         y = None
+        mask = _batch_mask(mask)  # None or (N or 1, K_q, K_k)
         ### BEGIN SOLUTION
         ### HINT: run every head (or all at once), concatenate along the last dimension, then self.proj.
         q, k, v = self._project(query, "q"), self._project(key, "k"), self._project(value, "v")

@@ -175,6 +175,35 @@ def test_multi_head_attention_vs_torch(masked):
     assert_close(mha.proj(loop), ref_y, TOL, "loop over heads")
 
 
+def test_multi_head_attention_2d_mask_broadcasts_over_batch():
+    """A (K_q, K_k) mask is the same mask for every sample (as nn.MultiheadAttention's 2-D
+    attn_mask). K_q == num_heads (the headline's answer length 4 with 4 heads), where a mask
+    broadcast over the head axis instead of the batch would pass unnoticed by shape checks."""
+    N, K, E, H = 3, 4, 16, 4
+    torch.manual_seed(0)
+    mha = at.MultiHeadAttention(H, E, E // H).to(DT)
+    ref = nn.MultiheadAttention(E, H, batch_first=True, dtype=DT)
+    _load_mha(ref, mha)
+    x = _randn(N, K, E, seed=1)
+    causal = torch.triu(torch.ones(K, K, dtype=torch.bool), diagonal=1)  # True = not allowed
+    y2 = mha(x, x, x, causal)
+    w2 = mha.weights_softmax.clone()
+    y3 = mha(x, x, x, causal.expand(N, K, K))
+    assert_close(y2, y3, TOL, "2-D mask vs the same mask expanded to (N, K_q, K_k)")
+    assert_close(w2, mha.weights_softmax, TOL, "attention weights, 2-D vs 3-D mask")
+    assert torch.all(w2[:, :, causal] == 0)
+    ref_y, _ = ref(x, x, x, attn_mask=causal)
+    assert_close(y2, ref_y, TOL, "2-D mask vs nn.MultiheadAttention")
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 3, 4, 4)])
+def test_multi_head_attention_rejects_other_mask_ranks(shape):
+    mha = at.MultiHeadAttention(4, 16, 4)
+    x = torch.randn(3, 4, 16)
+    with pytest.raises(ValueError, match="attention mask"):
+        mha(x, x, x, torch.zeros(shape, dtype=torch.bool))
+
+
 def test_per_head_width_in_encoder_and_decoder():
     enc, dec = at.EncoderBlock(4, 64, 32, 0.0), at.DecoderBlock(4, 64, 32, 0.0)
     for mha in (enc.attention, dec.attention_self, dec.attention_cross):
