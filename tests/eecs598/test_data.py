@@ -367,6 +367,15 @@ def test_caption_folder_errors(isolated_data):
     assert caption_folder("mycaps") == [(folder / "Images" / "a.jpg", ["hello, world"])]
 
 
+def test_caption_loaders_are_exported():
+    """The package exports every loader the assignments' READMEs name (A4: eecs598.data.caption_dataset)."""
+    import eecs598.data
+    from eecs598.data import text
+
+    for name in ("caption_folder", "caption_dataset", "coco_captions", "arithmetic_expressions"):
+        assert getattr(eecs598.data, name) is getattr(text, name)
+
+
 @pytest.mark.skipif(not shared_data_available("flickr8k-1k"), reason="Flickr8k subset not in $EECS598_DATA")
 def test_caption_folder_real_copy():
     items = caption_folder("flickr8k-1k")
