@@ -44,6 +44,8 @@ class RemoteFile:
     sha256 / md5: checksum of the file as stored; ``content_md5`` is the md5 of the
         gunzipped content for .gz files, so that a re-compressed copy with identical
         content is accepted too.
+    mismatch_hint: what to do when a local copy fails the checksum, where "delete it and
+        fetch it again" does not apply (e.g. a file with no URL that pins one particular copy).
     """
 
     name: str
@@ -52,6 +54,7 @@ class RemoteFile:
     md5: Optional[str] = None
     content_md5: Optional[str] = None
     size: Optional[int] = None
+    mismatch_hint: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,15 @@ REGISTRY: Dict[str, Dataset] = {
         "https://www.kaggle.com/datasets/adityajn105/flickr8k",
         _files(
             RemoteFile("captions.txt",
-                       sha256="2e68c3e276f88a5193bf14b6dfac49db12a449fb7f988405875d9d16fed7d608"),
+                       sha256="2e68c3e276f88a5193bf14b6dfac49db12a449fb7f988405875d9d16fed7d608",
+                       mismatch_hint=(
+                           "The dataset name 'flickr8k-1k' expects the project's 1,000-image subset of "
+                           "Flickr8k (its captions.txt, 5,000 captions), not the full Kaggle Flickr8k or "
+                           "another copy; it has no download URL. To use another image folder (e.g. all "
+                           "8,091 Flickr8k photos), put its Images/*.jpg and captions.txt (CSV header "
+                           "'image,caption') under a different name, $EECS598_DATA/<name>/, and load it "
+                           "with eecs598.data.caption_dataset('<name>') (unregistered names are not "
+                           "checksummed).")),
         ),
     ),
 }
@@ -219,9 +230,10 @@ def verify_file(path, spec: RemoteFile):
         checks.append(("md5", spec.md5, file_digest(path, "md5")))
     for what, expected, found in checks:
         if expected != found:
-            raise DataError(f"{path}: {what} mismatch: expected {expected}, found {found}. "
-                            "The file is corrupt, truncated or a different version; "
-                            "delete it and fetch it again.")
+            advice = spec.mismatch_hint or ("The file is corrupt, truncated or a different version; "
+                                            + ("delete it and fetch it again." if spec.urls else
+                                               "replace it with the right copy (it has no download URL)."))
+            raise DataError(f"{path}: {what} mismatch: expected {expected}, found {found}. {advice}")
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(fingerprint))
 

@@ -367,6 +367,31 @@ def test_caption_folder_errors(isolated_data):
     assert caption_folder("mycaps") == [(folder / "Images" / "a.jpg", ["hello, world"])]
 
 
+def test_flickr8k_1k_checksum_mismatch_explains_the_subset(isolated_data):
+    """A different captions.txt (e.g. the full Kaggle Flickr8k's) under flickr8k-1k: there is
+    nothing to fetch again, so the message says which copy the name expects and how to load
+    another folder under another name (which then loads, unchecksummed)."""
+    for name in ("flickr8k-1k", "flickr8k-full"):
+        (isolated_data / name / "Images").mkdir(parents=True)
+        (isolated_data / name / "Images" / "a.jpg").write_bytes(b"")
+        (isolated_data / name / "captions.txt").write_text("image,caption\na.jpg,a dog runs\n")
+    with pytest.raises(DataError) as err:
+        caption_folder("flickr8k-1k")
+    msg = str(err.value)
+    assert "sha256 mismatch" in msg and "fetch it again" not in msg
+    assert "1,000-image subset" in msg and "different name" in msg and "caption_dataset('<name>')" in msg
+    assert caption_folder("flickr8k-full") == [(isolated_data / "flickr8k-full" / "Images" / "a.jpg", ["a dog runs"])]
+
+
+def test_mismatch_of_a_file_without_url_does_not_say_fetch_again(isolated_data, monkeypatch):
+    (isolated_data / "toy").mkdir()
+    (isolated_data / "toy" / "blob.bin").write_bytes(b"x")
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", sha256="0" * 64)])
+    with pytest.raises(DataError, match="no download URL") as err:
+        store.fetch("toy", "blob.bin")
+    assert "fetch it again" not in str(err.value)
+
+
 def test_caption_loaders_are_exported():
     """The package exports every loader the assignments' READMEs name (A4: eecs598.data.caption_dataset)."""
     import eecs598.data
