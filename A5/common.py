@@ -20,7 +20,8 @@ Differences from the reference solutions (on purpose):
   double precision as the C++ kernel does). The reference's NMS disagreed on 18.8% of boxes;
 * `class_spec_nms` runs `nms` per class (no torchvision, no coordinate-offset trick);
 * `train_detector` has warmup, gradient clipping, checkpoint/resume and a time limit, never
-  hard-codes CUDA, and syncs with the device only when it logs;
+  hard-codes CUDA, and reads the losses back only when it logs (a detector's own forward pass
+  may still synchronize: the RPN's proposals go through NMS and data-dependent shapes);
 * evaluation is a from-scratch VOC mAP (`eecs598.detection_eval`), replacing the external
   Cartucho script that never ran in the reference.
 """
@@ -320,8 +321,9 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
     `detector(images, gt_boxes)` in train mode. Gradients are clipped to norm `grad_clip`
     (None: off). `augment` flips batches horizontally at random (`random_hflip`).
 
-    The device is synchronized only every `log_period` iterations (one `.tolist()` of the
-    detached losses); nothing else calls `.item()`. With `checkpoint_path`, model, optimizer,
+    The loop reads the losses back only every `log_period` iterations (one `.tolist()` of the
+    detached losses); the detector's forward pass may synchronize on its own (Faster R-CNN's
+    proposals: NMS and data-dependent shapes). With `checkpoint_path`, model, optimizer,
     scheduler, iteration and loss history are saved every `checkpoint_period` iterations and at
     the end, and a run restarted with the same path resumes where it stopped. Training stops
     early once `time_limit` seconds have passed. `autocast_dtype` (e.g. torch.bfloat16 on CUDA)
@@ -329,7 +331,9 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
 
     Returns:
         dict(loss_history=[float per iteration], iters=int (iterations done in total),
-             seconds=float (wall time of this call), stopped_early=bool, lr=float (final rate))
+             seconds=float (wall training time, summed over a resumed run's parts),
+             resumed_at_s=float (training seconds done before this call; 0 for a fresh run),
+             stopped_early=bool, lr=float (final rate))
     """
     device = torch.device(device)
     detector.to(device)
@@ -413,8 +417,8 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
     if pending:
         loss_history.extend(torch.stack(pending).tolist())
     checkpoint(it)
-    return {"loss_history": loss_history, "iters": it, "seconds": time.time() - t0,
-            "stopped_early": stopped_early, "lr": optimizer.param_groups[0]["lr"]}
+    return {"loss_history": loss_history, "iters": it, "seconds": clock["before"] + time.time() - t0,
+            "resumed_at_s": clock["before"], "stopped_early": stopped_early, "lr": optimizer.param_groups[0]["lr"]}
 
 
 # ----------------------------------------------------------------------------- inference

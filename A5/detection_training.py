@@ -198,8 +198,8 @@ def train_loop(detector, next_batch, loss_fn, s, device, log_period=50, verbose=
     Each iteration: learning rate s["learning_rate"] * lr_factor(...); `inputs, gt =
     next_batch()`; `losses = loss_fn(inputs, gt)` (a dict) under `autocast_for(s, device)`;
     the sum of its "loss*" entries is minimized, gradient norm clipped to
-    s.get("grad_clip", 10.0) (None or 0: no clipping). The device is synchronized only every
-    `log_period` iterations (and at iteration 1).
+    s.get("grad_clip", 10.0) (None or 0: no clipping). The loop reads the losses back only
+    every `log_period` iterations (and at iteration 1); `loss_fn` may synchronize on its own.
 
     With `checkpoint_path`, model, optimizer, `generator` state (the batch sampler's, if given),
     iteration, elapsed training time and history are saved every `checkpoint_period` iterations
@@ -207,8 +207,10 @@ def train_loop(detector, next_batch, loss_fn, s, device, log_period=50, verbose=
     on iteration and elapsed time, so it continues too).
 
     Returns dict(loss_history [total loss per iteration], loss_parts {name: [per iteration]},
-    log_period, iters, seconds (wall, this call), cpu_seconds (CPU time of this process in this
-    call: on a shared CPU it tells how much of the wall-clock budget the run really got)).
+    log_period, iters, seconds (wall training time, summed over a resumed run's parts),
+    resumed_at_s (training seconds already done when this call resumed; 0 for a fresh run),
+    cpu_seconds (CPU time of this process in this call: on a shared CPU it tells how much of
+    the wall-clock budget the run really got)).
     """
     device = get_device(device)
     params = [p for p in detector.parameters() if p.requires_grad]
@@ -283,7 +285,7 @@ def train_loop(detector, next_batch, loss_fn, s, device, log_period=50, verbose=
         flush()
     save()
     return {"loss_history": history, "loss_parts": parts, "log_period": log_period, "iters": it,
-            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu_start}
+            "seconds": elapsed(), "resumed_at_s": elapsed_before, "cpu_seconds": time.process_time() - cpu_start}
 
 
 def train_on_cached_features(detector, cache, s, device, seed=0, log_period=50, verbose=True,
@@ -358,7 +360,8 @@ def training_device_speed_record(assignment, metric, out, unit, data, details):
 def save_sharded(state_dict, folder, name, max_bytes=15 * 2**20):
     """Save a state dict as <folder>/<name>.shard<k>.pt files of at most about `max_bytes` each
     (whole tensors per file; a tensor larger than max_bytes gets a file of its own), moved to the
-    CPU. Returns the file paths."""
+    CPU. Shards of an earlier, larger save under the same name are deleted, so `load_sharded`
+    never mixes old tensors in. Returns the file paths."""
     os.makedirs(folder, exist_ok=True)
     shards, size = [{}], 0
     for key, value in state_dict.items():
@@ -372,6 +375,10 @@ def save_sharded(state_dict, folder, name, max_bytes=15 * 2**20):
     for k, shard in enumerate(shards):
         paths.append(os.path.join(folder, f"{name}.shard{k}.pt"))
         torch.save(shard, paths[-1])
+    k = len(shards)
+    while os.path.exists(stale := os.path.join(folder, f"{name}.shard{k}.pt")):
+        os.remove(stale)
+        k += 1
     return paths
 
 

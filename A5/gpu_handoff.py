@@ -49,7 +49,7 @@ def measure_speed(kind, out, device):
     images = dt.load_voc("train", min(SPEED_IMAGES, out["num_train"]))
     t0 = time.time()
     if kind == "fcos":
-        result = fcos_experiments.evaluate(detector, images, device, s, verbose=False)
+        result = fcos_experiments.evaluate(detector, images, device, verbose=False)
     else:
         result = common.evaluate_detector(detector, images, s["score_thresh"], s["nms_thresh"], device=device,
                                           num_classes=rcnn_experiments.NUM_CLASSES, verbose=False,

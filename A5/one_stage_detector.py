@@ -327,8 +327,7 @@ class FCOS(nn.Module):
 
         num_images = gt_boxes.shape[0]
         fg = matched_boxes[:, :, 4] != -1  # (B, L)
-        num_fg_per_image = fg.sum().item() / num_images
-        self._normalizer.mul_(0.9).add_(0.1 * num_fg_per_image)
+        self._normalizer.mul_(0.9).add_(0.1 * fg.sum() / num_images)  # on the device: no sync
 
         gt_classes = matched_boxes[:, :, 4].long()
         cls_targets = F.one_hot(gt_classes + 1, self.num_classes + 1)[:, :, 1:].to(pred_cls.dtype)
@@ -341,7 +340,7 @@ class FCOS(nn.Module):
         loss_ctr = F.binary_cross_entropy_with_logits(pred_ctr, ctr_targets.clamp(min=0),
                                                       reduction="none") * fg_f
         ### END SOLUTION
-        normalizer = self._normalizer.item() * num_images
+        normalizer = self._normalizer * num_images
         return {"loss_cls": loss_cls.sum() / normalizer, "loss_box": loss_box.sum() / normalizer,
                 "loss_ctr": loss_ctr.sum() / normalizer}
 

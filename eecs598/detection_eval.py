@@ -19,6 +19,10 @@ Protocol (the official VOC devkit's, `VOCevaldet.m` / `voc_eval.py`):
 Differences from other tools, on purpose and documented:
 * boxes are continuous pixel coordinates: area = (x2 - x1) * (y2 - y1), no "+1" (the VOC devkit
   adds 1 pixel to widths and heights because its boxes are integer pixel indices);
+* 11-point AP counts a recall that is exactly t (for example 3 of 10 GT boxes at t = 0.3); the
+  devkit's Python port compares with `np.arange(0, 1.1, 0.1)`, whose 0.30000000000000004,
+  0.6000000000000001 and 0.7000000000000001 such a recall misses. The two differ only when a
+  class's recall lands exactly on 0.3, 0.6 or 0.7;
 * pycocotools (COCOeval) matches each detection to the best *still unmatched* GT with
   IoU >= threshold (VOC: the best GT overall, strict >), interpolates precision at 101 recall
   points (VOC: all points), and caps detections per image with `maxDets`. On realistic

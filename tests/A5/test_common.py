@@ -317,6 +317,7 @@ def test_train_detector_runs_and_resumes(tmp_path, capsys):
     fresh = _ToyDetector()  # a new process would start from a new model
     second = common.train_detector(fresh, loader, checkpoint_path=ckpt, **kwargs)
     assert second["iters"] == 12 and len(second["loss_history"]) == 12
+    assert second["resumed_at_s"] > 0 and second["seconds"] >= second["resumed_at_s"]  # total training time
     for a, b in zip(straight.parameters(), fresh.parameters()):
         assert_close(b, a, 1e-6, "resumed weights vs straight run")
 

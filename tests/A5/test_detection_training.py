@@ -147,10 +147,13 @@ def test_train_loop_history_and_checkpoint_resume(tmp_path):
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
         _loop_run(_Linear(), ckpt, fail_at=8)  # checkpoint written at iteration 5
-    assert torch.load(ckpt, weights_only=False)["iteration"] == 5
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["iteration"] == 5
     resumed = _Linear()  # a new process starts from a new model
     again = _loop_run(resumed, ckpt)
     assert again["iters"] == 12 and len(again["loss_history"]) == 12
+    # the training time counts the part before the interruption too
+    assert again["resumed_at_s"] == pytest.approx(saved["elapsed"]) and again["seconds"] >= saved["elapsed"] > 0
     assert_close(torch.tensor(again["loss_history"]), torch.tensor(out["loss_history"]), 1e-6, "history")
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert_close(b, a, 1e-6, "resumed weights vs straight run")
@@ -210,3 +213,23 @@ def test_bf16_policy(monkeypatch):
     assert dt.use_bf16({"amp_bf16": "auto"}, "cpu") and not dt.use_bf16({}, "cpu")
     with dt.autocast_for({}, "cpu"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_fcos_end_to_end_batches_come_from_the_checkpointed_generator(monkeypatch):
+    """The GPU protocol's batches and flips are drawn from the generator that train_loop
+    checkpoints: restoring its state replays the same batch, whatever the global RNG does."""
+    import fcos_experiments as fx
+    captured = {}
+    monkeypatch.setattr(dt, "train_loop", lambda *a, **k: captured.update(next_batch=a[1], **k))
+    images = torch.rand(6, 3, 8, 8)
+    gts = torch.rand(6, 2, 5) * 8
+    fx.train_end_to_end(torch.nn.Linear(1, 1), images, gts, {"batch_size": 4}, "cpu")
+    generator, next_batch = captured["generator"], captured["next_batch"]
+    state = generator.get_state()
+    x1, gt1 = next_batch()
+    torch.manual_seed(123)  # the global RNG must not matter
+    generator.set_state(state)
+    x2, gt2 = next_batch()
+    assert torch.equal(x1, x2) and torch.equal(gt1, gt2)
+    x3, _ = next_batch()
+    assert not torch.equal(x1, x3)

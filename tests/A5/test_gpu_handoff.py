@@ -32,6 +32,18 @@ def test_sharded_state_dict_round_trip_respects_the_size_limit(tmp_path):
         dt.load_sharded(tmp_path, "faster_rcnn")
 
 
+def test_a_smaller_save_into_the_same_folder_leaves_no_old_shards(tmp_path):
+    """Saving fewer shards over an earlier save under the same name must not let load_sharded
+    mix the old tensors in."""
+    old = {f"w{i}": torch.full((256,), float(i)) for i in range(4)}
+    assert len(dt.save_sharded(old, tmp_path, "m", max_bytes=1024)) == 4
+    new = {"w0": torch.full((256,), 10.0), "w1": torch.full((256,), 11.0)}
+    assert len(dt.save_sharded(new, tmp_path, "m", max_bytes=1024)) == 2
+    loaded = dt.load_sharded(tmp_path, "m")
+    assert list(loaded) == ["w0", "w1"] and loaded["w1"][0] == 11.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.shard0.pt", "m.shard1.pt"]
+
+
 def test_metric_suffix_and_device_labels():
     assert dt.metric_suffix("cpu") == "" and dt.metric_suffix("gpu") == "_gpu_protocol"
     assert dt.metric_suffix("cuda") == "_gpu_protocol"
