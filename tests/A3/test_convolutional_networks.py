@@ -599,8 +599,26 @@ def test_fast_layers_follow_device_and_dtype(device, dtype):
     for t in (out, *grads, pooled, dpool, normed, *dbn):
         assert t.dtype == dtype and t.device.type == torch.device(device).type
     tol = 1e-4 if dtype == torch.float32 else 1e-10
-    ref = F.conv2d(x.double().cpu(), w.double().cpu(), b.double().cpu(), padding=1)
-    assert_close(out.double().cpu(), ref, tol, "conv forward")
+    # values against torch.nn.functional + autograd in float64 on the CPU: the device's code
+    # paths (e.g. the CUDA branch of the batch-norm statistics) are checked, not only shapes
+    xr, wr, br = (t.detach().double().cpu().requires_grad_() for t in (x, w, b))
+    ref = F.conv2d(xr, wr, br, padding=1)
+    ref_grads = torch.autograd.grad(ref, (xr, wr, br), torch.ones_like(ref))
+    assert_close(out.double().cpu(), ref.detach(), tol, "conv forward")
+    for got, want, name in zip(grads, ref_grads, ("dx", "dw", "db")):
+        assert_close(got.double().cpu(), want, tol, f"conv {name}")
+    o = out.detach().double().cpu().requires_grad_()
+    ref_pool = F.max_pool2d(o, 2, 2)
+    assert_close(pooled.double().cpu(), ref_pool.detach(), tol, "pool forward")
+    assert_close(dpool.double().cpu(), torch.autograd.grad(ref_pool, o, torch.ones_like(ref_pool))[0], tol,
+                 "pool backward")
+    dout_bn = torch.linspace(-1, 1, o.numel(), dtype=torch.float64).reshape(o.shape)
+    normed, bcache = cn.SpatialBatchNorm.forward(out, torch.ones(4, dtype=dtype, device=device),
+                                                 torch.zeros(4, dtype=dtype, device=device), {"mode": "train"})
+    dx_bn = cn.SpatialBatchNorm.backward(dout_bn.to(device, dtype), bcache)[0]
+    ref_bn = F.batch_norm(o, None, None, training=True, eps=1e-5)
+    assert_close(normed.double().cpu(), ref_bn.detach(), 10 * tol, "batch norm forward")
+    assert_close(dx_bn.double().cpu(), torch.autograd.grad(ref_bn, o, dout_bn)[0], 10 * tol, "batch norm dx")
 
 
 # ---------------------------------------------------------------------------------------
@@ -672,3 +690,21 @@ def test_resnet_smoothed_loss_and_schedule():
     assert_close(dscores, sr.grad, 1e-10, "smoothed loss gradient")
     lrs = [rs.lr_at(s, 100, 0.4) for s in range(101)]
     assert max(lrs) == pytest.approx(0.4) and lrs[-1] == 0.0 and lrs[0] == pytest.approx(0.04)
+
+
+def test_nesterov_sgd_matches_torch_optim_sgd():
+    """The ResNet's optimizer follows torch.optim.SGD(momentum, nesterov=True, weight_decay)
+    over several steps (float64)."""
+    import resnet_from_scratch as rs
+
+    torch.manual_seed(26)
+    w0 = torch.randn(5, 3, dtype=DT)
+    grads = [torch.randn(5, 3, dtype=DT) for _ in range(4)]
+    ours, config = w0.clone(), {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+    ref = w0.clone().requires_grad_()
+    opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    for g in grads:
+        ours, config = rs.nesterov_sgd(ours, g.clone(), config)
+        ref.grad = g.clone()
+        opt.step()
+        assert_close(ours, ref.detach(), 1e-12, "nesterov_sgd vs torch.optim.SGD")
