@@ -40,3 +40,9 @@ def test_visualize_dataset_shape_and_content():
         row = grid[k * H:(k + 1) * H, -spc * W:]
         value = round(255 * (k + 1) / 4)
         assert (row == value).all()
+
+
+def test_course_top_level_names():
+    """The course's notebooks call eecs598.tensor_to_image and eecs598.visualize_dataset."""
+    import eecs598
+    assert eecs598.tensor_to_image is tensor_to_image and eecs598.visualize_dataset is visualize_dataset
