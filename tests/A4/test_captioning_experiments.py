@@ -1,0 +1,134 @@
+"""Tests of A4/captioning_experiments.py's plumbing (the numerics are tested in
+test_rnn_lstm_captioning.py): the backbone / feature choice, the feature-cache key, the
+seed-study records. No pretrained weights and no real data: RegNetX-400MF (torchvision,
+weights downloaded online) is replaced by a stand-in with its c5 width, on tiny fake data.
+"""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import captioning_experiments as ce
+import rnn_lstm_captioning as rlc
+from eecs598.backbones import build_backbone as real_build_backbone
+from eecs598.data.text import build_vocab, encode_captions
+
+REGNET = "regnet_x_400mf"
+
+
+@pytest.fixture(autouse=True)
+def _quick_single_thread(monkeypatch):
+    """Quick-mode settings (tiny decoders, 2 epochs), one thread (a busy shared CPU)."""
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FakeRegNet(nn.Module):
+    """Stand-in for eecs598.backbones' RegNetX-400MF taps: the same channel counts (c5: 400),
+    stride 32, no weights to download."""
+
+    out_channels = {"c3": 64, "c4": 160, "c5": 400}
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Conv2d(3, 400, kernel_size=1)
+
+    def forward(self, x):
+        return {"c5": self.proj(F.avg_pool2d(x, 32))}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """rlc.build_backbone without downloads: RegNet -> FakeRegNet (with the real function's
+    refusal of with_head for it), EfficientNet-Lite0 with random weights. Records each call."""
+    seen = []
+
+    def fake(name="efficientnet_lite0", pretrained=True, with_head=False):
+        seen.append((name, with_head))
+        if name == REGNET:
+            if with_head:
+                raise ValueError(f"with_head is only available for efficientnet_lite0, not {name!r}")
+            return FakeRegNet()
+        return real_build_backbone(name, pretrained=False, with_head=with_head)
+
+    monkeypatch.setattr(rlc, "build_backbone", fake)
+    return seen
+
+
+def fake_data(num_train=16, num_test=4, size=64, caps_per_image=2, seed=0):
+    """A caption_dataset-shaped dict of random images and captions over a tiny vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    words = ["a", "dog", "cat", "runs", "sits", "on", "grass", "the", "red", "ball"]
+    vocab = build_vocab([words, words])
+    data = {"vocab": vocab, "source": "fake"}
+    for split, n in (("train", num_train), ("test", num_test)):
+        refs = [[[words[int(j)] for j in torch.randint(len(words), (4,), generator=g)]
+                 for _ in range(caps_per_image)] for _ in range(n)]
+        data[f"{split}_images"] = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+        data[f"{split}_references"] = refs
+        data[f"{split}_captions"] = encode_captions([c for r in refs for c in r], vocab["token_to_idx"], 18)
+        data[f"{split}_image_idxs"] = torch.arange(n).repeat_interleave(caps_per_image)
+        data[f"{split}_names"] = [f"{split}{i:03d}.jpg" for i in range(n)]
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The backbone and its feature map, threaded through every entry point
+# ---------------------------------------------------------------------------------------------
+def test_each_backbone_gets_a_feature_it_supports():
+    assert ce.feature_for("efficientnet_lite0") == "head" and ce.feature_for(REGNET) == "c5"
+    for cell_type in ce.CELL_TYPES:
+        assert ce.settings(cell_type)["feature"] == "head"
+        s = ce.settings(cell_type, REGNET)
+        assert s["feature"] == "c5" and s["backbone"] == REGNET
+    with pytest.raises(ValueError, match="unknown backbone"):
+        ce.feature_for("resnet50")
+
+
+def test_regnet_features_model_and_runs_without_weights(calls):
+    data = fake_data()
+    feats = ce.extract_features(data, backbone=REGNET)
+    assert calls == [(REGNET, False)]  # c5: no EfficientNet-only head requested
+    assert feats["train"].shape == (16, 400, 2, 2) and feats["test_flip"].shape == (4, 400, 2, 2)
+    model = ce.make_model(data["vocab"], "attn", ce.settings("attn", REGNET))
+    assert model.image_encoder.backbone_name == REGNET and model.image_encoder.out_channels == 400
+    assert model.feature_proj.in_channels == 400 and model.feature_norm.num_features == 400
+    over = ce.overfit_small(data, feats, "rnn", num=4, backbone=REGNET)
+    assert len(over["loss_history"]) > 0
+    res = ce.headline_run(data, feats, "lstm", backbone=REGNET)
+    assert res["settings"]["feature"] == "c5" and res["model"].feature_proj.in_features == 400
+    assert {name for name, _ in calls} == {REGNET}
+
+
+def test_seed_study_threads_the_backbone(calls, monkeypatch):
+    monkeypatch.setattr(ce, "load_data", lambda: fake_data())
+    out = ce.seed_study(("rnn",), (1,), backbone=REGNET)
+    assert set(out) == {"rnn"} and set(out["rnn"]) == {1}
+    assert {"bleu4", "beam_bleu4", "val_model_bleu4", "best_epoch"} <= set(out["rnn"][1])
+    assert {name for name, _ in calls} == {REGNET}
+
+
+def test_features_of_another_backbone_are_refused_clearly(calls):
+    data = fake_data()
+    feats = ce.extract_features(data, backbone=REGNET)
+    with pytest.raises(ValueError, match="400 channels.*expects 1280"):
+        ce.headline_run(data, feats, "rnn")  # the default backbone's decoder wants 1280 head channels
+
+
+@pytest.mark.parametrize("error", [OSError("<urlopen error [Errno -3] Temporary failure in name resolution>"),
+                                   RuntimeError("backbone 'regnet_x_400mf' needs torchvision")])
+def test_missing_regnet_weights_error_says_what_to_do(monkeypatch, error):
+    def unavailable(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(rlc, "build_backbone", unavailable)
+    for build in (lambda: ce.build_encoder(REGNET),
+                  lambda: ce.make_model(fake_data(2, 1)["vocab"], "rnn", ce.settings("rnn", REGNET))):
+        with pytest.raises(RuntimeError) as err:
+            build()
+        msg = str(err.value)
+        assert REGNET in msg and "torchvision" in msg and "hub/checkpoints" in msg
+        assert "efficientnet_lite0" in msg and str(error) in msg
