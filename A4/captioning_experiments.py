@@ -40,6 +40,7 @@ images is highest when used for all).
     run(device)               all of the above as result records
 """
 import copy
+import hashlib
 import math
 import random
 import time
@@ -170,7 +171,8 @@ def extract_features(data, backbone=BACKBONE, device=None, name=DATASET, feature
     EfficientNet-Lite0, "c5" for RegNetX-400MF).
 
     Returns {"train": (Ni, C, Hf, Wf), "train_flip": ..., "test": ..., "test_flip": ...}, cached
-    in $EECS598_CACHE per (dataset, backbone, feature, image size) in full mode."""
+    in $EECS598_CACHE in full mode under `feature_cache_key` (dataset, backbone, feature, image
+    size and the split: the tensors are stored per split, in the split's image order)."""
     feature = feature_for(backbone) if feature is None else feature
 
     def build():
@@ -185,8 +187,23 @@ def extract_features(data, backbone=BACKBONE, device=None, name=DATASET, feature
     if eecs598.quick_mode():
         return build()
     csv_path = eecs598.data.caption_folder(name)[0][0].parent.parent / "captions.txt"
+    return cached_tensors(feature_cache_key(data, name, backbone, feature), build, csv_path)
+
+
+def split_tag(data):
+    """A short name of the train / held-out split of `data`: "heldout<number of held-out images>-"
+    + the first 8 hex digits of the sha256 of the ordered training names, a blank line and the
+    ordered held-out names (UTF-8, one name a line). Any change of the split or its order changes it."""
+    text = "\n".join(data["train_names"]) + "\n\n" + "\n".join(data["test_names"])
+    return f"heldout{len(data['test_names'])}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def feature_cache_key(data, name=DATASET, backbone=BACKBONE, feature=None):
+    """The cache name of `extract_features`' tensors: dataset, backbone, feature map, image size
+    and `split_tag(data)`, e.g. flickr8k-1k_efficientnet_lite0_224px_head_features_heldout100-<hash>."""
+    feature = feature_for(backbone) if feature is None else feature
     size = data["train_images"].shape[-1]
-    return cached_tensors(f"{name}_{backbone}_{size}px_{feature}_features", build, csv_path)
+    return f"{name}_{backbone}_{size}px_{feature}_features_{split_tag(data)}"
 
 
 # ---------------------------------------------------------------------------------------------

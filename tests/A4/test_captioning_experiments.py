@@ -132,3 +132,42 @@ def test_missing_regnet_weights_error_says_what_to_do(monkeypatch, error):
         msg = str(err.value)
         assert REGNET in msg and "torchvision" in msg and "hub/checkpoints" in msg
         assert "efficientnet_lite0" in msg and str(error) in msg
+
+
+# ---------------------------------------------------------------------------------------------
+# The feature cache is keyed by the split
+# ---------------------------------------------------------------------------------------------
+def _resplit(data, num_test):
+    """The same images and captions with another held-out count (names only: what the key sees)."""
+    names = data["test_names"] + data["train_names"]
+    return dict(data, test_names=names[:num_test], train_names=names[num_test:])
+
+
+def test_feature_cache_key_names_the_split():
+    data = fake_data()
+    key = ce.feature_cache_key(data, "flickr8k-1k", "efficientnet_lite0")
+    assert key.startswith("flickr8k-1k_efficientnet_lite0_64px_head_features_heldout4-")
+    assert key == ce.feature_cache_key(fake_data(), "flickr8k-1k", "efficientnet_lite0")  # deterministic
+    keys = {key, ce.feature_cache_key(_resplit(data, 5), "flickr8k-1k"),
+            ce.feature_cache_key(dict(data, train_names=data["train_names"][::-1]), "flickr8k-1k"),
+            ce.feature_cache_key(data, "flickr8k-1k", REGNET)}
+    assert len(keys) == 4
+    assert ce.feature_cache_key(data, "flickr8k-1k", REGNET).startswith(f"flickr8k-1k_{REGNET}_64px_c5_features_")
+
+
+def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path):
+    """extract_features (full mode) stores the tensors of two splits under two names."""
+    monkeypatch.delenv("EECS598_QUICK")
+    monkeypatch.setattr(ce.eecs598.data, "caption_folder", lambda name: [(tmp_path / "Images" / "a.jpg", [])])
+    used = []
+
+    def fake_cache(key, build, *sources):
+        used.append((key, sources))
+        return build()
+
+    monkeypatch.setattr(ce, "cached_tensors", fake_cache)
+    data = fake_data()
+    ce.extract_features(data, backbone=REGNET)
+    ce.extract_features(_resplit(data, 5), backbone=REGNET)
+    assert used[0][1] == (tmp_path / "captions.txt",)
+    assert used[0][0] != used[1][0] and all("_heldout" in key for key, _ in used)

@@ -18,6 +18,7 @@ import torch
 
 from eecs598.data import store
 from eecs598.data import cifar as cifar_mod
+from eecs598.data import text as text_mod
 from eecs598.data import (DataError, VOC2007Detection, arithmetic_expressions, caption_folder,
                           cifar10, mnist, preprocess_cifar10, read_idx)
 from eecs598.testing import requires_cifar, shared_data_available
@@ -390,6 +391,33 @@ def test_mismatch_of_a_file_without_url_does_not_say_fetch_again(isolated_data, 
     with pytest.raises(DataError, match="no download URL") as err:
         store.fetch("toy", "blob.bin")
     assert "fetch it again" not in str(err.value)
+
+
+def test_caption_dataset_image_cache_serves_any_split(isolated_data, monkeypatch):
+    """The resized-image cache holds all images in name order, independent of num_heldout: after
+    a load with one split, a load with another (from the cache) still pairs every image with its
+    own name. Each image is one flat colour that encodes its index (brute-force reference)."""
+    from PIL import Image
+
+    from eecs598.data import caption_dataset
+
+    folder = isolated_data / "toycaps"
+    (folder / "Images").mkdir(parents=True)
+    lines = ["image,caption"]
+    for i in range(6):
+        Image.new("RGB", (12, 10), (40 * i, 0, 0)).save(folder / "Images" / f"im{i}.png")
+        lines += [f"im{i}.png,a red picture number {i}", f"im{i}.png,a picture"]
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    loads = []
+    real_load = text_mod.load_images_uint8
+    monkeypatch.setattr(text_mod, "load_images_uint8", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    for num_heldout in (2, 4, 1):
+        data = caption_dataset("toycaps", image_size=8, num_heldout=num_heldout)
+        for split in ("train", "test"):
+            red = [40 * int(n[2]) for n in data[f"{split}_names"]]
+            assert data[f"{split}_images"][:, 0, 4, 4].tolist() == red, (num_heldout, split)
+        assert len(data["test_names"]) == num_heldout
+    assert len(loads) == 1  # decoded once, then served from the cache for every split
 
 
 def test_caption_loaders_are_exported():
