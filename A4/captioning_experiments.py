@@ -752,6 +752,7 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True):
                        train_loss_last_epoch=res["train_loss_last_epoch"], train_loss_eval=res["train_loss_eval"],
                        bleu2=res["scores"]["bleu2"], bleu3=res["scores"]["bleu3"],
                        repeated_bigram_captions=repeated_bigram_count(res["hypotheses"]),
+                       threads=torch.get_num_threads(),
                        examples=[" ".join(w) for w in res["hypotheses"][:5]])
         if verbose:
             print(f"{cell_type}: held-out {res['scores']} train loss {res['train_loss_last_epoch']:.3f} "
@@ -792,13 +793,17 @@ def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000):
     return {k: round(out[k], 4) for k in keys} | {"num_samples": num_samples, "confidence": 0.95}
 
 
-def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, backbone=BACKBONE):
+def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, backbone=BACKBONE,
+               results_dir=None):
     """How much the held-out figures move with the training seed (initialization, batch order,
     dropout, flips): `headline_run` again with other seeds (seed 0 is the headline run). Not part
-    of `run` (it multiplies the training time); called by hand, e.g.
-    `python -c "import captioning_experiments as ce; print(ce.seed_study(('attn',), (1,)))"` in A4/.
+    of `run` (it multiplies the training time); called by hand, e.g. in A4/:
+    `python -c "import captioning_experiments as ce; ce.seed_study(results_dir='../results')"`.
+    results_dir: also write the captioning_bleu4_seed_mean_<cell_type> records (`seed_records`;
+    seed 0 taken from that folder's headline rows unless it is in `seeds`) into
+    results_dir/results.json (and RESULTS.md).
     Returns {cell_type: {seed: dict(bleu4, bleu1, beam_bleu4, val_model_bleu4, best_epoch,
-    repeated_bigram_captions, seconds)}}."""
+    repeated_bigram_captions, seconds, threads)}}."""
     data = load_data()
     feats = extract_features(data, backbone=backbone, device=device)
     out = {}
@@ -811,5 +816,78 @@ def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, 
                                     "val_model_bleu4": res["val_model_scores"]["bleu4"],
                                     "best_epoch": res["val_history"]["best_epoch"],
                                     "repeated_bigram_captions": repeated_bigram_count(res["hypotheses"]),
-                                    "seconds": res["seconds"]}
+                                    "seconds": res["seconds"], "threads": torch.get_num_threads()}
+    if results_dir is not None:
+        from pathlib import Path
+
+        from eecs598.results import load_records, write_results
+        headline = load_records(Path(results_dir) / "results.json")
+        write_results(results_dir, seed_records(out, data["source"], device_name(eecs598.get_device(device)),
+                                                len(data["train_names"]), headline, backbone))
     return out
+
+
+def _headline_seed(cell_type, rows, source, backbone):
+    """Seed 0's seed-study entry from the headline records of `run` ({metric: record}), or None
+    when they are missing or describe another data copy or backbone."""
+    head = rows.get(f"captioning_bleu4_{cell_type}")
+    if head is None or head["data"] != source:
+        return None
+    d = head["details"]
+    if d.get("feature") != feature_for(backbone) or not str(d.get("backbone", "")).startswith(backbone):
+        return None
+    value = lambda metric: rows[metric]["value"] if metric in rows else None  # noqa: E731
+    return {"bleu4": head["value"], "bleu1": value(f"captioning_bleu1_{cell_type}"),
+            "beam_bleu4": value(f"captioning_bleu4_beam{BEAM_SIZE}_{cell_type}"),
+            "val_model_bleu4": d.get("val_model_heldout_bleu", {}).get("bleu4"), "best_epoch": d.get("best_epoch"),
+            "repeated_bigram_captions": d.get("repeated_bigram_captions"), "seconds": head["seconds"],
+            "threads": d.get("threads"), "note": f"the headline run (captioning_bleu4_{cell_type})"}
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def seed_records(study, source, device, num_train_images, headline_records=(), backbone=BACKBONE):
+    """Result records captioning_bleu4_seed_mean_<cell_type> of a `seed_study` output `study`
+    ({cell_type: {seed: entry}}): value = mean held-out greedy BLEU-4 over the seeds; details
+    seeds (per seed, the study's entry), means (bleu4, beam_bleu4, val_model_bleu4; 4 decimals),
+    sd_bleu4 (sample standard deviation, n - 1; None for one seed), protocol, how, decoding;
+    seconds = the seeds' training seconds summed. Seed 0, when not in the study, comes from
+    `headline_records` (records of `run`: captioning_bleu4_<cell_type> and its bleu1 / beam rows,
+    same mode, same data copy and backbone), with a note saying so."""
+    mode = "quick" if eecs598.quick_mode() else "full"
+    rows = {r["metric"]: r for r in headline_records if r["assignment"] == ASSIGNMENT and r["mode"] == mode}
+    records = []
+    for cell_type, runs in study.items():
+        seeds = {int(k): dict(v) for k, v in runs.items()}
+        studied = sorted(seeds)
+        if 0 not in seeds:
+            head = _headline_seed(cell_type, rows, source, backbone)
+            if head is not None:
+                seeds[0] = head
+        order = sorted(seeds)
+        bleu4 = [seeds[k]["bleu4"] for k in order]
+        mean = sum(bleu4) / len(bleu4)
+        sd = math.sqrt(sum((b - mean) ** 2 for b in bleu4) / (len(bleu4) - 1)) if len(bleu4) > 1 else None
+        means = {k: _mean(seeds[i].get(k) for i in order) for k in ("bleu4", "beam_bleu4", "val_model_bleu4")}
+        s = settings(cell_type, backbone)
+        threads = sorted({seeds[k].get("threads") for k in studied} - {None})
+        how = (f"captioning_experiments.seed_study(({cell_type!r},), {tuple(studied)!r}"
+               + ("" if backbone == BACKBONE else f", backbone={backbone!r}") + ")"
+               + (f" ({', '.join(map(str, threads))} thread(s))" if threads else "")
+               + ("; seed 0 is the headline run" if 0 in seeds and 0 not in studied else "")
+               + ("" if 0 in seeds else "; no headline row of seed 0 for this data copy and backbone"))
+        protocol = (f"hyperparameters and epoch count chosen on the validation slice (the last {s['num_val']} "
+                    f"training images); the evaluated model is a fresh one trained on all {num_train_images} "
+                    f"training images for the chosen epochs (each seed's best_epoch) of the "
+                    f"{s['max_epochs']}-epoch schedule")
+        records.append(make_record(
+            ASSIGNMENT, f"captioning_bleu4_seed_mean_{cell_type}", mean, "BLEU", data=source, device=device,
+            seconds=sum(seeds[k].get("seconds") or 0.0 for k in order), reference=LIBRARY_REFERENCE["bleu4"],
+            details={"seeds": {str(k): seeds[k] for k in order},
+                     "means": {k: None if v is None else round(v, 4) for k, v in means.items()},
+                     "sd_bleu4": sd, "protocol": protocol, "how": how,
+                     "decoding": f"greedy (beam_bleu4: beam {BEAM_SIZE})"}))
+    return records

@@ -171,3 +171,74 @@ def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path)
     ce.extract_features(_resplit(data, 5), backbone=REGNET)
     assert used[0][1] == (tmp_path / "captions.txt",)
     assert used[0][0] != used[1][0] and all("_heldout" in key for key, _ in used)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed-study records (the captioning_bleu4_seed_mean_<cell> rows of results.json)
+# ---------------------------------------------------------------------------------------------
+SEED_KEYS = {"bleu4", "bleu1", "beam_bleu4", "val_model_bleu4", "best_epoch", "repeated_bigram_captions",
+             "seconds", "threads"}
+DETAIL_KEYS = {"seeds", "means", "sd_bleu4", "protocol", "how", "decoding"}
+
+
+def _study_entry(bleu4, beam, val, epoch, seconds):
+    return {"bleu4": bleu4, "bleu1": 0.5, "beam_bleu4": beam, "val_model_bleu4": val, "best_epoch": epoch,
+            "repeated_bigram_captions": 3, "seconds": seconds, "threads": 1}
+
+
+def _headline_rows(source, backbone="efficientnet_lite0", feature="head"):
+    """What `run` records for the rnn (the rows seed_records reads for seed 0)."""
+    from eecs598.results import make_record
+    details = {"backbone": f"{backbone} (ImageNet, frozen; {feature} features (1280, 7, 7))", "feature": feature,
+               "val_model_heldout_bleu": {"bleu1": 0.51, "bleu4": 0.1354}, "best_epoch": 10,
+               "repeated_bigram_captions": 6, "threads": 2}
+    return [make_record("A4", "captioning_bleu4_rnn", 0.12, "BLEU", source, "cpu", 118.8, 0.134, details),
+            make_record("A4", "captioning_bleu1_rnn", 0.55, "BLEU", source, "cpu", 118.8, 0.52, details),
+            make_record("A4", "captioning_bleu4_beam3_rnn", 0.146, "BLEU", source, "cpu", 5.0, None, {})]
+
+
+def test_seed_records_mean_sd_and_layout():
+    import statistics
+
+    study = {"rnn": {1: _study_entry(0.11, 0.12, 0.111, 10, 182.0), 2: _study_entry(0.13, 0.14, 0.122, 9, 208.0)},
+             "lstm": {1: _study_entry(0.113, 0.143, 0.107, 13, 500.0)}}
+    records = ce.seed_records(study, "fake data", "cpu", 900, _headline_rows("fake data"))
+    by_metric = {r["metric"]: r for r in records}
+    assert set(by_metric) == {"captioning_bleu4_seed_mean_rnn", "captioning_bleu4_seed_mean_lstm"}
+    rnn = by_metric["captioning_bleu4_seed_mean_rnn"]
+    assert rnn["assignment"] == "A4" and rnn["unit"] == "BLEU" and rnn["reference"] == 0.134
+    assert rnn["data"] == "fake data" and rnn["mode"] == "quick"
+    d = rnn["details"]
+    assert set(d) == DETAIL_KEYS and list(d["seeds"]) == ["0", "1", "2"]
+    assert rnn["value"] == pytest.approx(statistics.mean([0.12, 0.11, 0.13]), abs=1e-15)
+    assert d["sd_bleu4"] == pytest.approx(statistics.stdev([0.12, 0.11, 0.13]), abs=1e-15)
+    assert rnn["seconds"] == pytest.approx(118.8 + 182.0 + 208.0, abs=1e-3)
+    assert d["means"] == {"bleu4": round(statistics.mean([0.12, 0.11, 0.13]), 4),
+                          "beam_bleu4": round(statistics.mean([0.146, 0.12, 0.14]), 4),
+                          "val_model_bleu4": round(statistics.mean([0.1354, 0.111, 0.122]), 4)}
+    assert set(d["seeds"]["1"]) == SEED_KEYS and set(d["seeds"]["0"]) == SEED_KEYS | {"note"}
+    assert d["seeds"]["0"]["bleu4"] == 0.12 and d["seeds"]["0"]["best_epoch"] == 10
+    assert "captioning_bleu4_rnn" in d["seeds"]["0"]["note"] and "seed 0 is the headline run" in d["how"]
+    assert d["decoding"] == "greedy (beam_bleu4: beam 3)" and "900 training images" in d["protocol"]
+    lstm = by_metric["captioning_bleu4_seed_mean_lstm"]  # no lstm headline rows: its seeds only
+    assert list(lstm["details"]["seeds"]) == ["1"] and lstm["details"]["sd_bleu4"] is None
+    assert lstm["value"] == 0.113
+
+
+def test_seed_records_ignore_headline_rows_of_another_copy_or_backbone():
+    study = {"rnn": {1: _study_entry(0.11, 0.12, 0.111, 10, 1.0), 2: _study_entry(0.13, 0.14, 0.122, 9, 1.0)}}
+    for rows in (_headline_rows("another copy"), _headline_rows("fake data", REGNET, "c5")):
+        (rec,) = ce.seed_records(study, "fake data", "cpu", 900, rows)
+        assert list(rec["details"]["seeds"]) == ["1", "2"] and rec["value"] == pytest.approx(0.12)
+
+
+def test_seed_study_writes_its_records(calls, monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setattr(ce, "load_data", lambda: fake_data())
+    out = ce.seed_study(("rnn",), (1, 2), backbone=REGNET, results_dir=tmp_path)
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["metric"] == "captioning_bleu4_seed_mean_rnn" and row["mode"] == "quick"
+    assert row["value"] == pytest.approx((out["rnn"][1]["bleu4"] + out["rnn"][2]["bleu4"]) / 2)
+    assert set(row["details"]) == DETAIL_KEYS and set(row["details"]["seeds"]["2"]) == SEED_KEYS
+    assert "captioning_bleu4_seed_mean_rnn" in (tmp_path / "RESULTS.md").read_text()
