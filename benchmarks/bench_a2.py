@@ -89,7 +89,6 @@ def bench_device(device, repeats, data_note):
                 "vectorized_ms": round(1e3 * t_vec, 4), "statistic": "median"})
         lines.append(f"[{dev}] {kind}: naive {1e3 * t_naive:.1f} ms, vectorized {1e3 * t_vec:.3f} ms "
                      f"-> speed-up {speedup:.0f}x ({n_check} x 3073, float64)")
-    del X, y, W
 
     # 2. vectorized loss + gradient vs autograd on a training-set-sized batch
     n_big = pick(full=40000, quick=2000)
@@ -108,7 +107,7 @@ def bench_device(device, repeats, data_note):
                 "meaning": "time of our loss+gradient / time of torch autograd forward+backward"})
         lines.append(f"[{dev}] {kind} loss+grad on {n_big} x 3073 float32: ours {1e3 * t_ours:.2f} ms, "
                      f"autograd {1e3 * t_ref:.2f} ms -> ratio {ratio:.2f}")
-    del X, y, W
+
 
     # 3. the two-layer net's forward + backward vs autograd
     n, hidden = pick(full=1000, quick=200), pick(full=256, quick=64)

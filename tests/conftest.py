@@ -3,7 +3,6 @@
 Assignment module names are unique across folders. Tests import them by name, so the
 same tests grade the solution repo and a stubbed student copy (tests/ is copied with it).
 """
-import os
 import sys
 from pathlib import Path
 

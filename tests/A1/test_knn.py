@@ -1,5 +1,4 @@
 """Unit tests for A1/knn.py. References: float64 broadcasting and torch.cdist, brute-force Python."""
-import itertools
 import random
 
 import pytest
