@@ -32,7 +32,7 @@ test-unit: venv
 
 ## Headline results -> results/results.json + results/RESULTS.md (QUICK=1 for a smoke run).
 reproduce: venv
-	$(PY) -m eecs598.reproduce $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+	$(PY) -m eecs598.reproduce $(if $(filter-out 0 false no off,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
 
 ## Stubbed student copy in build/student (solutions removed).
 student: venv

@@ -10,6 +10,8 @@ All functions are device- and dtype-agnostic: results live on the inputs' device
 inputs' floating dtype (integer inputs are computed in float32). torch.norm, torch.dist,
 torch.cdist and torch.nn are not used.
 """
+import math
+
 import torch
 
 
@@ -241,6 +243,10 @@ def knn_cross_validate(x_train, y_train, num_folds=5, k_choices=None):
     """
     if k_choices is None:
         k_choices = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
+    num_chunks = len(torch.chunk(torch.empty(x_train.shape[0]), num_folds))
+    if num_chunks != num_folds:  # e.g. 10 samples: torch.chunk makes 5 chunks of 2, not 6 folds
+        raise ValueError(f"torch.chunk splits {x_train.shape[0]} samples into {num_chunks} folds, "
+                         f"not {num_folds}: choose another num_folds")
     ### BEGIN SOLUTION
     ### HINT: torch.chunk into folds; per fold one distance matrix, then predict_labels for every k.
     x_folds = torch.chunk(x_train, num_folds)
@@ -261,12 +267,16 @@ def knn_cross_validate(x_train, y_train, num_folds=5, k_choices=None):
 
 def knn_get_best_k(k_to_accuracies):
     """The k with the highest mean accuracy over the folds; a tie goes to the smallest k.
+    Means equal up to float rounding tie (accuracies such as 100 * 263 / 1000 sum to values
+    that differ in the last bit for the same number of correct predictions).
 
     Input: {k: [accuracy per fold]} as returned by knn_cross_validate. Returns an int.
     """
     ### BEGIN SOLUTION
-    ### HINT: mean accuracy per k; the highest mean wins, the smallest k on a tie.
+    ### HINT: mean accuracy per k; the highest mean wins, the smallest k on a tie (compare the
+    ### means with a small tolerance: float sums of equal counts can differ in the last bit).
     means = {k: sum(accs) / len(accs) for k, accs in k_to_accuracies.items()}
-    best_k = min(means, key=lambda k: (-means[k], k))
+    best = max(means.values())
+    best_k = min(k for k, m in means.items() if math.isclose(m, best, rel_tol=1e-12, abs_tol=1e-9))
     ### END SOLUTION
     return best_k

@@ -26,7 +26,7 @@ import torch
 
 from eecs598.data import load_cifar10_uint8, preprocess_cifar10
 from eecs598.results import make_record
-from eecs598.utils import device_name, get_device, pick, timer
+from eecs598.utils import device_name, get_device, pick, quick_mode, timer
 
 import linear_classifier as lc
 import two_layer_net as tln
@@ -298,7 +298,9 @@ def run(device=None):
             metric = f"{prefix}_{split}_accuracy"
             records.append(make_record(ASSIGNMENT, metric, round(out[f"{split}_accuracy"], 2), "%",
                                        source, dev_name, out["seconds"],
-                                       reference=REFERENCES[metric], details=details))
+                                       # quick rows: tiny subsets, not comparable with the reference
+                                       reference=None if quick_mode() else REFERENCES[metric],
+                                       details=details))
 
     data = load_linear_data(device)
     for kind in ("svm", "softmax"):

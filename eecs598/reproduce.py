@@ -41,7 +41,7 @@ def main(argv=None):
         os.environ["EECS598_QUICK"] = "1"
 
     from .results import write_results
-    from .utils import get_device
+    from .utils import get_device, quick_mode
 
     device = get_device(args.device)
     folders = [f for f in assignment_dirs() if not args.only or f.name in args.only]
@@ -51,7 +51,7 @@ def main(argv=None):
     for folder in folders:
         start = time.perf_counter()
         print(f"== {folder.name}: running headline experiments on {device} "
-              f"({'quick' if args.quick else 'full'} mode)", flush=True)
+              f"({'quick' if quick_mode() else 'full'} mode)", flush=True)
         records = load_experiments(folder).run(device=device)
         write_results(args.results_dir, records)
         for r in records:

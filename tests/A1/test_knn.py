@@ -261,6 +261,22 @@ def test_get_best_k():
     assert knn.knn_get_best_k({100: [50.0], 1: [50.0], 20: [50.0]}) == 1
 
 
+def test_get_best_k_ties_up_to_float_rounding():
+    """Equal numbers of correct predictions per k can give means that differ in the last bit
+    (found by a random search over 5 folds of 1,000): the tie must still go to the smaller k."""
+    a = [100.0 * c / 1000 for c in (258, 298, 256, 289, 266)]
+    b = [100.0 * c / 1000 for c in (258, 295, 256, 289, 269)]  # the same total, 1,367 correct
+    assert sum(a) / 5 != sum(b) / 5 and sum(a) / 5 < sum(b) / 5  # the rounding this guards against
+    assert knn.knn_get_best_k({3: a, 5: b}) == 3
+    assert knn.knn_get_best_k({5: b, 3: a, 8: [27.0] * 5}) == 3
+
+
+def test_cross_validate_rejects_a_fold_count_torch_chunk_cannot_make():
+    x, y = torch.rand(10, 2), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="5 folds, not 6"):
+        knn.knn_cross_validate(x, y, num_folds=6, k_choices=[1])
+
+
 def test_get_best_k_against_brute_force():
     rng = random.Random(10)
     for _ in range(50):

@@ -309,6 +309,27 @@ def test_mm_on_gpu_returns_cpu_result():
     assert_close(y, x.double() @ w.double(), 5e-2, "mm_on_gpu")
 
 
+def test_mm_on_gpu_multiplies_on_the_accelerator_when_there_is_one():
+    """The product itself runs on CUDA when CUDA is available (on the CPU otherwise): every aten
+    matrix-product op is recorded with the device of its inputs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordProducts(TorchDispatchMode):
+        devices = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in {"mm", "matmul", "addmm", "bmm", "dot", "mv"}:
+                self.devices.update(a.device.type for a in args if isinstance(a, torch.Tensor))
+            return func(*args, **(kwargs or {}))
+
+    x, w = torch.randn(6, 5), torch.randn(5, 2)
+    with RecordProducts() as rec:
+        y = pytorch101.mm_on_gpu(x, w)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert rec.devices == {expected}, rec.devices
+    assert y.device.type == "cpu"
+
+
 def test_mm_on_gpu_without_cuda(monkeypatch):
     """With CUDA reported absent, mm_on_gpu must fall back to the CPU, not crash."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
