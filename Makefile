@@ -34,9 +34,10 @@ test-unit: venv
 reproduce: venv
 	$(PY) -m eecs598.reproduce $(if $(filter-out 0 false no off,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
 
-## Stubbed student copy in build/student (solutions removed).
+## Stubbed student copy in build/student (solutions removed); UPTO=A2 releases A1-A2 only.
+UPTO ?=
 student: venv
-	$(PY) tools/make_student.py --out build/student
+	$(PY) tools/make_student.py --out build/student $(if $(UPTO),--upto $(UPTO))
 
 bench: venv
 	$(PY) benchmarks/run_all.py

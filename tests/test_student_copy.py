@@ -598,3 +598,28 @@ def test_copy_unit_tests_fail_cleanly(student_copy, test_folder):
         pytest.skip(f"tests/{test_folder} has no tests yet")
     code, output = run_copy_tests(student_copy, test_folder)
     assert_fails_cleanly(code, output, f"tests/{test_folder} on the student copy")
+
+
+def test_upto_releases_only_the_assignments_up_to_one(fake_repo, tmp_path):
+    """A copy for students on an earlier assignment holds no later assignment, no later
+    assignment's tests and no later benchmark (later assignments give earlier solutions as
+    provided code)."""
+    for name in ("A2", "A10"):
+        (fake_repo / name).mkdir()
+        (fake_repo / name / "solution.py").write_text("x = 1\n")
+        (fake_repo / "tests" / name).mkdir()
+        (fake_repo / "tests" / name / f"test_{name}.py").write_text("def test_x():\n    pass\n")
+    (fake_repo / "benchmarks").mkdir()
+    for b in ("bench_a2.py", "bench_a10.py", "run_all.py"):
+        (fake_repo / "benchmarks" / b).write_text("pass\n")
+    out = tmp_path / "student"
+    make_student(fake_repo, out, upto="A9")
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert {"A2/solution.py", "A9/fake.py", "tests/A2/test_A2.py", "tests/A9/test_fake.py",
+            "benchmarks/bench_a2.py", "benchmarks/run_all.py"} <= files
+    assert not any("A10" in f or "a10" in f for f in files), sorted(files)
+    make_student(fake_repo, out, upto=2)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "A2/solution.py" in files and not any(f.startswith(("A9", "tests/A9")) for f in files)
+    with pytest.raises(ValueError):
+        make_student(fake_repo, out, upto="tests")

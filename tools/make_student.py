@@ -1,6 +1,6 @@
 """Write the stubbed student copy of the repository (`make student`).
 
-    python tools/make_student.py --out build/student [--root .]
+    python tools/make_student.py --out build/student [--root .] [--upto A2]
 
 Copies the course files (README.md, CONTRIBUTING.md, Makefile, pyproject.toml,
 requirements.txt, .gitignore, eecs598/, tests/, tools/, benchmarks/ and every assignment
@@ -22,6 +22,11 @@ is replaced, at the BEGIN marker's indentation, by
 get `YOUR ANSWER HERE`). Notebooks are also stripped of outputs and execution counts.
 Files without markers are copied unchanged. Unbalanced or nested markers are errors
 (reported as file:line, exit status 1) and leave any previous copy untouched.
+
+`--upto A2` releases the assignments up to A2 only: later assignment folders, their test
+folders (tests/A3, ...) and their benchmarks (benchmarks/bench_a3.py, ...) are left out. Later
+assignments give some earlier solutions as provided code (A3's `svm_loss` and `softmax_loss`
+are A2's vectorized losses), so a copy for students still working on A2 must not hold A3.
 
 `stub_source(text)` and `make_student(root, out)` are importable for tests.
 """
@@ -192,7 +197,27 @@ def _walk_files(directory, exclude):
                 yield current / name
 
 
-def _sources(root, exclude):
+def assignment_number(name):
+    """"A3" -> 3; None for names that are not an assignment ("A3x", "tests")."""
+    return int(name[1:]) if len(name) > 1 and name[0] in "Aa" and name[1:].isdigit() else None
+
+
+def _later(rel, upto):
+    """True when `rel` belongs to an assignment after `upto` (its folder, its tests folder or
+    its benchmark script benchmarks/bench_a<n>.py)."""
+    if upto is None:
+        return False
+    parts = rel.parts
+    if parts and parts[0] in ("tests",) and len(parts) > 1:
+        number = assignment_number(parts[1])
+    elif parts and parts[0] == "benchmarks" and len(parts) == 2 and parts[1].startswith("bench_a"):
+        number = assignment_number(parts[1][len("bench_"):-len(".py")])
+    else:
+        number = assignment_number(parts[0]) if parts else None
+    return number is not None and number > upto
+
+
+def _sources(root, exclude, upto=None):
     """(path, relative path, is_assignment_file) for everything the copy holds."""
     for name in TOP_FILES:
         path = root / name
@@ -201,9 +226,11 @@ def _sources(root, exclude):
     for name in TOP_DIRS:
         if (root / name).is_dir():
             for path in _walk_files(root / name, exclude):
-                yield path, path.relative_to(root), False
+                if not _later(path.relative_to(root), upto):
+                    yield path, path.relative_to(root), False
     for folder in sorted(root.glob(ASSIGNMENT_GLOB)):
-        if folder.is_dir() and not _skipped(folder.name, True) and folder.resolve() not in exclude:
+        if (folder.is_dir() and not _skipped(folder.name, True) and folder.resolve() not in exclude
+                and not _later(folder.relative_to(root), upto)):
             for path in _walk_files(folder, exclude):
                 yield path, path.relative_to(root), True
 
@@ -237,8 +264,9 @@ def _stub_file(path, rel):
     return None, 0
 
 
-def make_student(root, out):
-    """Write the stubbed copy of the repository at `root` to `out` (recreated).
+def make_student(root, out, upto=None):
+    """Write the stubbed copy of the repository at `root` to `out` (recreated); with `upto`
+    ("A2" or 2), only the assignments up to that one (see the module docstring).
 
     Returns {relative path: number of regions stubbed} for every assignment .py/.ipynb.
     Raises BuildError (listing every file:line problem) without touching `out` when any
@@ -251,9 +279,15 @@ def make_student(root, out):
     if not (root / "eecs598").is_dir() and not list(root.glob(ASSIGNMENT_GLOB)):
         raise ValueError(f"{root} does not look like the course repository (no eecs598/, no A*/)")
 
+    if upto is not None and not isinstance(upto, int):
+        number = assignment_number(str(upto))
+        if number is None:
+            raise ValueError(f"upto must name an assignment such as A2, not {upto!r}")
+        upto = number
+
     # Stub everything first (in memory), so a malformed file leaves the old copy intact.
     plan, report, errors = [], {}, []
-    for path, rel, assignment in _sources(root, exclude={out}):
+    for path, rel, assignment in _sources(root, exclude={out}, upto=upto):
         content = None
         if assignment and path.suffix in (".py", ".ipynb"):
             try:
@@ -292,9 +326,11 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the student copy (recreated)")
     parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
                         help="repository root (default: this script's repository)")
+    parser.add_argument("--upto", default=None,
+                        help="release the assignments up to this one only, e.g. A2 (default: all)")
     args = parser.parse_args(argv)
     try:
-        report = make_student(args.root, args.out)
+        report = make_student(args.root, args.out, upto=args.upto)
     except BuildError as err:
         for line in err.errors:
             print(f"error: {line}", file=sys.stderr)
