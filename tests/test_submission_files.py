@@ -23,7 +23,10 @@ from eecs598.submit import SUBMISSION_FILES
 ROOT = Path(__file__).resolve().parent.parent
 SAVE_CALL = re.compile(r"\b(save|savefig|imsave)\(")
 
+# Assignments present in this copy (a student release made with `make student UPTO=A2` has
+# no later folders).
 WRITTEN_FILES = [(assignment, name) for assignment, names in sorted(SUBMISSION_FILES.items())
+                 if (ROOT / assignment).is_dir()
                  for name in names if not name.endswith((".py", ".ipynb"))]
 
 
