@@ -1,6 +1,7 @@
 """Small text datasets: the Transformer's arithmetic set and image-caption collections."""
 import csv
 import json
+import os
 from pathlib import Path
 
 from . import store
@@ -56,13 +57,27 @@ def caption_folder(name="flickr8k-1k"):
     return [(images / n, caps) for n, caps in sorted(captions.items())]
 
 
+TRUST_PICKLES_ENV = "EECS598_TRUST_PICKLES"
+
+
 def coco_captions():
     """The course's COCO subset (`coco.pt`): a dict with train_images uint8 (10000,3,112,112),
     train_captions int64 (10000,17), val_images, val_captions and vocab {idx_to_token, token_to_idx}."""
     import torch
 
+    import pickle
+
     path = store.fetch("coco_captions", "coco.pt")
-    data = torch.load(path, weights_only=False)
+    try:  # tensors, lists, dicts and strings only: no code runs while loading
+        data = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if os.environ.get(TRUST_PICKLES_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}:
+            raise store.DataError(
+                f"{path} holds objects other than tensors, lists, dicts and strings, which the course's "
+                f"coco.pt does not ({e.__class__.__name__}: {str(e).splitlines()[0]}). The download "
+                f"(plain http, checked by size only) may have been replaced. If you trust the file, set "
+                f"{TRUST_PICKLES_ENV}=1 to load it as a full pickle; otherwise delete it and fetch it again.") from None
+        data = torch.load(path, weights_only=False)
     required = {"train_images", "train_captions", "val_images", "val_captions", "vocab"}
     if not required <= set(data):
         raise store.DataError(f"{path}: missing keys {sorted(required - set(data))}")

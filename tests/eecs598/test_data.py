@@ -434,3 +434,30 @@ def test_caption_folder_real_copy():
     items = caption_folder("flickr8k-1k")
     assert len(items) == 1000 and all(len(caps) == 5 for _, caps in items)
     assert all(path.is_file() for path, _ in items[:20])
+
+
+class _NotATensor:  # a pickled object that weights_only loading refuses
+    pass
+
+
+def test_coco_captions_loads_tensors_without_running_pickle_code(tmp_path, monkeypatch):
+    """coco.pt is read with weights_only=True: the course's content (tensors, a vocab of lists,
+    dicts and strings) loads; a file with other objects is refused unless trusted explicitly."""
+    from eecs598.data import text
+    vocab = {"idx_to_token": ["<NULL>", "<START>", "<END>", "<UNK>", "a"],
+             "token_to_idx": {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "a": 4}}
+    good = {"train_images": torch.zeros(2, 3, 4, 4, dtype=torch.uint8), "train_captions": torch.zeros(2, 17,
+            dtype=torch.long), "val_images": torch.zeros(1, 3, 4, 4, dtype=torch.uint8),
+            "val_captions": torch.zeros(1, 17, dtype=torch.long), "vocab": vocab}
+    path = tmp_path / "coco.pt"
+    torch.save(good, path)
+    monkeypatch.setattr(text.store, "fetch", lambda *a, **k: path)
+    monkeypatch.delenv(text.TRUST_PICKLES_ENV, raising=False)
+    data = text.coco_captions()
+    assert data["vocab"] == vocab and torch.equal(data["train_captions"], good["train_captions"])
+
+    torch.save(dict(good, extra=_NotATensor()), path)
+    with pytest.raises(DataError, match=text.TRUST_PICKLES_ENV):
+        text.coco_captions()
+    monkeypatch.setenv(text.TRUST_PICKLES_ENV, "1")
+    assert isinstance(text.coco_captions()["extra"], _NotATensor)
