@@ -16,13 +16,18 @@ def reset_seed(number):
     torch.manual_seed(number)
 
 
+def env_flag(name):
+    """True when the environment variable `name` is set to a true value (1/true/yes/on, any case)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def quick_mode():
     """True when the environment variable EECS598_QUICK is set to a true value (1/true/yes).
 
     Quick mode shrinks data and iterations so that every notebook runs on a 2-core CPU in
     well under a minute (CI uses it). It never asserts accuracy targets.
     """
-    return os.environ.get(QUICK_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(QUICK_ENV)
 
 
 def pick(full, quick):

@@ -175,7 +175,9 @@ def cache_dir() -> Path:
 
 
 def offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    from ..utils import env_flag
+
+    return env_flag(OFFLINE_ENV)
 
 
 def dataset_dir(dataset: str) -> Path:

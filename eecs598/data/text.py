@@ -1,7 +1,6 @@
 """Small text datasets: the Transformer's arithmetic set and image-caption collections."""
 import csv
 import json
-import os
 from pathlib import Path
 
 from . import store
@@ -63,15 +62,17 @@ TRUST_PICKLES_ENV = "EECS598_TRUST_PICKLES"
 def coco_captions():
     """The course's COCO subset (`coco.pt`): a dict with train_images uint8 (10000,3,112,112),
     train_captions int64 (10000,17), val_images, val_captions and vocab {idx_to_token, token_to_idx}."""
+    import pickle
+
     import torch
 
-    import pickle
+    from ..utils import env_flag
 
     path = store.fetch("coco_captions", "coco.pt")
     try:  # tensors, lists, dicts and strings only: no code runs while loading
         data = torch.load(path, weights_only=True)
     except pickle.UnpicklingError as e:
-        if os.environ.get(TRUST_PICKLES_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}:
+        if not env_flag(TRUST_PICKLES_ENV):
             raise store.DataError(
                 f"{path} holds objects other than tensors, lists, dicts and strings, which the course's "
                 f"coco.pt does not ({e.__class__.__name__}: {str(e).splitlines()[0]}). The download "
