@@ -380,3 +380,34 @@ def test_train_vae_on_512_mnist_digits_reduces_the_loss():
 def test_no_hard_coded_cuda():
     source = inspect.getsource(vae)
     assert not re.search(r"\.cuda\(|['\"]cuda", source), "vae.py must not hard-code CUDA"
+
+
+def test_cvae_snapshots_measure_without_changing_the_run(monkeypatch):
+    """train_cvae_with_snapshots measures the CVAE after epoch `vae_epochs`, every
+    `cvae_snapshot_every` epochs and the last; its measurements (test loss, samples) draw random
+    numbers, yet the run's epoch losses equal those of a plain train_vae_model run with the
+    same seed, and each snapshot's test loss is evaluate_vae's on the model of that epoch."""
+    import experiments
+
+    base = experiments.settings()
+    monkeypatch.setattr(experiments, "settings", lambda: {**base, "vae_epochs": 2, "cvae_epochs": 3,
+                                                          "cvae_snapshot_every": 3, "cvae_per_digit": 4})
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (256,), generator=gen)
+    data = (x, y, x[:64], y[:64])
+    seen = {}
+
+    def keep_test_loss(epoch, model, history):
+        seen[epoch + 1] = experiments.evaluate_vae(model, x[:64], y[:64], cond=True)
+
+    _, history, snapshots = experiments.train_cvae_with_snapshots("cpu", data, classifier=_PixelReader(),
+                                                                  verbose=False, epoch_callback=keep_test_loss)
+    _, plain, _ = experiments.train_vae_model(True, "cpu", 3, data, verbose=False)
+    assert history["epoch_loss"] == plain["epoch_loss"]
+    assert [r["epoch"] for r in snapshots] == [2, 3]
+    for r in snapshots:
+        assert r["train_loss"] == history["epoch_loss"][r["epoch"] - 1]
+        assert r["test_loss"] == seen[r["epoch"]]
+        assert 0.0 <= r["conditional_accuracy"] <= 1.0
+    assert 0 < snapshots[0]["train_seconds"] < snapshots[1]["train_seconds"]
