@@ -434,11 +434,12 @@ def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
             model, history, snapshots = train_cvae_with_snapshots(device, data, classifier)
             at = next(r for r in snapshots if r["epoch"] == s["vae_epochs"])
             train_loss, test_loss, test_seconds = at["train_loss"], at["test_loss"], at["test_seconds"]
-            train_seconds, final_train_loss, last_batch = at["train_seconds"], at["train_set_loss"], at["last_batch_loss"]
-            epoch_losses = history["epoch_loss"][:s["vae_epochs"]]
+            train_seconds, final_train_loss = at["train_seconds"], at["train_set_loss"]
+            last_batch, epoch_losses = at["last_batch_loss"], history["epoch_loss"][:s["vae_epochs"]]
         else:
             model, history, train_seconds = train_vae_model(cond, device, s["vae_epochs"], data, verbose=True)
-            train_loss, epoch_losses, last_batch = history["epoch_loss"][-1], history["epoch_loss"], history["batch_loss"][-1]
+            train_loss, epoch_losses = history["epoch_loss"][-1], history["epoch_loss"]
+            last_batch = history["batch_loss"][-1]
             with timer() as t:
                 test_loss = evaluate_vae(model, x_test, y_test, cond)
             test_seconds = t.seconds
@@ -496,8 +497,10 @@ def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
                                                   "(train digits -> test digits); chance 0.1",
                             "num_generated": 10 * s["cvae_per_digit"],
                             "epochs": s["cvae_epochs"],
-                            "by_epoch": [{"epoch": r["epoch"], "conditional_accuracy": round(r["conditional_accuracy"], 4),
-                                          "train_loss": round(r["train_loss"], 3), "test_loss": round(r["test_loss"], 3),
+                            "by_epoch": [{"epoch": r["epoch"],
+                                          "conditional_accuracy": round(r["conditional_accuracy"], 4),
+                                          "train_loss": round(r["train_loss"], 3),
+                                          "test_loss": round(r["test_loss"], 3),
                                           "train_seconds": round(r["train_seconds"], 1)} for r in snapshots],
                             "definition": "fraction of CVAE digits (z ~ N(0, I)) that the "
                                           "evaluation classifier assigns to the requested digit, "
