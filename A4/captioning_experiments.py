@@ -33,6 +33,7 @@ images is highest when used for all).
     decoder_start/_step       one decoding step of any cell type (log-probabilities, new state)
     beam_search               beam-search captions (the extra rows; width 1 is greedy)
     ensemble_greedy           greedy captions of several models (mean next-word probability)
+    cross_validate            out-of-fold captions of every training image (K folds; for choices)
     consensus_baseline        the trivial baseline
     overfit_small             the course's overfit check: 50 captions of 50 images, no regularization
     image_dependence          validation loss with the true and with shuffled images
@@ -330,16 +331,22 @@ def beam_search(model, features, beam_size=3, max_length=16, banned=()):
 def ensemble_greedy(models, features, max_length=16, banned=()):
     """Greedy captions of an ensemble: at every step each CaptioningRNN (any mix of cell types,
     one vocabulary) gives its next-word distribution for the words chosen so far, and the word
-    with the highest AVERAGE probability is taken (<NULL> after <END>). `banned`: token indices
-    never emitted. One model and no ban: the captions of `sample_features`. Returns (N, max_length) int64."""
+    with the highest AVERAGE probability is taken (<NULL> after <END>). `features`: encoder
+    features (N, C, Hf, Wf) shared by all models, or a list of them, one per model (e.g. one
+    model twice, given the photos and their mirror images: test-time flip averaging).
+    `banned`: token indices never emitted. One model and no ban: the captions of
+    `sample_features`. Returns (N, max_length) int64."""
     for m in models:
         m.eval()
     first = models[0]
-    N = features.shape[0]
-    states = [decoder_start(m, features) for m in models]
-    captions = torch.full((N, max_length), first._null, dtype=torch.long, device=features.device)
-    word = torch.full((N,), first._start, dtype=torch.long, device=features.device)
-    done = torch.zeros(N, dtype=torch.bool, device=features.device)
+    views = list(features) if isinstance(features, (list, tuple)) else [features] * len(models)
+    if len(views) != len(models):
+        raise ValueError(f"{len(views)} feature tensors for {len(models)} models")
+    N, device = views[0].shape[0], views[0].device
+    states = [decoder_start(m, f) for m, f in zip(models, views)]
+    captions = torch.full((N, max_length), first._null, dtype=torch.long, device=device)
+    word = torch.full((N,), first._start, dtype=torch.long, device=device)
+    done = torch.zeros(N, dtype=torch.bool, device=device)
     for t in range(max_length):
         logps = []
         for k, m in enumerate(models):
@@ -528,18 +535,32 @@ def overfit_small(data, feats, cell_type, device=None, num=50, seed=0, verbose=F
             "epochs": epochs, "learning_rate": lr, "num_captions": num, **hist}
 
 
-def split_validation(data, feats, num_val):
-    """Carve the last `num_val` training images (sorted names) off as a validation slice.
-    Returns (train dict: feats, feats_flip, captions, image_idxs; val dict for train_on_features)."""
+def split_images(data, feats, start, stop):
+    """Carve the training images [start, stop) (sorted names) off as a validation slice; the
+    others train. Returns (train dict: feats, feats_flip, captions, image_idxs (renumbered from
+    0); val dict for train_on_features, plus feats_flip)."""
     n_img = len(data["train_names"])
-    n_tr = n_img - num_val
-    keep = data["train_image_idxs"] < n_tr
-    train = {"feats": feats["train"][:n_tr], "feats_flip": feats["train_flip"][:n_tr],
-             "captions": data["train_captions"][keep], "image_idxs": data["train_image_idxs"][keep]}
-    val = {"feats": feats["train"][n_tr:], "references": data["train_references"][n_tr:],
-           "captions": data["train_captions"][~keep], "image_idxs": data["train_image_idxs"][~keep] - n_tr,
+    if not 0 <= start < stop <= n_img:
+        raise ValueError(f"validation images [{start}, {stop}) outside the {n_img} training images")
+    is_val = torch.zeros(n_img, dtype=torch.bool)
+    is_val[start:stop] = True
+    new_index = torch.cumsum(~is_val, 0) - 1  # a training image's index among the kept ones
+    idxs = data["train_image_idxs"]
+    keep = ~is_val[idxs]
+    train = {"feats": feats["train"][~is_val], "feats_flip": feats["train_flip"][~is_val],
+             "captions": data["train_captions"][keep], "image_idxs": new_index[idxs[keep]]}
+    val = {"feats": feats["train"][start:stop], "feats_flip": feats["train_flip"][start:stop],
+           "references": data["train_references"][start:stop],
+           "captions": data["train_captions"][~keep], "image_idxs": idxs[~keep] - start,
            "idx_to_word": data["vocab"]["idx_to_token"], "max_length": CAPTION_LENGTH - 2}
     return train, val
+
+
+def split_validation(data, feats, num_val):
+    """The headline split: the last `num_val` training images (sorted names) are the validation
+    slice (`split_images`)."""
+    n_img = len(data["train_names"])
+    return split_images(data, feats, n_img - num_val, n_img)
 
 
 def image_dependence(model, val, seed=0):
@@ -549,6 +570,15 @@ def image_dependence(model, val, seed=0):
     perm = torch.randperm(len(val["feats"]), generator=torch.Generator().manual_seed(seed))
     return {"val_loss": mean_loss(model, val["feats"], val["captions"], val["image_idxs"]),
             "val_loss_shuffled_images": mean_loss(model, val["feats"][perm], val["captions"], val["image_idxs"])}
+
+
+def fit_split(model, split, s, val=None, stop_after=None, device=None, seed=0, verbose=False):
+    """`train_on_features` with the settings `s` on a split of `split_images` (train dict), with
+    an optional validation dict (epoch selection) or `stop_after` epochs (the refit)."""
+    return train_on_features(model, split["feats"], split["feats_flip"], split["captions"], split["image_idxs"],
+                             s["max_epochs"], s["batch_size"], s["learning_rate"], s["weight_decay"], val=val,
+                             patience=s["patience"], device=device, seed=seed, schedule=s["schedule"],
+                             select=s["select"], verbose=verbose, stop_after=stop_after)
 
 
 def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None, backbone=BACKBONE):
@@ -570,10 +600,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     idx_to_word = data["vocab"]["idx_to_token"]
 
     def fit(model, split, val=None, stop_after=None):
-        return train_on_features(model, split["feats"], split["feats_flip"], split["captions"], split["image_idxs"],
-                                 s["max_epochs"], s["batch_size"], s["learning_rate"], s["weight_decay"], val=val,
-                                 patience=s["patience"], device=device, seed=seed, schedule=s["schedule"],
-                                 select=s["select"], verbose=verbose, stop_after=stop_after)
+        return fit_split(model, split, s, val, stop_after, device=device, seed=seed, verbose=verbose)
 
     eecs598.reset_seed(seed)
     model = make_model(data["vocab"], cell_type, s, feats=feats)
@@ -784,13 +811,64 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True):
     return records
 
 
-def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000):
+def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000, references=None):
     """Percentile-bootstrap 95% intervals over the held-out images (eecs598.bleu.bootstrap_bleu) of
-    BLEU-4 and of its paired difference from `baseline_hypotheses`; rounded, without the samples."""
-    out = bootstrap_bleu(data["test_references"], hypotheses, 4, num_samples, seed=0,
-                         baseline_hypotheses=baseline_hypotheses)
+    BLEU-4 and of its paired difference from `baseline_hypotheses`; rounded, without the samples.
+    `references`: other images' references instead (e.g. data["train_references"] for the
+    out-of-fold captions of `cross_validate`)."""
+    references = data["test_references"] if references is None else references
+    out = bootstrap_bleu(references, hypotheses, 4, num_samples, seed=0, baseline_hypotheses=baseline_hypotheses)
     keys = ("bleu", "low", "high", "diff", "diff_low", "diff_high", "p_not_better")
     return {k: round(out[k], 4) for k in keys} | {"num_samples": num_samples, "confidence": 0.95}
+
+
+CV_DECODERS = ("greedy", "flip_average", "beam3")
+
+
+def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=None, verbose=False):
+    """K-fold cross-validation over the TRAINING images, for choices that one validation slice of
+    150 images cannot resolve (the held-out images stay unused). The training images, in sorted
+    order, are cut into `num_folds` consecutive folds (6 x 150 in full mode; the last fold is the
+    headline's validation slice). For each fold, the headline's validation run: a fresh model
+    (same seed) trained on the other folds, keeping the epoch of lowest loss on this fold. Its
+    captions of the fold's images, by each decoder of CV_DECODERS: greedy, greedy on the mean
+    next-word probability given the photo and given its mirror image (`ensemble_greedy` of the
+    model with itself), beam search of width 3. Pooled over the folds, every training image gets
+    one out-of-fold caption per decoder; compare two pools with
+    `heldout_bootstrap(data, a, b, references=data["train_references"])`.
+
+    Returns dict(hypotheses: {decoder: [word lists], one per training image}, scores: {decoder:
+    corpus BLEU-1..4 of the pool}, folds: [dict(fold, images, best_epoch, val_loss, seconds)],
+    models: the fold models, settings)."""
+    s = settings(cell_type) if s is None else s
+    n_img = len(data["train_names"])
+    bounds = [round(k * n_img / num_folds) for k in range(num_folds + 1)]
+    idx_to_word = data["vocab"]["idx_to_token"]
+    hyps = {name: [None] * n_img for name in CV_DECODERS}
+    folds, models = [], []
+    for k in range(num_folds):
+        train, val = split_images(data, feats, bounds[k], bounds[k + 1])
+        eecs598.reset_seed(seed)
+        model = make_model(data["vocab"], cell_type, s, feats=feats)
+        hist = fit_split(model, train, s, val, device=device, seed=seed)
+        dev = next(model.parameters()).device
+        f, f_flip = val["feats"].to(dev), val["feats_flip"].to(dev)
+        captions = {"greedy": greedy_captions(model, f, idx_to_word, s["max_length"])[0],
+                    "flip_average": [c.split() for c in rlc.decode_captions(
+                        ensemble_greedy([model, model], [f, f_flip], s["max_length"]).cpu(), idx_to_word)],
+                    "beam3": [c.split() for c in rlc.decode_captions(
+                        beam_search(model, f, 3, s["max_length"]).cpu(), idx_to_word)]}
+        for name, words in captions.items():
+            hyps[name][bounds[k]:bounds[k + 1]] = words
+        folds.append({"fold": k, "images": [bounds[k], bounds[k + 1]], "best_epoch": hist["best_epoch"],
+                      "val_loss": min(hist["val_loss_history"]), "seconds": hist["seconds"]})
+        models.append(model)
+        if verbose:
+            print(f"{cell_type} fold {k + 1}/{num_folds}: epoch {hist['best_epoch']}, greedy BLEU-4 "
+                  f"{bleu_scores(val['references'], captions['greedy'])['bleu4']:.4f} [{hist['seconds']:.0f}s]",
+                  flush=True)
+    scores = {name: bleu_scores(data["train_references"], h) for name, h in hyps.items()}
+    return {"hypotheses": hyps, "scores": scores, "folds": folds, "models": models, "settings": s}
 
 
 def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, backbone=BACKBONE,

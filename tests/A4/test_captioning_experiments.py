@@ -242,3 +242,58 @@ def test_seed_study_writes_its_records(calls, monkeypatch, tmp_path):
     assert row["value"] == pytest.approx((out["rnn"][1]["bleu4"] + out["rnn"][2]["bleu4"]) / 2)
     assert set(row["details"]) == DETAIL_KEYS and set(row["details"]["seeds"]["2"]) == SEED_KEYS
     assert "captioning_bleu4_seed_mean_rnn" in (tmp_path / "RESULTS.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits of the training images and cross-validation
+# ---------------------------------------------------------------------------------------------
+def _fake_features(data, channels=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(len(data[f"{k.split('_')[0]}_names"]), channels, 1, 1, generator=g)
+            for k in ("train", "train_flip", "test", "test_flip")}
+
+
+@pytest.mark.parametrize("start, stop", [(0, 4), (6, 10), (12, 16)])
+def test_split_images_keeps_each_caption_with_its_own_image(start, stop):
+    """Wherever the validation block lies, every caption keeps the features of its own image (plain
+    and mirrored) on both sides of the split, no image is on both sides, and the last block is the
+    headline's split_validation."""
+    data = fake_data(num_train=16)
+    feats = _fake_features(data)
+    train, val = ce.split_images(data, feats, start, stop)
+    owner = data["train_image_idxs"]
+    is_val = (owner >= start) & (owner < stop)
+    assert torch.equal(train["captions"], data["train_captions"][~is_val])
+    assert torch.equal(val["captions"], data["train_captions"][is_val])
+    for side, images in ((train, owner[~is_val]), (val, owner[is_val])):
+        assert torch.equal(side["feats"][side["image_idxs"]], feats["train"][images])
+        assert torch.equal(side["feats_flip"][side["image_idxs"]], feats["train_flip"][images])
+    assert len(train["feats"]) + len(val["feats"]) == 16 and val["references"] == data["train_references"][start:stop]
+    if stop == 16:
+        old_train, old_val = ce.split_validation(data, feats, 16 - start)
+        assert all(torch.equal(old_train[k], train[k]) for k in train)
+    with pytest.raises(ValueError):
+        ce.split_images(data, feats, 10, 17)
+
+
+def test_cross_validate_gives_every_training_image_one_out_of_fold_caption(calls):
+    """Each fold's captions are its own model's (greedy, flip-averaged, beam 3) of the fold's images;
+    the pool covers every training image once and scores as corpus BLEU of the pool; a fold model
+    differs from the others (it trained on other images)."""
+    data = fake_data(num_train=12)
+    feats = _fake_features(data)
+    s = ce.settings("rnn", backbone=REGNET)
+    out = ce.cross_validate(data, feats, "rnn", num_folds=3, s=s)
+    itw = data["vocab"]["idx_to_token"]
+    assert [f["images"] for f in out["folds"]] == [[0, 4], [4, 8], [8, 12]]
+    for f, model in zip(out["folds"], out["models"]):
+        a, b = f["images"]
+        greedy = ce.greedy_captions(model, feats["train"][a:b], itw, s["max_length"])[0]
+        assert out["hypotheses"]["greedy"][a:b] == greedy
+        flip = ce.ensemble_greedy([model, model], [feats["train"][a:b], feats["train_flip"][a:b]], s["max_length"])
+        assert out["hypotheses"]["flip_average"][a:b] == [c.split() for c in rlc.decode_captions(flip, itw)]
+    for name in ce.CV_DECODERS:
+        assert len(out["hypotheses"][name]) == 12 and None not in out["hypotheses"][name]
+        assert out["scores"][name] == ce.bleu_scores(data["train_references"], out["hypotheses"][name])
+    w0, w1 = (dict(m.named_parameters())["output.weight"] for m in out["models"][:2])
+    assert not torch.equal(w0, w1)

@@ -703,3 +703,34 @@ def test_ensemble_greedy_takes_the_word_of_highest_average_probability():
             if w == end:
                 assert (out[n, t + 1:] == null).all()
                 break
+
+
+def test_ensemble_greedy_with_one_feature_tensor_per_model_averages_the_views():
+    """Per-model features (test-time flip averaging: one model, the photos and their mirrors):
+    each step's word is the argmax of the mean of the model's distributions given each view,
+    replayed step by step; the same view twice is the model's own greedy caption; a list whose
+    length differs from the models' is refused."""
+    import captioning_experiments as ce
+    model, vocab = _peaked_model("lstm", 24)
+    f1, f2 = _rand(4, 320, 2, 2), _rand(4, 320, 2, 2)
+    T = 5
+    assert torch.equal(ce.ensemble_greedy([model, model], [f1, f1], max_length=T),
+                       model.sample_features(f1, max_length=T))
+    out = ce.ensemble_greedy([model, model], [f1, f2], max_length=T)
+    end = vocab["<END>"]
+    for n in range(len(f1)):
+        words = [vocab["<START>"]]
+        for t in range(T):
+            probs = 0
+            for f in (f1, f2):
+                st = ce.decoder_start(model, f[n:n + 1])
+                for w in words:
+                    logp, st = ce.decoder_step(model, st, torch.tensor([w]))
+                probs = probs + logp.exp() / 2
+            w = int(probs.argmax())
+            assert out[n, t].item() == w, (n, t)
+            words.append(w)
+            if w == end:
+                break
+    with pytest.raises(ValueError):
+        ce.ensemble_greedy([model, model], [f1], max_length=T)
