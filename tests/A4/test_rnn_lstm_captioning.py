@@ -687,16 +687,24 @@ def test_ensemble_greedy_takes_the_word_of_highest_average_probability():
     feats = _rand(5, 320, 2, 2)
     T = 5
     out = ce.ensemble_greedy([a, b], feats, max_length=T)
+    _assert_mean_probability_replay(out, [(a, feats), (b, feats)], vocab)
+
+
+def _assert_mean_probability_replay(out, members, vocab):
+    """Each caption of `out` (N, T), step by step: the word is the argmax of the mean over the
+    (model, features) `members` of the next-word probabilities, each model re-run on the whole
+    prefix from <START>; <NULL> after <END>."""
+    import captioning_experiments as ce
     start, end, null = vocab["<START>"], vocab["<END>"], vocab["<NULL>"]
-    for n in range(len(feats)):
+    for n in range(out.shape[0]):
         words = [start]
-        for t in range(T):
+        for t in range(out.shape[1]):
             probs = 0
-            for m in (a, b):
-                st = ce.decoder_start(m, feats[n:n + 1])
+            for m, f in members:
+                st = ce.decoder_start(m, f[n:n + 1])
                 for w in words:  # replay the prefix step by step
                     logp, st = ce.decoder_step(m, st, torch.tensor([w]))
-                probs = probs + logp.exp() / 2
+                probs = probs + logp.exp() / len(members)
             w = int(probs.argmax())
             assert out[n, t].item() == w, (n, t)
             words.append(w)
@@ -717,20 +725,6 @@ def test_ensemble_greedy_with_one_feature_tensor_per_model_averages_the_views():
     assert torch.equal(ce.ensemble_greedy([model, model], [f1, f1], max_length=T),
                        model.sample_features(f1, max_length=T))
     out = ce.ensemble_greedy([model, model], [f1, f2], max_length=T)
-    end = vocab["<END>"]
-    for n in range(len(f1)):
-        words = [vocab["<START>"]]
-        for t in range(T):
-            probs = 0
-            for f in (f1, f2):
-                st = ce.decoder_start(model, f[n:n + 1])
-                for w in words:
-                    logp, st = ce.decoder_step(model, st, torch.tensor([w]))
-                probs = probs + logp.exp() / 2
-            w = int(probs.argmax())
-            assert out[n, t].item() == w, (n, t)
-            words.append(w)
-            if w == end:
-                break
+    _assert_mean_probability_replay(out, [(model, f1), (model, f2)], vocab)
     with pytest.raises(ValueError):
         ce.ensemble_greedy([model, model], [f1], max_length=T)
