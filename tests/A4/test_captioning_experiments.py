@@ -247,10 +247,12 @@ def test_seed_study_writes_its_records(calls, monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Splits of the training images and cross-validation
 # ---------------------------------------------------------------------------------------------
-def _fake_features(data, channels=400, seed=0):
+def _fake_features(data, channels=400, seed=0, num_crops=1):
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(len(data[f"{k.split('_')[0]}_names"]), channels, 1, 1, generator=g)
-            for k in ("train", "train_flip", "test", "test_flip")}
+    feats = {k: torch.randn(len(data[f"{k.split('_')[0]}_names"]), channels, 1, 1, generator=g)
+             for k in ("train", "train_flip", "test", "test_flip")}
+    feats["train_crops"] = torch.randn(num_crops, len(data["train_names"]), channels, 1, 1, generator=g)
+    return feats
 
 
 @pytest.mark.parametrize("start, stop", [(0, 4), (6, 10), (12, 16)])
@@ -268,6 +270,7 @@ def test_split_images_keeps_each_caption_with_its_own_image(start, stop):
     for side, images in ((train, owner[~is_val]), (val, owner[is_val])):
         assert torch.equal(side["feats"][side["image_idxs"]], feats["train"][images])
         assert torch.equal(side["feats_flip"][side["image_idxs"]], feats["train_flip"][images])
+    assert torch.equal(train["crops"][:, train["image_idxs"]], feats["train_crops"][:, owner[~is_val]])
     assert len(train["feats"]) + len(val["feats"]) == 16 and val["references"] == data["train_references"][start:stop]
     if stop == 16:
         old_train, old_val = ce.split_validation(data, feats, 16 - start)
@@ -297,3 +300,108 @@ def test_cross_validate_gives_every_training_image_one_out_of_fold_caption(calls
         assert out["scores"][name] == ce.bleu_scores(data["train_references"], out["hypotheses"][name])
     w0, w1 = (dict(m.named_parameters())["output.weight"] for m in out["models"][:2])
     assert not torch.equal(w0, w1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Crop augmentation
+# ---------------------------------------------------------------------------------------------
+def test_random_resized_crop_is_a_resized_window_of_the_image():
+    """Each crop equals some window of the requested area and aspect, resized back (bilinear,
+    antialiased) and possibly mirrored; over many draws both orientations and several positions
+    occur; the whole-image scale gives the image or its mirror."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 12, 12), dtype=torch.uint8, generator=g)
+    found = set()
+    for _ in range(20):
+        crop = ce.random_resized_crop(image, g, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+        assert crop.shape == image.shape and crop.dtype == torch.uint8
+        matches = []
+        for y in range(7):
+            for x in range(7):
+                window = F.interpolate(image[None, :, y:y + 6, x:x + 6].float(), size=(12, 12), mode="bilinear",
+                                       antialias=True, align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+                matches += [(y, x, m) for m, w in ((False, window), (True, window.flip(-1))) if torch.equal(crop, w)]
+        assert len(matches) == 1
+        found.add(matches[0])
+    assert {m for _, _, m in found} == {False, True} and len({(y, x) for y, x, _ in found}) > 5
+    whole = ce.random_resized_crop(image, g, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert torch.equal(whole, image) or torch.equal(whole, image.flip(-1))
+
+
+class _MeanColour(nn.Module):
+    """A deterministic stand-in encoder: each image's mean colour, (N, 3, 1, 1)."""
+
+    def forward(self, images):
+        return images.float().mean(dim=(2, 3), keepdim=True)
+
+
+def test_extract_features_adds_crop_views_of_the_training_images(monkeypatch):
+    """num_crops views of every training image, each the encoder's features of that image's crop
+    (replayed with the generator seed CROP_SEED, view by view), in the image order; the encoder is
+    built once; no crops for num_crops=0."""
+    builds = []
+    monkeypatch.setattr(ce, "build_encoder", lambda *a, **k: builds.append(a) or _MeanColour())
+    data = fake_data(num_train=6, num_test=2, size=32)
+    feats = ce.extract_features(data, num_crops=2)
+    assert len(builds) == 1 and feats["train_crops"].shape == (2, 6, 3, 1, 1)
+    g = torch.Generator().manual_seed(ce.CROP_SEED)
+    for view in range(2):
+        crops = torch.stack([ce.random_resized_crop(im, g) for im in data["train_images"]])
+        assert torch.equal(feats["train_crops"][view], _MeanColour()(crops))
+    assert not torch.allclose(feats["train_crops"][0], feats["train"])
+    assert torch.equal(feats["train"], _MeanColour()(data["train_images"]))
+    assert "train_crops" not in ce.extract_features(data, num_crops=0)
+
+
+class _RecordingDecoder(nn.Module):
+    """Stands in for a CaptioningRNN in train_on_features: records which features each caption got."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward_features(self, features, captions, feature_idx=None):
+        self.seen.append((features[feature_idx].flatten(1)[:, 0].clone(), captions[:, 1].clone()))
+        return (self.w ** 2).sum() + 1.0
+
+
+def test_train_on_features_draws_every_view_of_the_captions_own_image():
+    """With crops, each caption is trained on a view (plain, mirrored or one of the crops) of its own
+    image; over the epochs every view occurs; without crops only plain and mirrored ones do."""
+    n_img, caps = 5, 4
+    image_idxs = torch.arange(n_img).repeat_interleave(caps)
+    captions = torch.stack([torch.tensor([1, int(i), 0]) for i in image_idxs])  # word 1 = the image index
+    value = lambda view, img: 100.0 * view + img  # noqa: E731
+    full = lambda view: torch.tensor([value(view, i) for i in range(n_img)]).view(n_img, 1, 1, 1)  # noqa: E731
+    crops = torch.stack([full(2), full(3), full(4)])
+    for with_crops, views in ((True, {0, 1, 2, 3, 4}), (False, {0, 1})):
+        model = _RecordingDecoder()
+        ce.train_on_features(model, full(0), full(1), captions, image_idxs, num_epochs=6, batch_size=7,
+                             learning_rate=0.1, crops=crops if with_crops else None)
+        got = torch.cat([f for f, _ in model.seen]).long()
+        image = torch.cat([c for _, c in model.seen])
+        assert torch.equal(got % 100, image)
+        assert set((got // 100).tolist()) == views
+    with pytest.raises(ValueError, match="flip"):
+        ce.train_on_features(_RecordingDecoder(), full(0), full(1), captions, image_idxs, 1, 7, 0.1, flip=False,
+                             crops=crops)
+
+
+def test_settings_crop_views_must_exist_in_the_features(calls):
+    """fit_split trains on the settings' number of crop views (none by default) and refuses more
+    than the features hold, saying how to extract them."""
+    data = fake_data(num_train=8)
+    feats = _fake_features(data, num_crops=1)
+    train, _ = ce.split_images(data, feats, 0, 2)
+    assert ce.crop_split_views(train, 0) is None and ce.crop_split_views(train, 1).shape[0] == 1
+    s = {**ce.settings("rnn", backbone=REGNET), "crop_views": 0}
+    hist = ce.fit_split(ce.make_model(data["vocab"], "rnn", s, feats=feats), train, {**s, "crop_views": 1})
+    assert len(hist["epoch_losses"]) == s["max_epochs"]
+    with pytest.raises(ValueError, match="num_crops=2"):
+        ce.fit_split(ce.make_model(data["vocab"], "rnn", s, feats=feats), train, {**s, "crop_views": 2})
+
+
+def test_only_the_rnn_trains_on_crops_and_the_default_features_hold_them():
+    assert [ce.settings(c)["crop_views"] for c in ce.CELL_TYPES] == [1, 0, 0]  # quick mode
+    assert ce.crop_views() == 1
