@@ -16,16 +16,17 @@ its "head" features (the 1280-channel map its ImageNet classifier pools; (N, 128
 are computed once for every image and its horizontal mirror (cached in
 $EECS598_CACHE); training picks the plain or mirrored features of each image at random (flip
 augmentation); the rnn also trains on the features of 4 random crops of every training image
-(`crop_views`, `random_resized_crop`: one of the 6 views at random). Decoders: features standardized per channel (BatchNorm2d) and projected to the
-initial state (rnn, lstm: the spatial mean -> Linear -> tanh = h0) or to the attention memory
-(attn: 1x1 conv -> tanh), word vectors 256, hidden 512, dropout and word dropout, AdamW with
-weight decay and cosine learning-rate decay (attn: plus Show, Attend and Tell's doubly stochastic
-attention penalty); the epoch with the lowest validation loss is chosen, and the evaluated model
-is retrained on all 900 training images for that many epochs of the same schedule (`refit`).
-Held-out BLEU-1/-4: greedy decoding, corpus BLEU over the 5 references (`eecs598.bleu`, the same
-as NLTK's corpus_bleu), with percentile-bootstrap intervals over the held-out images. Baseline: one consensus caption for every image
-(`eecs598.bleu.consensus_caption`: the training caption whose corpus BLEU-4 on the training
-images is highest when used for all).
+(`crop_views`, `random_resized_crop`: one of the 6 views at random). Decoders: features
+standardized per channel (BatchNorm2d) and projected to the initial state (rnn, lstm: the
+spatial mean -> Linear -> tanh = h0) or to the attention memory (attn: 1x1 conv -> tanh), word
+vectors 256, hidden 512, dropout and word dropout, AdamW with weight decay and cosine
+learning-rate decay (attn: plus Show, Attend and Tell's doubly stochastic attention penalty);
+the epoch with the lowest validation loss is chosen, and the evaluated model is retrained on all
+900 training images for that many epochs of the same schedule (`refit`). Held-out BLEU-1/-4:
+greedy decoding, corpus BLEU over the 5 references (`eecs598.bleu`, the same as NLTK's
+corpus_bleu), with percentile-bootstrap intervals over the held-out images. Baseline: one
+consensus caption for every image (`eecs598.bleu.consensus_caption`: the training caption whose
+corpus BLEU-4 on the training images is highest when used for all).
 
     load_data                 the split as tensors (quick mode: 80 train / 20 held-out images)
     extract_features          frozen-encoder features of images, their mirrors and crops (cached)
