@@ -491,6 +491,10 @@ def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs
     "train_crops"); then each caption's features are drawn uniformly from the 2 + K views
     (plain, mirrored, the crops). Needs `flip`.
 
+    Reproducibility: on one CPU thread two runs with the same seed were bit-identical (rnn); on
+    two threads they drift apart from the first epoch (float summation order), and greedy
+    captions trained that way differ from run to run (A4/README.md measures by how much).
+
     schedule: "constant" or "cosine" (the learning rate decays per iteration from
     `learning_rate` to 0 over `num_epochs` epochs).
     stop_after: run only the first `stop_after` epochs of that schedule (the refit on all
