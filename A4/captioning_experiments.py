@@ -643,15 +643,24 @@ def split_images(data, feats, start, stop):
     new_index = torch.cumsum(~is_val, 0) - 1  # a training image's index among the kept ones
     idxs = data["train_image_idxs"]
     keep = ~is_val[idxs]
-    train = {"feats": feats["train"][~is_val], "feats_flip": feats["train_flip"][~is_val],
-             "captions": data["train_captions"][keep], "image_idxs": new_index[idxs[keep]]}
-    if "train_crops" in feats:
-        train["crops"] = feats["train_crops"][:, ~is_val]
+    train = _training_split(data, feats, ~is_val, keep, new_index[idxs[keep]])
     val = {"feats": feats["train"][start:stop], "feats_flip": feats["train_flip"][start:stop],
            "references": data["train_references"][start:stop],
            "captions": data["train_captions"][~keep], "image_idxs": idxs[~keep] - start,
            "idx_to_word": data["vocab"]["idx_to_token"], "max_length": CAPTION_LENGTH - 2}
     return train, val
+
+
+def _training_split(data, feats, images=slice(None), captions=slice(None), image_idxs=None):
+    """The train dict of `split_images` (feats, feats_flip, captions, image_idxs; crops when `feats`
+    has "train_crops") for the training images `images` and the captions `captions` (index or
+    mask); all of them by default, with their own image indices."""
+    split = {"feats": feats["train"][images], "feats_flip": feats["train_flip"][images],
+             "captions": data["train_captions"][captions],
+             "image_idxs": data["train_image_idxs"] if image_idxs is None else image_idxs}
+    if "train_crops" in feats:
+        split["crops"] = feats["train_crops"][:, images]
+    return split
 
 
 def split_validation(data, feats, num_val):
@@ -725,10 +734,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     if s.get("refit"):
         val_model_scores, _, _ = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word,
                                                s["max_length"])
-        used = {"feats": feats["train"], "feats_flip": feats["train_flip"], "captions": data["train_captions"],
-                "image_idxs": data["train_image_idxs"]}
-        if "train_crops" in feats:
-            used["crops"] = feats["train_crops"]
+        used = _training_split(data, feats)
         if verbose:
             print(f"refit on all {len(used['feats'])} training images for {val_hist['best_epoch']} of "
                   f"{s['max_epochs']} epochs", flush=True)

@@ -175,8 +175,9 @@ def train_cvae_with_snapshots(device=None, data=None, classifier=None, seed=0, v
 
     Returns (model, history, snapshots): snapshots is a list of dicts (epoch, train_loss,
     test_loss, test_seconds, train_set_loss (the model evaluated on the training images like the
-    test loss; at epoch `vae_epochs` only, else None), last_batch_loss, conditional_accuracy or None, train_seconds: training time up
-    to that epoch, measurements and callbacks excluded), in epoch order."""
+    test loss; at epoch `vae_epochs` only, else None), last_batch_loss, conditional_accuracy or
+    None, train_seconds: training time up to that epoch, measurements and callbacks excluded), in
+    epoch order."""
     s = settings()
     data = load_data() if data is None else data
     x_train, y_train, x_test, y_test = data
