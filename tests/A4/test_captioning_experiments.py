@@ -3,6 +3,8 @@ test_rnn_lstm_captioning.py): the backbone / feature choice, the feature-cache k
 seed-study records. No pretrained weights and no real data: RegNetX-400MF (torchvision,
 weights downloaded online) is replaced by a stand-in with its c5 width, on tiny fake data.
 """
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -405,3 +407,62 @@ def test_settings_crop_views_must_exist_in_the_features(calls):
 def test_only_the_rnn_trains_on_crops_and_the_default_features_hold_them():
     assert [ce.settings(c)["crop_views"] for c in ce.CELL_TYPES] == [1, 0, 0]  # quick mode
     assert ce.crop_views() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The course's loss checks and the loss floor of captions that share an image
+# ---------------------------------------------------------------------------------------------
+def test_first_captions_picks_each_images_first_caption():
+    data = fake_data(num_train=5)
+    data["train_image_idxs"] = torch.tensor([3, 1, 1, 0, 4, 2, 3, 0, 2, 4])  # shuffled: first rows 3, 1, 5, 0, 4
+    assert ce.first_captions(data).tolist() == [3, 1, 5, 0, 4]
+    assert ce.first_captions(data, num=2).tolist() == [3, 1]
+
+
+def test_caption_loss_floor_is_the_entropy_of_each_images_captions():
+    a, b, c, d, e = ([k] * 3 for k in range(5))
+    captions = torch.tensor([a, b, c, d, e, a, a, b, c])
+    image_idxs = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2])  # image 0: 5 distinct; image 1: a, a, b; image 2: c
+    by_hand = (5 * math.log(5) - 2 * math.log(2 / 3) - math.log(1 / 3) + 0) / 9
+    assert ce.caption_loss_floor(captions, image_idxs) == pytest.approx(by_hand, rel=1e-12)
+    assert ce.caption_loss_floor(captions[:5], image_idxs[:5]) == pytest.approx(math.log(5), rel=1e-12)
+    assert ce.caption_loss_floor(captions[[0, 8]], torch.tensor([0, 1])) == 0.0
+
+
+def test_no_decoder_gets_below_the_loss_floor(calls):
+    """Gibbs' inequality on a trained decoder: two random captions per image, so the floor is log 2;
+    a decoder that memorizes them comes close to it (0.696 here) but never below."""
+    data = fake_data(num_train=6)
+    feats = _fake_features(data)
+    floor = ce.caption_loss_floor(data["train_captions"], data["train_image_idxs"])
+    assert floor == pytest.approx(math.log(2))
+    s = {**ce.settings("lstm", backbone=REGNET), "dropout": 0.0, "word_dropout": 0.0}
+    model = ce.make_model(data["vocab"], "lstm", s, feats=feats)
+    ce.train_on_features(model, feats["train"], feats["train"], data["train_captions"], data["train_image_idxs"],
+                         60, 12, 1e-2, flip=False)
+    loss = ce.mean_loss(model, feats["train"], data["train_captions"], data["train_image_idxs"])
+    assert floor < loss < floor + 0.2, f"memorized loss {loss:.3f} vs floor {floor:.3f}"
+
+
+@pytest.mark.parametrize("cell_type", ce.CELL_TYPES)
+def test_course_checks_train_on_one_caption_per_image_without_regularization(calls, monkeypatch, cell_type):
+    data = fake_data(num_train=6)
+    feats = _fake_features(data)
+    seen = {}
+
+    def spy(model, feats_, feats_flip, captions, image_idxs, num_epochs, batch_size, learning_rate, **kw):
+        seen.update(captions=captions, image_idxs=image_idxs, batch_size=batch_size, lr=learning_rate, **kw,
+                    dropout=model.drop.p, word_dropout=model.word_dropout, penalty=model.attention_penalty)
+        return real(model, feats_, feats_flip, captions, image_idxs, num_epochs, batch_size, learning_rate, **kw)
+
+    real = ce.train_on_features
+    monkeypatch.setattr(ce, "train_on_features", spy)
+    out = ce.course_loss_check(data, feats, cell_type, backbone=REGNET)
+    assert seen["image_idxs"].tolist() == list(range(6)) and out["num_captions"] == 6
+    assert torch.equal(seen["captions"], data["train_captions"][::2])  # 2 captions per image: the first of each
+    assert (seen["batch_size"], seen["lr"], seen["flip"]) == (256, 1e-3, False)
+    assert seen["dropout"] == seen["word_dropout"] == seen["penalty"] == 0
+    assert out["final_loss"] == out["loss_history"][-1] and out["eval_loss"] > 0
+    over = ce.overfit_small(data, feats, cell_type, num=4, backbone=REGNET)
+    assert over["num_captions"] == 4 and seen["batch_size"] == 32
+    assert seen["lr"] == (1e-2 if cell_type == "lstm" else 1e-3)
