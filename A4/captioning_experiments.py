@@ -49,6 +49,7 @@ import hashlib
 import math
 import random
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -550,7 +551,7 @@ def train_on_features(model, feats, feats_flip, captions, image_idxs, num_epochs
             for j in range(0, N, batch_size):
                 idx = order[j:j + batch_size]
                 img = image_idxs[idx]
-                if views is None:
+                if views is None:  # (kept apart from the views below: its random draws are the earlier runs')
                     use_flip = torch.rand(len(idx), generator=gen) < 0.5
                     if not flip:
                         use_flip.zero_()
@@ -635,12 +636,9 @@ def caption_loss_floor(captions, image_idxs):
     whole captions; by Gibbs' inequality the mean negative log-likelihood of each image's captions
     is lowest for their empirical distribution.) 0 with one caption per image; log 5 = 1.609 with
     5 distinct captions per image."""
-    counts = {}
-    keys = [(i, tuple(c)) for i, c in zip(image_idxs.tolist(), captions.tolist())]
-    for i, c in keys:
-        counts[i] = counts.get(i, 0) + 1
-        counts[i, c] = counts.get((i, c), 0) + 1
-    return -sum(math.log(counts[i, c] / counts[i]) for i, c in keys) / max(len(keys), 1)
+    pairs = list(zip(image_idxs.tolist(), map(tuple, captions.tolist())))
+    per_image, per_caption = Counter(i for i, _ in pairs), Counter(pairs)
+    return -sum(math.log(per_caption[pair] / per_image[pair[0]]) for pair in pairs) / max(len(pairs), 1)
 
 
 def _course_check(data, feats, cell_type, num, epochs, batch_size, learning_rate, device, seed, verbose, backbone):
@@ -939,6 +937,7 @@ def _loss_checks(data, feats, cell_type, record, device, backbone, verbose):
 
 
 def _floor_record(data, record):
+    """The `caption_loss_floor` of the training captions as a record."""
     floor = caption_loss_floor(data["train_captions"], data["train_image_idxs"])
     record("captioning_train_loss_floor", floor, "loss (sum over time, mean over batch)", 0.0, None,
            note="caption_loss_floor of the training captions (5 distinct per image): the mean entropy of each "
