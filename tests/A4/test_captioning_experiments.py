@@ -466,3 +466,16 @@ def test_course_checks_train_on_one_caption_per_image_without_regularization(cal
     over = ce.overfit_small(data, feats, cell_type, num=4, backbone=REGNET)
     assert over["num_captions"] == 4 and seen["batch_size"] == 32
     assert seen["lr"] == (1e-2 if cell_type == "lstm" else 1e-3)
+
+
+@pytest.mark.parametrize("loss_checks", [True, False])
+def test_run_writes_the_loss_check_rows_only_when_asked(calls, monkeypatch, loss_checks):
+    """run(loss_checks=False) (a rerun of the headline rows) leaves out the course's loss checks and
+    keeps the rest; every row says how many threads it ran on."""
+    monkeypatch.setattr(ce, "load_data", lambda: fake_data())
+    rows = ce.run(cell_types=("rnn",), backbone=REGNET, verbose=False, loss_checks=loss_checks)
+    metrics = {r["metric"] for r in rows}
+    checks = {"captioning_overfit_loss_rnn", "captioning_course_loss_rnn"}
+    assert (checks <= metrics) == loss_checks and bool(checks & metrics) == loss_checks
+    assert {"captioning_train_loss_floor", "captioning_bleu4_rnn", "captioning_bleu4_consensus_baseline"} <= metrics
+    assert all(r["details"]["threads"] == torch.get_num_threads() == 1 for r in rows)
