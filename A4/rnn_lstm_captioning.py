@@ -358,7 +358,10 @@ class CaptioningRNN(nn.Module):
     to the loss in training mode: lambda * sum over cells k of (1 - sum_t alpha[t, k])^2, summed
     over the caption's real steps (targets other than <NULL>), averaged over captions; with the
     number of steps fixed it penalizes the spread of the attention's total coverage over the
-    cells, so a caption that keeps attending to the same cells pays for it).
+    cells, so a caption that keeps attending to the same cells pays for it), merge (rnn / lstm
+    only; the image state v = h0 also enters the output layer at every step: scores =
+    output(drop(h_t)) + W_m drop(v), W_m (H, V) without bias; Tanti et al. 2018's "merge" next to
+    the "init-inject" h0, so the image's trace does not have to survive the recurrence).
 
     `forward(images, captions)` -> the training loss with teacher forcing;
     `sample(images, max_length)` -> greedy captions. `forward_features` / `sample_features` take
@@ -368,7 +371,7 @@ class CaptioningRNN(nn.Module):
     def __init__(self, word_to_idx, input_dim=None, wordvec_dim=128, hidden_dim=128, cell_type="rnn",
                  image_encoder_pretrained=True, ignore_index=None, backbone="efficientnet_lite0",
                  dropout=0.0, word_dropout=0.0, verbose=False, feature="c5", forget_bias=0.0,
-                 feature_norm=False, init_tanh=False, feature_dropout=0.0, attention_penalty=0.0):
+                 feature_norm=False, init_tanh=False, feature_dropout=0.0, attention_penalty=0.0, merge=False):
         super().__init__()
         if cell_type not in {"rnn", "lstm", "attn"}:
             raise ValueError(f'Invalid cell_type "{cell_type}"')
@@ -386,6 +389,8 @@ class CaptioningRNN(nn.Module):
         if attention_penalty and cell_type != "attn":
             raise ValueError("attention_penalty needs cell_type='attn'")
         self.attention_penalty = attention_penalty
+        if merge and cell_type == "attn":
+            raise ValueError("merge needs cell_type 'rnn' or 'lstm'")
 
         ### BEGIN SOLUTION
         ### HINT: ImageEncoder, a feature projection (Linear for rnn/lstm, 1x1 Conv2d for attn), WordEmbedding, the core, Linear to the vocabulary.
@@ -408,6 +413,8 @@ class CaptioningRNN(nn.Module):
         # running statistics in eval mode) before the projection.
         self.feature_norm = nn.BatchNorm2d(self.image_encoder.out_channels) if feature_norm else nn.Identity()
         self.feature_drop = nn.Dropout(feature_dropout)
+        # Optional: the image state's own path to the output layer (merge).
+        self.merge = nn.Linear(hidden_dim, vocab_size, bias=False) if merge else None
         if cell_type in ("lstm", "attn") and forget_bias:
             with torch.no_grad():  # gate order i, f, o, g: the forget gate's bias is b[H:2H]
                 self.core.b[hidden_dim:2 * hidden_dim] = forget_bias
@@ -434,6 +441,17 @@ class CaptioningRNN(nn.Module):
             out = torch.tanh(out)
         return out
 
+    def output_scores(self, h, image_state=None, dropout=True):
+        """Vocabulary scores from hidden states h (N, T, H) or (N, H): output(drop(h)), plus, with
+        `merge`, W_m drop(image_state) for the image state (N, H) (h0 of rnn/lstm) at every step.
+        dropout=False skips the dropout (decoding)."""
+        drop = self.drop if dropout else (lambda x: x)
+        scores = self.output(drop(h))
+        if self.merge is not None:
+            extra = self.merge(drop(image_state))
+            scores = scores + (extra[:, None] if scores.dim() == 3 else extra)
+        return scores
+
     def forward_features(self, features, captions, feature_idx=None):
         """Loss from precomputed encoder features (N, C, Hf, Wf) and captions (N, T+1).
 
@@ -443,7 +461,7 @@ class CaptioningRNN(nn.Module):
         loss = None
         attn_weights = None  # attn with attention_penalty: the weights (N, T, Hf, Wf) the core used
         ### BEGIN SOLUTION
-        ### HINT: embed captions[:, :-1], run the core from the image state, score with the output layer, temporal_softmax_loss against captions[:, 1:] (attn with attention_penalty: keep the core's attention weights in attn_weights).
+        ### HINT: embed captions[:, :-1], run the core from the image state, score with self.output_scores(h, image state) (the output layer), temporal_softmax_loss against captions[:, 1:] (attn with attention_penalty: keep the core's attention weights in attn_weights).
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         if self.training and self.word_dropout > 0:
             drop = torch.rand(captions_in.shape, device=captions_in.device) < self.word_dropout
@@ -457,7 +475,7 @@ class CaptioningRNN(nn.Module):
             h, attn_weights = self.core(x, init, return_weights=True)
         else:
             h = self.core(x, init)
-        scores = self.output(self.drop(h))
+        scores = self.output_scores(h, init)
         loss = temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)
         ### END SOLUTION
         if self.training and self.attention_penalty:
@@ -507,7 +525,7 @@ class CaptioningRNN(nn.Module):
                 attn, w = dot_product_attention(h, A)
                 attn_weights_all[:, t] = w
                 h, c = self.core.step_forward(x, h, c, attn)
-            word = self.output(h).argmax(dim=1)
+            word = self.output_scores(h, init, dropout=False).argmax(dim=1)
             captions[:, t] = torch.where(done, torch.full_like(word, self._null), word)
             done = done | (word == self._end)
             if bool(done.all()):

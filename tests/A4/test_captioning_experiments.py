@@ -409,6 +409,15 @@ def test_only_the_rnn_trains_on_crops_and_the_default_features_hold_them():
     assert ce.crop_views() == 1
 
 
+def test_make_model_passes_merge_and_no_headline_recipe_merges(calls):
+    data = fake_data(num_train=2, num_test=1)
+    assert [ce.settings(c)["merge"] for c in ce.CELL_TYPES] == [False, False, False]
+    assert all(ce.make_model(data["vocab"], c, ce.settings(c, REGNET)).merge is None for c in ce.CELL_TYPES)
+    model = ce.make_model(data["vocab"], "rnn", {**ce.settings("rnn", REGNET), "merge": True})
+    assert model.merge.weight.shape == model.output.weight.shape
+    assert any(p is model.merge.weight for p in ce.decoder_parameters(model))  # trained with the decoder
+
+
 # ---------------------------------------------------------------------------------------------
 # The course's loss checks and the loss floor of captions that share an image
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ F.scaled_dot_product_attention and a brute-force loop for the attention, explici
 loops for the loss, F.embedding. Tolerances are stated per test (rel_error as in the course).
 Image encoders are built with pretrained=False except one check of the shipped weights' shape.
 """
+import copy
 import math
 
 import pytest
@@ -652,7 +653,6 @@ def test_ensemble_greedy_of_one_model_is_sample_features_and_ban_equals_masked_o
     """captioning_experiments.ensemble_greedy: one model without a ban reproduces the model's own
     greedy `sample_features`; banning <UNK> gives the captions of a copy of the model whose output
     bias for <UNK> is -1e4 (the word can never win an argmax), and no <UNK> appears."""
-    import copy
     import captioning_experiments as ce
     model, vocab = _peaked_model(cell_type, 21)
     unk = vocab["<UNK>"]
@@ -675,6 +675,49 @@ def test_ensemble_greedy_of_one_model_is_sample_features_and_ban_equals_masked_o
     assert not (banned == unk).any()
     beam = ce.beam_search(model, feats, beam_size=1, max_length=6, banned=(unk,))
     assert torch.equal(beam, banned)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
+def test_merge_adds_the_image_state_to_every_steps_scores(cell_type):
+    """merge=True: the loss is the temporal softmax loss of output(h_t) + W_m h0 at every step
+    (h_t the core's states run from h0; eval mode, so no dropout); with W_m = 0 it is the loss of
+    the same weights without merge; greedy `sample_features`, greedy replay through
+    `decoder_step` (ensemble of one) and beam width 1 agree, and the merge term changes them."""
+    import captioning_experiments as ce
+    torch.manual_seed(31)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type, image_encoder_pretrained=False,
+                              init_tanh=True, merge=True).to(DT).eval()
+    with torch.no_grad():
+        model.merge.weight.mul_(8.0)
+    feats = _rand(5, 320, 2, 2)
+    captions = torch.randint(0, len(vocab), (5, 7))
+    captions[:, 0] = vocab["<START>"]
+    h0 = torch.tanh(feats.mean(dim=(2, 3)) @ model.feature_proj.weight.T + model.feature_proj.bias)
+    h = model.core(model.word_embed(captions[:, :-1]), h0)
+    scores = h @ model.output.weight.T + model.output.bias + (h0 @ model.merge.weight.T)[:, None]
+    expected = F.cross_entropy(scores.reshape(-1, len(vocab)), captions[:, 1:].reshape(-1),
+                               ignore_index=vocab["<NULL>"], reduction="sum") / 5
+    torch.testing.assert_close(model.forward_features(feats, captions), expected)
+
+    plain = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type, image_encoder_pretrained=False,
+                              init_tanh=True).to(DT).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("merge.")})
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        zeroed.merge.weight.zero_()
+    torch.testing.assert_close(zeroed.forward_features(feats, captions), plain.forward_features(feats, captions))
+
+    greedy = model.sample_features(feats, max_length=6)
+    assert torch.equal(ce.ensemble_greedy([model], feats, max_length=6), greedy)
+    assert torch.equal(ce.beam_search(model, feats, beam_size=1, max_length=6), greedy)
+    assert not torch.equal(greedy, zeroed.sample_features(feats, max_length=6))
+
+
+def test_merge_is_refused_for_the_attention_lstm():
+    with pytest.raises(ValueError, match="merge"):
+        rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=8, cell_type="attn", image_encoder_pretrained=False,
+                          merge=True)
 
 
 def test_ensemble_greedy_takes_the_word_of_highest_average_probability():
