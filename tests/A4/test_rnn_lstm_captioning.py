@@ -771,3 +771,42 @@ def test_ensemble_greedy_with_one_feature_tensor_per_model_averages_the_views():
     _assert_mean_probability_replay(out, [(model, f1), (model, f2)], vocab)
     with pytest.raises(ValueError):
         ce.ensemble_greedy([model, model], [f1], max_length=T)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_a_coco_pt_shaped_file_trains_and_samples_end_to_end(tmp_path, monkeypatch, cell_type):
+    """The course's coco.pt path without the 378 MB download: a stand-in file with its keys, dtypes
+    and shapes (uint8 112-px images, (N, 17) captions of <START> words <END> <NULL>..., the vocab
+    with <NULL>, <START>, <END>, <UNK> at 0-3) goes through `eecs598.data.coco_captions`, a
+    CaptioningRNN built from its vocab on the raw images (the course's c5 features, 4 x 4),
+    `train_captioner` (the loss halves) and greedy `sample` + `decode_captions` (words of the vocab)."""
+    from eecs598.data import text
+    words = ["<NULL>", "<START>", "<END>", "<UNK>", "a", "dog", "cat", "runs", "sits", "on", "grass", "mat"]
+    vocab = {"idx_to_token": words, "token_to_idx": {w: i for i, w in enumerate(words)}}
+    g = torch.Generator().manual_seed(41)
+    captions = torch.zeros(6, 17, dtype=torch.long)  # <NULL> padding
+    for n in range(6):
+        body = torch.randint(4, len(words), (5,), generator=g)
+        captions[n, :7] = torch.cat([torch.tensor([1]), body, torch.tensor([2])])
+    coco = {"train_images": torch.randint(0, 256, (6, 3, 112, 112), dtype=torch.uint8, generator=g),
+            "train_captions": captions, "val_images": torch.zeros(2, 3, 112, 112, dtype=torch.uint8),
+            "val_captions": captions[:2].clone(), "vocab": vocab}
+    path = tmp_path / "coco.pt"
+    torch.save(coco, path)
+    monkeypatch.setattr(text.store, "fetch", lambda *a, **k: path)
+    data = text.coco_captions()
+    torch.manual_seed(42)
+    model = rlc.CaptioningRNN(data["vocab"]["token_to_idx"], wordvec_dim=16, hidden_dim=32, cell_type=cell_type,
+                              image_encoder_pretrained=False)
+    model.image_encoder.requires_grad_(False)  # frozen, as the course suggests for CPU training
+    _, hist = rlc.train_captioner(model, data["train_images"], data["train_captions"], num_epochs=40, batch_size=6,
+                                  learning_rate=1e-2, verbose=False)
+    assert len(hist) == 40 and hist[-1] < hist[0] / 2
+    model.eval()
+    out = model.sample(data["train_images"], max_length=8)
+    sampled = out[0] if cell_type == "attn" else out
+    assert sampled.shape == (6, 8)
+    if cell_type == "attn":
+        assert out[1].shape == (6, 8, 4, 4)  # 112 px / 32: the c5 map the attention reads
+    for caption in rlc.decode_captions(sampled, data["vocab"]["idx_to_token"]):
+        assert set(caption.split()) <= set(words[3:])
