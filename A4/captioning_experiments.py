@@ -131,8 +131,24 @@ def settings(cell_type, backbone=BACKBONE):
          # 6-fold cross-validation over two seeds left greedy BLEU-4 level (0.125 -> 0.126,
          # 0.117 -> 0.122), raised the fold loss on 12 of 12 folds, and made 303 and 280 of the 900
          # out-of-fold captions repeat a bigram (89 and 70 without). Off.
-         "merge": False}
+         "merge": False,
+         # Sequence-level distillation (`fit_recipe`): k copies of a teacher's beam-3 caption per
+         # training image join the human captions of a fresh student (A4/README.md).
+         "distill": distill_copies(cell_type)}
     return s
+
+
+def distill_copies(cell_type):
+    """Copies of the teacher's beam-search caption per training image that `cell_type`'s headline
+    recipe trains its student on (`fit_recipe`); 0: no distillation.
+
+    1 for the rnn and the lstm. Chosen by 6-fold cross-validation over the training images
+    (A4/README.md), the teachers being the recipes' own fold models: for the rnn (with its crop
+    views) one copy raised the out-of-fold greedy BLEU-4 from 0.125 to 0.131 (seed 0) and from
+    0.117 to 0.122 (seed 1), and cut the captions that repeat a bigram from 89 to 8 and from 70
+    to 7 of 900; five copies gained less (0.126). For the lstm (seed 0) 0.114 -> 0.121, 103 -> 12
+    looping captions. The attention LSTM has not been tried (its cross-validation takes hours here)."""
+    return {"rnn": 1, "lstm": 1, "attn": 0}[cell_type]
 
 
 def crop_views(cell_type=None):
@@ -760,6 +776,73 @@ def crop_split_views(split, num_crops):
     return split["crops"][:num_crops]
 
 
+def fit_fresh(data, feats, cell_type, s, split, val=None, stop_after=None, device=None, seed=0, verbose=False):
+    """A fresh model (`make_model` after `reset_seed(seed)`) trained by `fit_split`. Returns (model, history)."""
+    eecs598.reset_seed(seed)
+    model = make_model(data["vocab"], cell_type, s, feats=feats)
+    return model, fit_split(model, split, s, val, stop_after, device=device, seed=seed, verbose=verbose)
+
+
+@torch.no_grad()
+def teacher_captions(model, feats, max_length, length=CAPTION_LENGTH, beam_size=BEAM_SIZE, batch_size=300):
+    """Training captions written by a trained model: beam search (width `beam_size`) on the
+    features (N, C, Hf, Wf), laid out like the data's captions: (N, length) word indices,
+    <START>, the words, <END>, then <NULL>s (the beam never writes <NULL> or <START> as a word,
+    which an undertrained model might)."""
+    device = next(model.parameters()).device
+    banned = (model._null, model._start)
+    words = torch.cat([beam_search(model, feats[i:i + batch_size].to(device), beam_size, max_length, banned).cpu()
+                       for i in range(0, len(feats), batch_size)])
+    if words.shape[1] > length - 2:
+        raise ValueError(f"captions of {words.shape[1]} words do not fit {length} tokens with <START> and <END>")
+    out = torch.full((len(words), length), model._null, dtype=torch.long)
+    out[:, 0] = model._start
+    out[:, 1:1 + words.shape[1]] = words
+    out[~(words == model._end).any(dim=1), 1 + words.shape[1]] = model._end  # cut at max_length: close it
+    return out
+
+
+def distill_split(teacher, split, copies, max_length):
+    """Sequence-level knowledge distillation (Kim and Rush, 2016): the split of `split_images` with,
+    for every image, `copies` copies of the teacher's beam-search caption of its plain features
+    (`teacher_captions`) added to its human captions. `teacher` has been trained on this split."""
+    extra = teacher_captions(teacher, split["feats"], max_length, length=split["captions"].shape[1])
+    images = torch.arange(len(extra))
+    return {**split, "captions": torch.cat([split["captions"], extra.repeat(copies, 1)]),
+            "image_idxs": torch.cat([split["image_idxs"], images.repeat(copies)])}
+
+
+def fit_recipe(data, feats, cell_type, s, split, val=None, epochs=None, device=None, seed=0, verbose=False):
+    """A model trained on `split` by the recipe `s` (`fit_fresh`). With s["distill"] = k > 0, two
+    models: a teacher trained the same way, then a fresh student trained on the human captions
+    plus k copies of the teacher's beam-search caption of every image (`distill_split`).
+
+    epochs: None (each model keeps its epoch of lowest loss on `val`) or what `selected_epochs`
+    returned for the validation run (the refit stops each model there). Returns (model, history);
+    with distillation the history is the student's, with "teacher" (the teacher's history) added
+    and "seconds" counting both models and the beam search."""
+    copies = s.get("distill", 0)
+    if not copies:
+        return fit_fresh(data, feats, cell_type, s, split, val, epochs, device=device, seed=seed, verbose=verbose)
+    teacher_epochs, student_epochs = (None, None) if epochs is None else epochs
+    with timer() as t:
+        teacher, teacher_hist = fit_fresh(data, feats, cell_type, s, split, val, teacher_epochs, device=device,
+                                          seed=seed, verbose=verbose)
+        student_split = distill_split(teacher, split, copies, s["max_length"])
+        if verbose:
+            print(f"distillation: the student trains on {len(split['captions'])} human and "
+                  f"{len(student_split['captions']) - len(split['captions'])} teacher captions", flush=True)
+        model, hist = fit_fresh(data, feats, cell_type, s, student_split, val, student_epochs, device=device,
+                                seed=seed, verbose=verbose)
+    return model, {**hist, "teacher": teacher_hist, "student_seconds": hist["seconds"], "seconds": t.seconds}
+
+
+def selected_epochs(hist):
+    """The epochs a validation run of `fit_recipe` selected, as its `epochs` argument for the
+    refit: the best epoch, or (teacher's, student's) with distillation."""
+    return (hist["teacher"]["best_epoch"], hist["best_epoch"]) if "teacher" in hist else hist["best_epoch"]
+
+
 def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None, backbone=BACKBONE):
     """Train one captioner (settings(cell_type, backbone), or `s`) on features of `backbone`
     (`extract_features(data, backbone)`) and evaluate it on the held-out images.
@@ -778,12 +861,10 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     train, val = split_validation(data, feats, s["num_val"])
     idx_to_word = data["vocab"]["idx_to_token"]
 
-    def fit(model, split, val=None, stop_after=None):
-        return fit_split(model, split, s, val, stop_after, device=device, seed=seed, verbose=verbose)
+    def fit(split, val=None, epochs=None):
+        return fit_recipe(data, feats, cell_type, s, split, val, epochs, device=device, seed=seed, verbose=verbose)
 
-    eecs598.reset_seed(seed)
-    model = make_model(data["vocab"], cell_type, s, feats=feats)
-    val_hist = fit(model, train, val)
+    model, val_hist = fit(train, val)
     dependence = image_dependence(model, val)
     val_beam_scores, _ = evaluate_beam(model, val["feats"], val["references"], val["idx_to_word"], BEAM_SIZE,
                                        s["max_length"])
@@ -793,11 +874,9 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
                                                s["max_length"])
         used = _training_split(data, feats)
         if verbose:
-            print(f"refit on all {len(used['feats'])} training images for {val_hist['best_epoch']} of "
+            print(f"refit on all {len(used['feats'])} training images for {selected_epochs(val_hist)} of "
                   f"{s['max_epochs']} epochs", flush=True)
-        eecs598.reset_seed(seed)
-        model = make_model(data["vocab"], cell_type, s, feats=feats)
-        hist = fit(model, used, stop_after=val_hist["best_epoch"])
+        model, hist = fit(used, epochs=selected_epochs(val_hist))
     with timer() as t_eval:
         scores, hyps, weights = evaluate_bleu(model, feats["test"], data["test_references"], idx_to_word,
                                               s["max_length"])
@@ -990,8 +1069,15 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
                     + (f"a fresh one trained on all {res['num_train_images']} training images for the chosen "
                        f"{vh['best_epoch']} epochs of the {s['max_epochs']}-epoch schedule (same seed)"
                        if res["refit"] else "the validation-selected one"))
+        if s.get("distill"):
+            protocol += (f"; sequence-level distillation: each model is a student trained on the human captions plus "
+                         f"{s['distill']} copy(ies) of a teacher's beam-{BEAM_SIZE} caption of every training image, "
+                         f"the teacher trained by the same recipe on the same images (validation run: teacher "
+                         f"epoch {vh['teacher']['best_epoch']}, student epoch {vh['best_epoch']}; the refit stops "
+                         f"each at its epoch)")
         details = dict(cell_type=cell_type, **{k: v for k, v in s.items() if k != "backbone"}, protocol=protocol,
                        epochs_run=vh["epochs"], best_epoch=vh["best_epoch"],
+                       teacher_best_epoch=vh["teacher"]["best_epoch"] if "teacher" in vh else None,
                        refit_epochs=h["epochs"] if res["refit"] else None,
                        num_train_images_used=res["num_train_images"],
                        num_val_images=res["num_val_images"], val_bleu4_history=vh["val_bleu4_history"],
@@ -1023,14 +1109,24 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
         record(f"captioning_train_loss_{cell_type}", res["train_loss_last_epoch"],
                "loss (sum over time, mean over batch)", res["seconds"], REFERENCE_LOSS[cell_type],
                target=f"< {LOSS_TARGETS[cell_type]['full']} (course, coco.pt)",
-               note="mean training loss of the last epoch run (dropout and word dropout on); "
-                    "train_loss_eval = the selected model without dropout on the training captions", **details)
+               note="mean training loss of the last epoch run (dropout and word dropout on"
+                    + ("; over the human and the teacher's captions" if s.get("distill") else "")
+                    + "); train_loss_eval = the selected model without dropout on the (human) training captions",
+               **details)
     if "attn" in hypotheses and "lstm" in hypotheses:  # is attention better than the plain LSTM?
-        boot = heldout_bootstrap(data, hypotheses["attn"], hypotheses["lstm"])
-        record("captioning_bleu4_attn_minus_lstm", boot["diff"], "BLEU", 0.0, None, **boot,
-               note="held-out greedy BLEU-4 of the attention LSTM minus the plain LSTM's; interval: paired "
-                    "bootstrap over the held-out images (both models scored on the same resampled images)")
+        attention_gap_record(data, hypotheses["attn"], hypotheses["lstm"], record)
     return records
+
+
+def attention_gap_record(data, attn_hypotheses, lstm_hypotheses, record):
+    """The captioning_bleu4_attn_minus_lstm row (via `record` of `_setup`): held-out greedy BLEU-4
+    of the attention LSTM minus the plain LSTM's, with a paired bootstrap interval. `run` makes it
+    when it trains both; after a rerun of one of them, pass the held-out captions stored in the
+    two captioning_bleu4_* rows ("heldout_captions", split into words)."""
+    boot = heldout_bootstrap(data, attn_hypotheses, lstm_hypotheses)
+    record("captioning_bleu4_attn_minus_lstm", boot["diff"], "BLEU", 0.0, None, **boot,
+           note="held-out greedy BLEU-4 of the attention LSTM minus the plain LSTM's; interval: paired "
+                "bootstrap over the held-out images (both models scored on the same resampled images)")
 
 
 def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000, references=None):
@@ -1070,9 +1166,7 @@ def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=N
     folds, models = [], []
     for k in range(num_folds):
         train, val = split_images(data, feats, bounds[k], bounds[k + 1])
-        eecs598.reset_seed(seed)
-        model = make_model(data["vocab"], cell_type, s, feats=feats)
-        hist = fit_split(model, train, s, val, device=device, seed=seed)
+        model, hist = fit_recipe(data, feats, cell_type, s, train, val, device=device, seed=seed)
         dev = next(model.parameters()).device
         f, f_flip = val["feats"].to(dev), val["feats_flip"].to(dev)
         captions = {"greedy": greedy_captions(model, f, idx_to_word, s["max_length"])[0],
@@ -1115,6 +1209,7 @@ def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, 
                                     "beam_bleu4": res["beam_scores"]["bleu4"],
                                     "val_model_bleu4": res["val_model_scores"]["bleu4"],
                                     "best_epoch": res["val_history"]["best_epoch"],
+                                    "teacher_best_epoch": res["val_history"].get("teacher", {}).get("best_epoch"),
                                     "repeated_bigram_captions": repeated_bigram_count(res["hypotheses"]),
                                     "seconds": res["seconds"], "threads": torch.get_num_threads()}
     if results_dir is not None:
@@ -1140,6 +1235,7 @@ def _headline_seed(cell_type, rows, source, backbone):
     return {"bleu4": head["value"], "bleu1": value(f"captioning_bleu1_{cell_type}"),
             "beam_bleu4": value(f"captioning_bleu4_beam{BEAM_SIZE}_{cell_type}"),
             "val_model_bleu4": d.get("val_model_heldout_bleu", {}).get("bleu4"), "best_epoch": d.get("best_epoch"),
+            "teacher_best_epoch": d.get("teacher_best_epoch"),
             "repeated_bigram_captions": d.get("repeated_bigram_captions"), "seconds": head["seconds"],
             "threads": d.get("threads"), "note": f"the headline run (captioning_bleu4_{cell_type})"}
 
@@ -1182,7 +1278,10 @@ def seed_records(study, source, device, num_train_images, headline_records=(), b
         protocol = (f"hyperparameters and epoch count chosen on the validation slice (the last {s['num_val']} "
                     f"training images); the evaluated model is a fresh one trained on all {num_train_images} "
                     f"training images for the chosen epochs (each seed's best_epoch) of the "
-                    f"{s['max_epochs']}-epoch schedule")
+                    f"{s['max_epochs']}-epoch schedule"
+                    + (f"; sequence-level distillation (a student trained on the human captions plus {s['distill']} "
+                       f"copy(ies) of a teacher's beam-{BEAM_SIZE} caption per image; best_epoch is the student's)"
+                       if s.get("distill") else ""))
         records.append(make_record(
             ASSIGNMENT, f"captioning_bleu4_seed_mean_{cell_type}", mean, "BLEU", data=source, device=device,
             seconds=sum(seeds[k].get("seconds") or 0.0 for k in order), reference=LIBRARY_REFERENCE["bleu4"],

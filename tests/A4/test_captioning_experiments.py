@@ -178,14 +178,14 @@ def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path)
 # ---------------------------------------------------------------------------------------------
 # Seed-study records (the captioning_bleu4_seed_mean_<cell> rows of results.json)
 # ---------------------------------------------------------------------------------------------
-SEED_KEYS = {"bleu4", "bleu1", "beam_bleu4", "val_model_bleu4", "best_epoch", "repeated_bigram_captions",
-             "seconds", "threads"}
+SEED_KEYS = {"bleu4", "bleu1", "beam_bleu4", "val_model_bleu4", "best_epoch", "teacher_best_epoch",
+             "repeated_bigram_captions", "seconds", "threads"}
 DETAIL_KEYS = {"seeds", "means", "sd_bleu4", "protocol", "how", "decoding"}
 
 
 def _study_entry(bleu4, beam, val, epoch, seconds):
     return {"bleu4": bleu4, "bleu1": 0.5, "beam_bleu4": beam, "val_model_bleu4": val, "best_epoch": epoch,
-            "repeated_bigram_captions": 3, "seconds": seconds, "threads": 1}
+            "teacher_best_epoch": epoch + 1, "repeated_bigram_captions": 3, "seconds": seconds, "threads": 1}
 
 
 def _headline_rows(source, backbone="efficientnet_lite0", feature="head"):
@@ -222,6 +222,7 @@ def test_seed_records_mean_sd_and_layout():
     assert d["seeds"]["0"]["bleu4"] == 0.12 and d["seeds"]["0"]["best_epoch"] == 10
     assert "captioning_bleu4_rnn" in d["seeds"]["0"]["note"] and "seed 0 is the headline run" in d["how"]
     assert d["decoding"] == "greedy (beam_bleu4: beam 3)" and "900 training images" in d["protocol"]
+    assert "distillation" in d["protocol"]  # the rnn's recipe distills
     lstm = by_metric["captioning_bleu4_seed_mean_lstm"]  # no lstm headline rows: its seeds only
     assert list(lstm["details"]["seeds"]) == ["1"] and lstm["details"]["sd_bleu4"] is None
     assert lstm["value"] == 0.113
@@ -409,6 +410,10 @@ def test_only_the_rnn_trains_on_crops_and_the_default_features_hold_them():
     assert ce.crop_views() == 1
 
 
+def test_the_rnn_and_lstm_recipes_distill():
+    assert [ce.settings(c)["distill"] for c in ce.CELL_TYPES] == [1, 1, 0]
+
+
 def test_make_model_passes_merge_and_no_headline_recipe_merges(calls):
     data = fake_data(num_train=2, num_test=1)
     assert [ce.settings(c)["merge"] for c in ce.CELL_TYPES] == [False, False, False]
@@ -416,6 +421,67 @@ def test_make_model_passes_merge_and_no_headline_recipe_merges(calls):
     model = ce.make_model(data["vocab"], "rnn", {**ce.settings("rnn", REGNET), "merge": True})
     assert model.merge.weight.shape == model.output.weight.shape
     assert any(p is model.merge.weight for p in ce.decoder_parameters(model))  # trained with the decoder
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence-level distillation
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("max_length", [16, 2])
+def test_teacher_captions_are_the_beam_captions_laid_out_like_the_data(calls, max_length):
+    """<START>, the beam search's words (never <NULL> or <START>, which this untrained model would
+    write otherwise), one <END> (added where the beam ran to max_length), then <NULL>s; decoded, the
+    same words as the beam search."""
+    data = fake_data(num_train=6)
+    feats = _fake_features(data)
+    model = ce.make_model(data["vocab"], "rnn", ce.settings("rnn", REGNET), feats=feats).eval()
+    out = ce.teacher_captions(model, feats["train"], max_length, batch_size=4)  # two batches
+    beam = ce.beam_search(model, feats["train"], ce.BEAM_SIZE, max_length, banned=(model._null, model._start))
+    itw = data["vocab"]["idx_to_token"]
+    assert out.shape == data["train_captions"][:6].shape and (out[:, 0] == model._start).all()
+    assert rlc.decode_captions(out[:, 1:], itw) == rlc.decode_captions(beam, itw)
+    assert ((out == model._end).sum(dim=1) == 1).all()
+    end = (out == model._end).long().argmax(dim=1)
+    after = torch.arange(out.shape[1])[None] > end[:, None]
+    assert (out[after] == model._null).all() and not (out[~after][:, None] == model._null).any()
+    with pytest.raises(ValueError, match="do not fit"):
+        ce.teacher_captions(model, feats["train"], 17)
+
+
+def test_distill_split_adds_copies_of_the_teachers_caption_to_each_image(calls):
+    data = fake_data(num_train=8)
+    feats = _fake_features(data)
+    train, _ = ce.split_images(data, feats, 0, 2)
+    teacher = ce.make_model(data["vocab"], "rnn", ce.settings("rnn", REGNET), feats=feats)
+    out = ce.distill_split(teacher, train, 2, 16)
+    extra = ce.teacher_captions(teacher, train["feats"], 16)
+    assert torch.equal(out["captions"], torch.cat([train["captions"], extra, extra]))
+    assert torch.equal(out["image_idxs"], torch.cat([train["image_idxs"], torch.arange(6), torch.arange(6)]))
+    assert all(out[k] is train[k] for k in ("feats", "feats_flip", "crops"))
+
+
+def test_fit_recipe_distills_and_the_refit_stops_each_model_at_its_epoch(calls):
+    """distill=0 is fit_fresh; distill=1 trains a teacher, then a student on 12 human + 6 teacher
+    captions (batch 4: 5 steps an epoch, against 3), both selected on the validation slice; the
+    refit stops each at its selected epoch."""
+    data = fake_data(num_train=8)
+    feats = _fake_features(data, num_crops=1)
+    train, val = ce.split_images(data, feats, 6, 8)
+    s = {**ce.settings("rnn", REGNET), "batch_size": 4, "max_epochs": 3, "distill": 0}
+    plain, plain_hist = ce.fit_recipe(data, feats, "rnn", s, train, val)
+    again, _ = ce.fit_fresh(data, feats, "rnn", s, train, val)
+    assert "teacher" not in plain_hist and ce.selected_epochs(plain_hist) == plain_hist["best_epoch"]
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), again.state_dict().values()))
+    assert len(plain_hist["loss_history"]) == 3 * 3
+    s = {**s, "distill": 1}
+    student, hist = ce.fit_recipe(data, feats, "rnn", s, train, val)
+    assert len(hist["loss_history"]) == 3 * 5 and len(hist["teacher"]["loss_history"]) == 3 * 3
+    assert hist["teacher"]["val_loss_history"] == plain_hist["val_loss_history"]  # the teacher: the plain recipe
+    teacher_epoch, student_epoch = ce.selected_epochs(hist)
+    assert (teacher_epoch, student_epoch) == (hist["teacher"]["best_epoch"], hist["best_epoch"])
+    assert hist["seconds"] >= hist["student_seconds"] + hist["teacher"]["seconds"]
+    _, refit = ce.fit_recipe(data, feats, "rnn", s, train, epochs=(2, 1))
+    assert len(refit["teacher"]["epoch_losses"]) == 2 and len(refit["epoch_losses"]) == 1
+    assert refit["teacher"]["best_epoch"] is None  # no validation: nothing selected, nothing restored
 
 
 # ---------------------------------------------------------------------------------------------
