@@ -851,7 +851,8 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
        validation loss (`best_epoch`).
     2. With s["refit"] (the headline protocol), train a fresh model on ALL training images with the
        same settings and seed, stopping after `best_epoch` epochs of the same max_epochs schedule;
-       that model is the one evaluated. The validation-selected model is evaluated on the held-out
+       that model is the one evaluated. With s["distill"] each step trains a teacher and then its
+       student (`fit_recipe`), and the refit stops each at its own selected epoch. The validation-selected model is evaluated on the held-out
        images too (`val_model_scores`), for comparison.
     Returns a dict: model (the evaluated one), history (of its training), val_history (step 1),
     test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
@@ -1148,7 +1149,8 @@ def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=N
     150 images cannot resolve (the held-out images stay unused). The training images, in sorted
     order, are cut into `num_folds` consecutive folds (6 x 150 in full mode; the last fold is the
     headline's validation slice). For each fold, the headline's validation run: a fresh model
-    (same seed) trained on the other folds, keeping the epoch of lowest loss on this fold. Its
+    (same seed) trained on the other folds, keeping the epoch of lowest loss on this fold (with
+    s["distill"], `fit_recipe`'s teacher and then its student, both trained that way). Its
     captions of the fold's images, by each decoder of CV_DECODERS: greedy, greedy on the mean
     next-word probability given the photo and given its mirror image (`ensemble_greedy` of the
     model with itself), beam search of width 3. Pooled over the folds, every training image gets
