@@ -789,12 +789,12 @@ def teacher_captions(model, feats, max_length, length=CAPTION_LENGTH, beam_size=
     features (N, C, Hf, Wf), laid out like the data's captions: (N, length) word indices,
     <START>, the words, <END>, then <NULL>s (the beam never writes <NULL> or <START> as a word,
     which an undertrained model might)."""
+    if max_length > length - 2:
+        raise ValueError(f"captions of {max_length} words do not fit {length} tokens with <START> and <END>")
     device = next(model.parameters()).device
     banned = (model._null, model._start)
     words = torch.cat([beam_search(model, feats[i:i + batch_size].to(device), beam_size, max_length, banned).cpu()
                        for i in range(0, len(feats), batch_size)])
-    if words.shape[1] > length - 2:
-        raise ValueError(f"captions of {words.shape[1]} words do not fit {length} tokens with <START> and <END>")
     out = torch.full((len(words), length), model._null, dtype=torch.long)
     out[:, 0] = model._start
     out[:, 1:1 + words.shape[1]] = words
@@ -837,6 +837,16 @@ def fit_recipe(data, feats, cell_type, s, split, val=None, epochs=None, device=N
     return model, {**hist, "teacher": teacher_hist, "student_seconds": hist["seconds"], "seconds": t.seconds}
 
 
+def distill_protocol(s):
+    """How the recipe `s` distills, for a record's protocol text ("" without distillation)."""
+    if not s.get("distill"):
+        return ""
+    return (f"; sequence-level distillation: each model is a student trained on the human captions plus "
+            f"{s['distill']} copy(ies) of a beam-{BEAM_SIZE} caption of every training image written by a teacher "
+            f"(the same recipe trained first on the same images); the refit stops teacher and student each at "
+            f"its own selected epoch")
+
+
 def selected_epochs(hist):
     """The epochs a validation run of `fit_recipe` selected, as its `epochs` argument for the
     refit: the best epoch, or (teacher's, student's) with distillation."""
@@ -851,9 +861,10 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
        validation loss (`best_epoch`).
     2. With s["refit"] (the headline protocol), train a fresh model on ALL training images with the
        same settings and seed, stopping after `best_epoch` epochs of the same max_epochs schedule;
-       that model is the one evaluated. With s["distill"] each step trains a teacher and then its
-       student (`fit_recipe`), and the refit stops each at its own selected epoch. The validation-selected model is evaluated on the held-out
+       that model is the one evaluated. The validation-selected model is evaluated on the held-out
        images too (`val_model_scores`), for comparison.
+    With s["distill"] each step trains a teacher and then its student (`fit_recipe`), and the
+    refit stops each at its own selected epoch.
     Returns a dict: model (the evaluated one), history (of its training), val_history (step 1),
     test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
     epoch with dropout on; eval mode on the training captions), image_dependence (step 1's model
@@ -1070,12 +1081,7 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
                     + (f"a fresh one trained on all {res['num_train_images']} training images for the chosen "
                        f"{vh['best_epoch']} epochs of the {s['max_epochs']}-epoch schedule (same seed)"
                        if res["refit"] else "the validation-selected one"))
-        if s.get("distill"):
-            protocol += (f"; sequence-level distillation: each model is a student trained on the human captions plus "
-                         f"{s['distill']} copy(ies) of a teacher's beam-{BEAM_SIZE} caption of every training image, "
-                         f"the teacher trained by the same recipe on the same images (validation run: teacher "
-                         f"epoch {vh['teacher']['best_epoch']}, student epoch {vh['best_epoch']}; the refit stops "
-                         f"each at its epoch)")
+        protocol += distill_protocol(s)
         details = dict(cell_type=cell_type, **{k: v for k, v in s.items() if k != "backbone"}, protocol=protocol,
                        epochs_run=vh["epochs"], best_epoch=vh["best_epoch"],
                        teacher_best_epoch=vh["teacher"]["best_epoch"] if "teacher" in vh else None,
@@ -1280,10 +1286,8 @@ def seed_records(study, source, device, num_train_images, headline_records=(), b
         protocol = (f"hyperparameters and epoch count chosen on the validation slice (the last {s['num_val']} "
                     f"training images); the evaluated model is a fresh one trained on all {num_train_images} "
                     f"training images for the chosen epochs (each seed's best_epoch) of the "
-                    f"{s['max_epochs']}-epoch schedule"
-                    + (f"; sequence-level distillation (a student trained on the human captions plus {s['distill']} "
-                       f"copy(ies) of a teacher's beam-{BEAM_SIZE} caption per image; best_epoch is the student's)"
-                       if s.get("distill") else ""))
+                    f"{s['max_epochs']}-epoch schedule" + distill_protocol(s)
+                    + ("; best_epoch is the student's" if s.get("distill") else ""))
         records.append(make_record(
             ASSIGNMENT, f"captioning_bleu4_seed_mean_{cell_type}", mean, "BLEU", data=source, device=device,
             seconds=sum(seeds[k].get("seconds") or 0.0 for k in order), reference=LIBRARY_REFERENCE["bleu4"],
