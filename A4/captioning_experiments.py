@@ -853,7 +853,8 @@ def selected_epochs(hist):
     return (hist["teacher"]["best_epoch"], hist["best_epoch"]) if "teacher" in hist else hist["best_epoch"]
 
 
-def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None, backbone=BACKBONE):
+def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=None, backbone=BACKBONE,
+                 val_run=None):
     """Train one captioner (settings(cell_type, backbone), or `s`) on features of `backbone`
     (`extract_features(data, backbone)`) and evaluate it on the held-out images.
 
@@ -865,6 +866,9 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
        images too (`val_model_scores`), for comparison.
     With s["distill"] each step trains a teacher and then its student (`fit_recipe`), and the
     refit stops each at its own selected epoch.
+    val_run: step 1's (model, history) when it has been trained already, e.g. the last fold of
+    `cross_validate` with the same seed and settings, which is the same computation (bit-identical
+    on one thread); then only the refit trains here.
     Returns a dict: model (the evaluated one), history (of its training), val_history (step 1),
     test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
     epoch with dropout on; eval mode on the training captions), image_dependence (step 1's model
@@ -876,7 +880,7 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
     def fit(split, val=None, epochs=None):
         return fit_recipe(data, feats, cell_type, s, split, val, epochs, device=device, seed=seed, verbose=verbose)
 
-    model, val_hist = fit(train, val)
+    model, val_hist = fit(train, val) if val_run is None else val_run
     dependence = image_dependence(model, val)
     val_beam_scores, _ = evaluate_beam(model, val["feats"], val["references"], val["idx_to_word"], BEAM_SIZE,
                                        s["max_length"])
@@ -1053,11 +1057,13 @@ def loss_check_run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbos
     return records
 
 
-def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, loss_checks=True):
+def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, loss_checks=True, val_runs=None):
     """Baseline, the course's loss checks and headline runs for every cell type, as result records.
     `backbone`: the frozen encoder (BACKBONE_FEATURES: its feature map); "regnet_x_400mf" needs
     torchvision and its ImageNet weights (online once). `loss_checks=False` skips the course's
-    loss checks (`loss_check_run` makes those rows alone; on this CPU they take about an hour)."""
+    loss checks (`loss_check_run` makes those rows alone; on this CPU they take about an hour).
+    `val_runs`: {cell_type: (model, history)}, validation runs trained already (`headline_run`'s
+    `val_run`)."""
     device = eecs598.get_device(device)
     data, feats, records, record = _setup(device, backbone)
     _floor_record(data, record)
@@ -1074,7 +1080,8 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
     for cell_type in cell_types:
         if loss_checks:
             _loss_checks(data, feats, cell_type, record, device, backbone, verbose)
-        res = headline_run(data, feats, cell_type, device=device, verbose=verbose, backbone=backbone)
+        res = headline_run(data, feats, cell_type, device=device, verbose=verbose, backbone=backbone,
+                           val_run=(val_runs or {}).get(cell_type))
         h, vh, s = res["history"], res["val_history"], res["settings"]
         protocol = (f"hyperparameters and epoch count chosen on the validation slice (the last {s['num_val']} "
                     f"training images); the evaluated model is "

@@ -426,14 +426,15 @@ def test_make_model_passes_merge_and_no_headline_recipe_merges(calls):
 # ---------------------------------------------------------------------------------------------
 # Sequence-level distillation
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell_type", ce.CELL_TYPES)
 @pytest.mark.parametrize("max_length", [16, 2])
-def test_teacher_captions_are_the_beam_captions_laid_out_like_the_data(calls, max_length):
+def test_teacher_captions_are_the_beam_captions_laid_out_like_the_data(calls, max_length, cell_type):
     """<START>, the beam search's words (never <NULL> or <START>, which this untrained model would
     write otherwise), one <END> (added where the beam ran to max_length), then <NULL>s; decoded, the
     same words as the beam search."""
     data = fake_data(num_train=6)
     feats = _fake_features(data)
-    model = ce.make_model(data["vocab"], "rnn", ce.settings("rnn", REGNET), feats=feats).eval()
+    model = ce.make_model(data["vocab"], cell_type, ce.settings(cell_type, REGNET), feats=feats).eval()
     out = ce.teacher_captions(model, feats["train"], max_length, batch_size=4)  # two batches
     beam = ce.beam_search(model, feats["train"], ce.BEAM_SIZE, max_length, banned=(model._null, model._start))
     itw = data["vocab"]["idx_to_token"]
@@ -482,6 +483,27 @@ def test_fit_recipe_distills_and_the_refit_stops_each_model_at_its_epoch(calls):
     _, refit = ce.fit_recipe(data, feats, "rnn", s, train, epochs=(2, 1))
     assert len(refit["teacher"]["epoch_losses"]) == 2 and len(refit["epoch_losses"]) == 1
     assert refit["teacher"]["best_epoch"] is None  # no validation: nothing selected, nothing restored
+
+
+def test_headline_run_reuses_a_validation_run_trained_already(calls, monkeypatch):
+    """val_run = step 1 trained elsewhere (the same computation): the same held-out captions and
+    refit model as training it here, and only the refit's teacher and student train."""
+    data = fake_data(num_train=12)
+    feats = _fake_features(data, num_crops=1)
+    s = {**ce.settings("rnn", REGNET), "batch_size": 8, "max_epochs": 2, "num_val": 4}
+    assert s["distill"] and s["refit"]
+    fresh = ce.headline_run(data, feats, "rnn", s=s, backbone=REGNET)
+    train, val = ce.split_validation(data, feats, s["num_val"])
+    val_run = ce.fit_recipe(data, feats, "rnn", s, train, val)
+    trained = []
+    fit_fresh = ce.fit_fresh
+    monkeypatch.setattr(ce, "fit_fresh", lambda *a, **k: trained.append(a[4]) or fit_fresh(*a, **k))
+    reused = ce.headline_run(data, feats, "rnn", s=s, backbone=REGNET, val_run=val_run)
+    assert len(trained) == 2 and all(len(split["feats"]) == 12 for split in trained)  # the refit only
+    assert reused["hypotheses"] == fresh["hypotheses"] and reused["scores"] == fresh["scores"]
+    assert reused["val_history"] is val_run[1] and reused["val_model_scores"] == fresh["val_model_scores"]
+    assert all(torch.equal(a, b) for a, b in zip(reused["model"].state_dict().values(),
+                                                 fresh["model"].state_dict().values()))
 
 
 # ---------------------------------------------------------------------------------------------
