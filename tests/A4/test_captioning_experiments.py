@@ -410,8 +410,8 @@ def test_only_the_rnn_trains_on_crops_and_the_default_features_hold_them():
     assert ce.crop_views() == 1
 
 
-def test_the_rnn_and_lstm_recipes_distill():
-    assert [ce.settings(c)["distill"] for c in ce.CELL_TYPES] == [1, 1, 0]
+def test_every_recipe_distills():
+    assert [ce.settings(c)["distill"] for c in ce.CELL_TYPES] == [1, 1, 1]
 
 
 def test_make_model_passes_merge_and_no_headline_recipe_merges(calls):
