@@ -867,9 +867,9 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
        images too (`val_model_scores`), for comparison.
     With s["distill"] each step trains a teacher and then its student (`fit_recipe`), and the
     refit stops each at its own selected epoch.
-    val_run: step 1's (model, history) when it has been trained already, e.g. the last fold of
-    `cross_validate` with the same seed and settings, which is the same computation (bit-identical
-    on one thread); then only the refit trains here.
+    val_run: step 1's (model, history) when it has been trained already: the last fold of a
+    6-fold cross-validation like `cross_validate`'s (same seed and settings) is the same
+    computation, bit-identical on one thread; then only the refit trains here.
     Returns a dict: model (the evaluated one), history (of its training), val_history (step 1),
     test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
     epoch with dropout on; eval mode on the training captions), image_dependence (step 1's model
