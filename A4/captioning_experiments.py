@@ -867,9 +867,9 @@ def headline_run(data, feats, cell_type, device=None, seed=0, verbose=False, s=N
        images too (`val_model_scores`), for comparison.
     With s["distill"] each step trains a teacher and then its student (`fit_recipe`), and the
     refit stops each at its own selected epoch.
-    val_run: step 1's (model, history) when it has been trained already: the last fold of a
-    6-fold cross-validation like `cross_validate`'s (same seed and settings) is the same
-    computation, bit-identical on one thread; then only the refit trains here.
+    val_run: step 1's (model, history) when it has been trained already, e.g.
+    `validation_run(cross_validate(...), s["num_val"])` (same seed and settings: the last fold is
+    the same computation, bit-identical on one thread); then only the refit trains here.
     Returns a dict: model (the evaluated one), history (of its training), val_history (step 1),
     test scores, hypotheses, attention weights (attn), beam-search scores, train losses (last
     epoch with dropout on; eval mode on the training captions), image_dependence (step 1's model
@@ -1158,13 +1158,15 @@ def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000, r
 CV_DECODERS = ("greedy", "flip_average", "beam3")
 
 
-def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=None, verbose=False):
+def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=None, verbose=False,
+                   backbone=BACKBONE):
     """K-fold cross-validation over the TRAINING images, for choices that one validation slice of
     150 images cannot resolve (the held-out images stay unused). The training images, in sorted
     order, are cut into `num_folds` consecutive folds (6 x 150 in full mode; the last fold is the
-    headline's validation slice). For each fold, the headline's validation run: a fresh model
-    (same seed) trained on the other folds, keeping the epoch of lowest loss on this fold (with
-    s["distill"], `fit_recipe`'s teacher and then its student, both trained that way). Its
+    headline's validation slice). The recipe is settings(cell_type, backbone), or `s`. For each
+    fold, the headline's validation run: a fresh model (same seed) trained on the other folds,
+    keeping the epoch of lowest loss on this fold (with s["distill"], `fit_recipe`'s teacher and
+    then its student, both trained that way). Its
     captions of the fold's images, by each decoder of CV_DECODERS: greedy, greedy on the mean
     next-word probability given the photo and given its mirror image (`ensemble_greedy` of the
     model with itself), beam search of width 3. Pooled over the folds, every training image gets
@@ -1173,13 +1175,15 @@ def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=N
 
     Returns dict(hypotheses: {decoder: [word lists], one per training image}, scores: {decoder:
     corpus BLEU-1..4 of the pool}, folds: [dict(fold, images, best_epoch, val_loss, seconds)],
-    models: the fold models, settings)."""
-    s = settings(cell_type) if s is None else s
+    models: the fold models, histories: their training histories (`fit_recipe`'s), settings).
+    The last fold's run is `headline_run`'s validation run when the folds fit its validation
+    slice: pass `validation_run(cv, num_val)` as its `val_run`."""
+    s = settings(cell_type, backbone) if s is None else s
     n_img = len(data["train_names"])
     bounds = [round(k * n_img / num_folds) for k in range(num_folds + 1)]
     idx_to_word = data["vocab"]["idx_to_token"]
     hyps = {name: [None] * n_img for name in CV_DECODERS}
-    folds, models = [], []
+    folds, models, histories = [], [], []
     for k in range(num_folds):
         train, val = split_images(data, feats, bounds[k], bounds[k + 1])
         model, hist = fit_recipe(data, feats, cell_type, s, train, val, device=device, seed=seed)
@@ -1195,12 +1199,27 @@ def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=N
         folds.append({"fold": k, "images": [bounds[k], bounds[k + 1]], "best_epoch": hist["best_epoch"],
                       "val_loss": min(hist["val_loss_history"]), "seconds": hist["seconds"]})
         models.append(model)
+        histories.append(hist)
         if verbose:
             print(f"{cell_type} fold {k + 1}/{num_folds}: epoch {hist['best_epoch']}, greedy BLEU-4 "
                   f"{bleu_scores(val['references'], captions['greedy'])['bleu4']:.4f} [{hist['seconds']:.0f}s]",
                   flush=True)
     scores = {name: bleu_scores(data["train_references"], h) for name, h in hyps.items()}
-    return {"hypotheses": hyps, "scores": scores, "folds": folds, "models": models, "settings": s}
+    return {"hypotheses": hyps, "scores": scores, "folds": folds, "models": models, "histories": histories,
+            "settings": s}
+
+
+def validation_run(cv, num_val):
+    """The (model, history) of `cross_validate`'s last fold, as `headline_run`'s `val_run`: the
+    same computation as its validation run (same settings and seed) when that fold is the last
+    `num_val` training images, and bit-identical on one thread. Raises ValueError when the last
+    fold is another slice."""
+    start, stop = cv["folds"][-1]["images"]
+    if stop - start != num_val:
+        raise ValueError(f"the last fold holds training images [{start}, {stop}), not the validation slice of "
+                         f"the last {num_val}: cross_validate needs folds of {num_val} images "
+                         f"(num_folds = {stop} / {num_val})")
+    return cv["models"][-1], cv["histories"][-1]
 
 
 def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, backbone=BACKBONE,

@@ -506,6 +506,23 @@ def test_headline_run_reuses_a_validation_run_trained_already(calls, monkeypatch
                                                  fresh["model"].state_dict().values()))
 
 
+def test_cross_validations_last_fold_is_the_headline_validation_run(calls):
+    """validation_run(cross_validate(...)) trains nothing more and gives headline_run the same
+    refit and held-out captions as training step 1 there; folds that are not the validation
+    slice are refused."""
+    data = fake_data(num_train=12)
+    feats = _fake_features(data, num_crops=1)
+    s = {**ce.settings("rnn", REGNET), "batch_size": 8, "max_epochs": 2, "num_val": 4}
+    cv = ce.cross_validate(data, feats, "rnn", num_folds=3, s=s)
+    assert len(cv["histories"]) == 3 and all("teacher" in h for h in cv["histories"])
+    fresh = ce.headline_run(data, feats, "rnn", s=s, backbone=REGNET)
+    reused = ce.headline_run(data, feats, "rnn", s=s, backbone=REGNET, val_run=ce.validation_run(cv, s["num_val"]))
+    assert reused["val_history"]["val_loss_history"] == fresh["val_history"]["val_loss_history"]
+    assert reused["hypotheses"] == fresh["hypotheses"] and reused["val_model_scores"] == fresh["val_model_scores"]
+    with pytest.raises(ValueError, match="num_folds = 12 / 6"):
+        ce.validation_run(cv, 6)
+
+
 # ---------------------------------------------------------------------------------------------
 # The course's loss checks and the loss floor of captions that share an image
 # ---------------------------------------------------------------------------------------------
