@@ -316,14 +316,14 @@ def fetch(dataset: str, name: str, download: bool = True) -> Path:
 def cached_tensors(key: str, build, *sources):
     """Load tensors saved under ``<cache>/<key>.pt``, or build them with `build()` and save.
 
-    The cache entry is tied to the identity (path, size, mtime) of `sources`; when a source
-    changes the entry is rebuilt. Writes go through a temporary file, so an interrupted
-    write never leaves a half-written cache entry.
+    The cache entry is tied to the content (size and sha256) of the files `sources`: when one
+    changes, the entry is rebuilt; a copy of the same files elsewhere or with new timestamps
+    (a fresh checkout of the data, a re-mounted data root) reuses it. Writes go through a
+    temporary file, so an interrupted write never leaves a half-written cache entry.
     """
     import torch
 
-    identity = [[str(Path(s).resolve()), Path(s).stat().st_size, Path(s).stat().st_mtime_ns]
-                for s in sources]
+    identity = [[Path(s).stat().st_size, file_digest(s, "sha256")] for s in sources]
     path = cache_dir() / f"{key}.pt"
     if path.exists():
         try:

@@ -123,6 +123,33 @@ def test_verification_is_remembered_and_redone_when_file_changes(isolated_data, 
         store.fetch("toy", "blob.bin")
 
 
+def test_tensor_cache_follows_the_sources_content_not_their_path_or_timestamps(isolated_data, tmp_path):
+    """A copy of the sources elsewhere, with new timestamps, reuses the entry (a re-mounted data
+    root does not rebuild minutes of features); a change of content, even of the same size and
+    mtime, rebuilds it."""
+    builds = []
+
+    def build():
+        builds.append(1)
+        return {"x": torch.arange(3) + len(builds)}
+
+    first = tmp_path / "a" / "captions.txt"
+    first.parent.mkdir()
+    first.write_text("image,caption\n1.jpg,a dog\n")
+    assert torch.equal(store.cached_tensors("toy", build, first)["x"], torch.tensor([1, 2, 3]))
+    copy = tmp_path / "b" / "captions.txt"
+    copy.parent.mkdir()
+    copy.write_text(first.read_text())
+    os.utime(copy, ns=(5, 5))
+    assert torch.equal(store.cached_tensors("toy", build, copy)["x"], torch.tensor([1, 2, 3]))
+    assert len(builds) == 1
+    stat = copy.stat()
+    copy.write_text("image,caption\n1.jpg,a cat\n")
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert torch.equal(store.cached_tensors("toy", build, copy)["x"], torch.tensor([2, 3, 4]))
+    assert len(builds) == 2
+
+
 # ---------------------------------------------------------------- CIFAR-10 archives
 
 def test_num_train_out_of_range_is_value_error():
