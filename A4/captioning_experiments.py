@@ -1166,12 +1166,11 @@ def cross_validate(data, feats, cell_type, num_folds=6, device=None, seed=0, s=N
     headline's validation slice). The recipe is settings(cell_type, backbone), or `s`. For each
     fold, the headline's validation run: a fresh model (same seed) trained on the other folds,
     keeping the epoch of lowest loss on this fold (with s["distill"], `fit_recipe`'s teacher and
-    then its student, both trained that way). Its
-    captions of the fold's images, by each decoder of CV_DECODERS: greedy, greedy on the mean
-    next-word probability given the photo and given its mirror image (`ensemble_greedy` of the
-    model with itself), beam search of width 3. Pooled over the folds, every training image gets
-    one out-of-fold caption per decoder; compare two pools with
-    `heldout_bootstrap(data, a, b, references=data["train_references"])`.
+    then its student, both trained that way). Its captions of the fold's images, by each decoder
+    of CV_DECODERS: greedy, greedy on the mean next-word probability given the photo and given its
+    mirror image (`ensemble_greedy` of the model with itself), beam search of width 3. Pooled over
+    the folds, every training image gets one out-of-fold caption per decoder; compare two pools
+    with `heldout_bootstrap(data, a, b, references=data["train_references"])`.
 
     Returns dict(hypotheses: {decoder: [word lists], one per training image}, scores: {decoder:
     corpus BLEU-1..4 of the pool}, folds: [dict(fold, images, best_epoch, val_loss, seconds)],
