@@ -289,11 +289,12 @@ def extract_features(data, backbone=BACKBONE, device=None, name=DATASET, feature
 
 
 def _cached(key, build, name):
-    """`build()` in quick mode; otherwise cached under `key`, tied to the dataset's captions.txt."""
+    """`build()` in quick mode; otherwise cached under `key`, tied to the content of the dataset's
+    captions.txt and of every image it lists (a changed photo rebuilds the features)."""
     if eecs598.quick_mode():
         return build()
-    csv_path = eecs598.data.caption_folder(name)[0][0].parent.parent / "captions.txt"
-    return cached_tensors(key, build, csv_path)
+    paths = [path for path, _ in eecs598.data.caption_folder(name)]
+    return cached_tensors(key, build, paths[0].parent.parent / "captions.txt", *paths)
 
 
 def split_tag(data):

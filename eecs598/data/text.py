@@ -159,9 +159,9 @@ def caption_dataset(name="flickr8k-1k", image_size=112, length=18, min_count=2, 
     csv_path = Path(paths[0]).parent.parent / "captions.txt"
     # ALL images in sorted-name order, whatever the split: the split below only indexes this
     # tensor, so the key needs no num_heldout (a cache of per-split tensors would, see A4's
-    # captioning_experiments.feature_cache_key). Tied to captions.txt's content.
+    # captioning_experiments.feature_cache_key). Tied to the content of captions.txt and of every image.
     images = store.cached_tensors(f"{name}_images_{image_size}",
-                                  lambda: load_images_uint8(paths, image_size), csv_path)
+                                  lambda: load_images_uint8(paths, image_size), csv_path, *paths)
     refs = [[tokenize(c) for c in caps] for _, caps in items]
     split = {"test": range(num_heldout), "train": range(num_heldout, len(items))}
     vocab = build_vocab([t for i in split["train"] for t in refs[i]], min_count=min_count)

@@ -171,7 +171,7 @@ def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path)
     data = fake_data()
     ce.extract_features(data, backbone=REGNET)
     ce.extract_features(_resplit(data, 5), backbone=REGNET)
-    assert used[0][1] == (tmp_path / "captions.txt",)
+    assert used[0][1] == (tmp_path / "captions.txt", tmp_path / "Images" / "a.jpg")
     assert used[0][0] != used[1][0] and all("_heldout" in key for key, _ in used)
 
 

@@ -423,7 +423,8 @@ def test_mismatch_of_a_file_without_url_does_not_say_fetch_again(isolated_data, 
 def test_caption_dataset_image_cache_serves_any_split(isolated_data, monkeypatch):
     """The resized-image cache holds all images in name order, independent of num_heldout: after
     a load with one split, a load with another (from the cache) still pairs every image with its
-    own name. Each image is one flat colour that encodes its index (brute-force reference)."""
+    own name. Each image is one flat colour that encodes its index (brute-force reference). A
+    replaced photo, under the same name, is decoded again."""
     from PIL import Image
 
     from eecs598.data import caption_dataset
@@ -445,6 +446,9 @@ def test_caption_dataset_image_cache_serves_any_split(isolated_data, monkeypatch
             assert data[f"{split}_images"][:, 0, 4, 4].tolist() == red, (num_heldout, split)
         assert len(data["test_names"]) == num_heldout
     assert len(loads) == 1  # decoded once, then served from the cache for every split
+    Image.new("RGB", (12, 10), (0, 0, 200)).save(folder / "Images" / "im3.png")  # a photo replaced
+    data = caption_dataset("toycaps", image_size=8, num_heldout=2)
+    assert len(loads) == 2 and data["train_images"][1, :, 4, 4].tolist() == [0, 0, 200]
 
 
 def test_caption_loaders_are_exported():
