@@ -293,8 +293,7 @@ def _cached(key, build, name):
     captions.txt and of every image it lists (a changed photo rebuilds the features)."""
     if eecs598.quick_mode():
         return build()
-    paths = [path for path, _ in eecs598.data.caption_folder(name)]
-    return cached_tensors(key, build, paths[0].parent.parent / "captions.txt", *paths)
+    return cached_tensors(key, build, *text_data.caption_folder_files(eecs598.data.caption_folder(name)))
 
 
 def split_tag(data):

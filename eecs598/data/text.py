@@ -56,6 +56,13 @@ def caption_folder(name="flickr8k-1k"):
     return [(images / n, caps) for n, caps in sorted(captions.items())]
 
 
+def caption_folder_files(items):
+    """The files whose content an image-folder caption set's caches depend on: its captions.txt
+    and every image of `items` (what `caption_folder` returned), as `store.cached_tensors` sources."""
+    paths = [Path(p) for p, _ in items]
+    return [paths[0].parent.parent / "captions.txt", *paths]
+
+
 TRUST_PICKLES_ENV = "EECS598_TRUST_PICKLES"
 
 
@@ -156,12 +163,11 @@ def caption_dataset(name="flickr8k-1k", image_size=112, length=18, min_count=2, 
     if len(items) <= num_heldout:
         raise store.DataError(f"{name}: {len(items)} images, cannot hold out {num_heldout}")
     paths = [p for p, _ in items]
-    csv_path = Path(paths[0]).parent.parent / "captions.txt"
     # ALL images in sorted-name order, whatever the split: the split below only indexes this
     # tensor, so the key needs no num_heldout (a cache of per-split tensors would, see A4's
-    # captioning_experiments.feature_cache_key). Tied to the content of captions.txt and of every image.
-    images = store.cached_tensors(f"{name}_images_{image_size}",
-                                  lambda: load_images_uint8(paths, image_size), csv_path, *paths)
+    # captioning_experiments.feature_cache_key).
+    images = store.cached_tensors(f"{name}_images_{image_size}", lambda: load_images_uint8(paths, image_size),
+                                  *caption_folder_files(items))
     refs = [[tokenize(c) for c in caps] for _, caps in items]
     split = {"test": range(num_heldout), "train": range(num_heldout, len(items))}
     vocab = build_vocab([t for i in split["train"] for t in refs[i]], min_count=min_count)
