@@ -1,0 +1,85 @@
+"""benchmarks/: every script runs end to end in quick mode and writes well-formed result records;
+bench_a3's multi-process median keeps one measurement's details per metric."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _bench_a3():
+    spec = importlib.util.spec_from_file_location("bench_a3", BENCHMARKS / "bench_a3.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(script, *args, tmp_path):
+    out = tmp_path / f"{script}.json"
+    env = {**os.environ, "EECS598_QUICK": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *args, "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_records(records, assignment):
+    assert records, "no records written"
+    metrics = [r["metric"] for r in records]
+    assert len(set(metrics)) == len(metrics), metrics
+    for r in records:
+        assert r["assignment"] == assignment and r["mode"] == "quick"
+        assert isinstance(r["value"], float) and math.isfinite(r["value"]) and r["value"] > 0, r
+        assert r["device"] and r["data"] and r["unit"]
+
+
+@pytest.mark.parametrize("script, assignment", [("bench_knn", "A1"), ("bench_a2", "A2")])
+def test_benchmark_scripts_run_in_quick_mode(tmp_path, script, assignment):
+    records, _ = _run(script, "--devices", "cpu", tmp_path=tmp_path)
+    _check_records(records, assignment)
+
+
+def test_bench_a3_names_its_cpu_rows_by_thread_count_and_records_the_median_process(tmp_path):
+    records, stdout = _run("bench_a3", "--device", "cpu", "--threads", "1", "--runs", "3", tmp_path=tmp_path)
+    _check_records(records, "A3")
+    assert stdout.count("-- process") == 3
+    assert {r["metric"] for r in records} == {
+        f"bench_{op}_fwd_bwd_ratio_vs_torch_cpu_1thread" for op in ("conv", "maxpool", "batchnorm")
+    } | {"bench_conv_naive_vs_fast_speedup_cpu_1thread", "bench_deepconvnet_step_ratio_vs_torch_nn_cpu_1thread"}
+    for r in records:
+        runs = r["details"]["runs"]
+        assert len(runs) == 3 and runs == sorted(runs) and r["value"] == runs[1]
+        assert r["details"]["cpu_threads"] == 1 and r["details"]["processes"] == 3
+    conv = next(r for r in records if r["metric"].startswith("bench_conv_fwd"))
+    assert conv["value"] == pytest.approx(conv["details"]["ours_ms"] / conv["details"]["torch_ms"])
+
+
+def test_median_of_runs_keeps_the_median_measurement_whole():
+    bench = _bench_a3()
+
+    def run(*values):
+        return [{"metric": m, "value": v, "details": {"ours_ms": 10 * v, "tag": i}}
+                for i, (m, v) in enumerate(zip(("a", "b"), values))]
+
+    combined = bench.median_of_runs([run(3.0, 1.0), run(1.0, 5.0), run(2.0, 4.0), run(9.0, 2.0)])
+    assert [r["metric"] for r in combined] == ["a", "b"]
+    a, b = combined
+    assert a["value"] == 2.0 and a["details"]["ours_ms"] == 20.0  # lower middle of four
+    assert a["details"]["runs"] == [1.0, 2.0, 3.0, 9.0] and a["details"]["processes"] == 4
+    assert b["value"] == 2.0 and b["details"]["ours_ms"] == 20.0 and b["details"]["tag"] == 1
+    with pytest.raises(ValueError, match="b: found in 1 of 2 runs"):
+        bench.median_of_runs([run(1.0, 2.0), run(1.0, 2.0)[:1]])
+
+
+def test_without_option_drops_the_option_and_its_value():
+    bench = _bench_a3()
+    argv = ["--runs", "5", "--threads", "2", "--json=x.json", "--json", "y.json", "--repeats", "3"]
+    assert bench._without_option(bench._without_option(argv, "--runs"), "--json") == [
+        "--threads", "2", "--repeats", "3"]
