@@ -1,0 +1,46 @@
+"""`make reproduce QUICK=1` (eecs598.reproduce --quick) runs every assignment's headline
+experiments end to end on the real data and writes their rows."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eecs598.reproduce import assignment_dirs
+from eecs598.testing import cifar_available, shared_data_available
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_DATA = cifar_available() and all(shared_data_available(*p) for p in (
+    ("mnist",), ("voc2007", "voc07_val.json"), ("flickr8k-1k", "captions.txt"),
+    ("arithmetic", "two_digit_op.json")))
+
+
+def _reproduce(*args, results_dir):
+    env = {**os.environ, "EECS598_QUICK": ""}  # --quick must set quick mode by itself
+    return subprocess.run([sys.executable, "-m", "eecs598.reproduce", *args, "--results-dir", str(results_dir)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.skipif(not ALL_DATA, reason="needs every dataset in $EECS598_DATA")
+def test_quick_reproduce_writes_quick_rows_for_every_assignment(tmp_path):
+    proc = _reproduce("--quick", "--device", "cpu", results_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    names = [f.name for f in assignment_dirs()]
+    assert names == ["A1", "A2", "A3", "A4", "A5", "A6"]
+    for name in names:
+        assert f"== {name}: running headline experiments on cpu (quick mode)" in proc.stdout
+        assert any(r["assignment"] == name for r in rows), f"no rows from {name}"
+    assert {r["mode"] for r in rows} == {"quick"}
+    assert all(r["device"] for r in rows)
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "Quick mode" in report and "Full mode" not in report
+
+
+def test_reproduce_names_an_assignment_without_experiments(tmp_path):
+    proc = _reproduce("--only", "A1", "A9", results_dir=tmp_path)
+    assert proc.returncode != 0
+    assert "no experiments.py for: A9" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
