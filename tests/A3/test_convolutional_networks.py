@@ -708,3 +708,23 @@ def test_nesterov_sgd_matches_torch_optim_sgd():
         ref.grad = g.clone()
         opt.step()
         assert_close(ours, ref.detach(), 1e-12, "nesterov_sgd vs torch.optim.SGD")
+
+
+def test_resnet_half_width_settings_change_only_the_widths(monkeypatch):
+    import resnet_from_scratch as rs
+
+    monkeypatch.setenv("EECS598_QUICK", "0")
+    full, half = rs.settings(), rs.half_width_settings()
+    assert half["widths"] == rs.HALF_WIDTHS == (32, 64, 128, 256)
+    assert full["widths"] == (64, 128, 256, 512)
+    assert {k: v for k, v in half.items() if k != "widths"} == {k: v for k, v in full.items() if k != "widths"}
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    assert rs.half_width_settings() == rs.settings()
+
+
+def test_conv_experiments_run_names_unknown_parts():
+    import conv_experiments as ce
+
+    assert "resnet_half" not in ce.PARTS and "resnet_half" in ce.OPTIONAL_PARTS
+    with pytest.raises(ValueError, match=r"unknown parts \['resnet_ha'\]"):
+        ce.run("cpu", parts=("resnet_ha",))
