@@ -18,7 +18,7 @@ protocol on CIFAR-10 (40k train / 10k val / 10k test, (N, 3, 32, 32), float32); 
     batchnorm_learning_rates   ... and across learning rates
     resnet                     beyond the course: the from-scratch ResNet-9 (resnet_from_scratch.py)
     run(device)                all of the above as result records; run(device, parts=("resnet_half",))
-                               also the ResNet-9 recipe at half width (about an hour on a 2-core CPU)
+                               also the ResNet-9 recipe at half width (about 65 minutes on a 2-core CPU)
 """
 import torch
 
@@ -228,7 +228,7 @@ def _lr_name(lr):
 
 # ---------------------------------------------------------------------------------------------
 PARTS = ("one_minute", "init_study", "bn", "bn_lr", "resnet")
-OPTIONAL_PARTS = ("resnet_half",)  # only when asked for: about an hour on a 2-core CPU
+OPTIONAL_PARTS = ("resnet_half",)  # only when asked for: about 65 minutes on a 2-core CPU
 
 
 def run(device=None, parts=PARTS):

@@ -245,7 +245,7 @@ HALF_WIDTHS = (32, 64, 128, 256)
 def half_width_settings():
     """The full recipe (all 50k images, 10 epochs, batch 512, the same schedule and
     regularization) at half width, HALF_WIDTHS: about a quarter of the multiply-adds, so a
-    2-core CPU runs it in about an hour. It checks the GPU recipe at full scale where no GPU is
+    2-core CPU runs it in about 65 minutes. It checks the GPU recipe at full scale where no GPU is
     available; it is not the GPU target's figure. In quick mode, the quick settings."""
     return dict(eecs598.pick(full={**settings(), "widths": HALF_WIDTHS}, quick=settings()))
 
