@@ -24,8 +24,8 @@ assignment "A3"), which benchmarks/run_all.py merges into results/. CPU metric n
 the thread count (bench_conv_fwd_bwd_ratio_vs_torch_cpu_1thread, ..._cpu_2threads), since
 the ratios depend on it.
 
-On a shared CPU a whole process can run slow for a while (one process timed our conv at
-2.0x where four others on the same idle machine gave 1.2-1.4x). `--runs K` therefore
+A whole process can run slow for a while (on the project's 2-core CPU, two threads, idle
+machine: two of eight processes timed our conv at 2.0x, the six others at 1.2-1.4x). `--runs K` therefore
 benchmarks in K separate processes, one after another, and records for each metric the
 process with the median value; every process's value is kept in its details (`runs`).
 """
