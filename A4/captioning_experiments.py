@@ -127,13 +127,13 @@ def settings(cell_type, backbone=BACKBONE):
          # 43 / 19 / 52 / 39 of 150 captions with a repeated bigram.
          "attention_penalty": 0.1 if cell_type == "attn" else 0.0,
          "crop_views": crop_views(cell_type),
-         # The image state at the output layer too (merge, rnn / lstm; A4/README.md): for the rnn,
+         # The image state at the output layer too (merge, rnn / lstm; A4/captioning_log.md): for the rnn,
          # 6-fold cross-validation over two seeds left greedy BLEU-4 level (0.125 -> 0.126,
          # 0.117 -> 0.122), raised the fold loss on 12 of 12 folds, and made 303 and 280 of the 900
          # out-of-fold captions repeat a bigram (89 and 70 without). Off.
          "merge": False,
          # Sequence-level distillation (`fit_recipe`): k copies of a teacher's beam-3 caption per
-         # training image join the human captions of a fresh student (A4/README.md).
+         # training image join the human captions of a fresh student (A4/captioning_log.md).
          "distill": distill_copies(cell_type)}
     return s
 
@@ -143,7 +143,7 @@ def distill_copies(cell_type):
     recipe trains its student on (`fit_recipe`); 0: no distillation.
 
     1 for every cell type. Chosen by 6-fold cross-validation over the training images
-    (A4/README.md), the teachers being the recipes' own fold models: for the rnn (with its crop
+    (A4/captioning_log.md), the teachers being the recipes' own fold models: for the rnn (with its crop
     views) one copy raised the out-of-fold greedy BLEU-4 from 0.125 to 0.131 (seed 0) and from
     0.117 to 0.122 (seed 1), and cut the captions that repeat a bigram from 89 to 8 and from 70
     to 7 of 900; five copies gained less (0.126). For the lstm (seed 0) 0.114 -> 0.121, 103 -> 12
@@ -158,7 +158,7 @@ def crop_views(cell_type=None):
     cell type, the most any of them uses (what `extract_features` computes by default).
 
     4 for the rnn (1 in quick mode, a smoke test of the path), 0 for the others. Chosen by 6-fold
-    cross-validation over the training images (A4/README.md): for the rnn, 4 views lowered the
+    cross-validation over the training images (A4/captioning_log.md): for the rnn, 4 views lowered the
     fold loss on 12 of 12 folds (two seeds) and raised the out-of-fold greedy BLEU-4 pooled over
     both seeds from 0.115 to 0.121; for the lstm they lowered the loss but left BLEU-4 level; for the
     attention LSTM (one seed) they lowered the loss on 5 of 6 folds and BLEU-4 from 0.128 to 0.124."""

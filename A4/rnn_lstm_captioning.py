@@ -349,7 +349,7 @@ class CaptioningRNN(nn.Module):
     forget gate; the course uses 0, i.e. the memory halves every step at the start of training;
     1 is the usual choice and keeps the image information of h0 longer; the headline lstm keeps 0:
     in a 6-fold cross-validation 1 raised the fold loss on 5 of 6 folds and left the greedy
-    BLEU-4 level, A4/README.md), feature_norm
+    BLEU-4 level, A4/captioning_log.md), feature_norm
     (standardize the encoder features per channel with a BatchNorm2d before the projection:
     frozen ImageNet features share a large common component, which otherwise drowns the
     image-specific part), feature_dropout (dropout on the (normalized) encoder features during
