@@ -23,6 +23,7 @@ works (FCOS and FasterRCNN do).
     metric_suffix / devices_label / handoff_details / training_device_speed_record
                                    records of a detector trained elsewhere
     save_sharded / load_sharded    a state dict in files of bounded size (gpu_handoff.py)
+    save_detection_figures         PR curves and drawn detections of an evaluated detector as PNGs
 
 Settings dicts `s` (the experiments' protocols) provide: learning_rate, weight_decay, max_iters,
 time_limit (seconds or None), warmup_iters, batch_size; optional: warmup_start (default 0.001),
@@ -32,6 +33,7 @@ import contextlib
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -320,6 +322,39 @@ def train_on_cached_features(detector, cache, s, device, seed=0, log_period=50, 
         return train_loop(detector, next_batch,
                           lambda batch, gt: _losses(detector, stand_in, batch, gt, cache["image_size"]),
                           s, device, log_period, verbose, checkpoint_path, checkpoint_period, generator=gen)
+
+
+# ----------------------------------------------------------------------------- figures
+def save_detection_figures(detector, result, directory, prefix, device, num_images=3,
+                           score_thresh=0.4, nms_thresh=0.5):
+    """Write an evaluated detector's figures into `directory` as PNG files:
+    `<prefix>_pr_curves.png`, the per-class precision-recall curves of `result` (the dict of
+    `common.evaluate_detector`), and `<prefix>_detections_<k>.png` for k < `num_images`: the
+    detections (score above `score_thresh`, after NMS at `nms_thresh`) on the k-th voc07_val
+    image beside its ground truth. The images are the first ones of the split, not picked.
+    Returns the written paths."""
+    import shutil
+    import tempfile
+
+    import matplotlib.pyplot as plt
+    from eecs598 import vis
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ax = vis.plot_pr_curves(result)
+    pr_path = directory / f"{prefix}_pr_curves.png"
+    ax.figure.savefig(pr_path, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
+    paths = [pr_path]
+    val_set = load_voc("val", num_images)
+    with tempfile.TemporaryDirectory() as tmp:  # common.inference_with_detector names them detections_<k>.png
+        common.inference_with_detector(detector, val_set, val_set.idx_to_class, score_thresh, nms_thresh,
+                                       output_dir=tmp, device=device, max_images=num_images, show=False)
+        for k in range(num_images):
+            path = directory / f"{prefix}_detections_{k}.png"
+            shutil.move(os.path.join(tmp, f"detections_{k}.png"), path)
+            paths.append(path)
+    return paths
 
 
 # ----------------------------------------------------------------------------- training elsewhere

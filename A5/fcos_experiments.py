@@ -247,10 +247,12 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
 
 
 # --------------------------------------------------------------------------------------------
-def run(device=None, trained=None):
+def run(device=None, trained=None, figures_dir=None):
     """Headline records: FCOS mAP@0.5 on all of voc07_val (all-point and 11-point) and inference
     speed. `trained`: a detector trained elsewhere (`gpu_handoff.import_trained`), evaluated here.
-    The GPU protocol's metrics end in "_gpu_protocol", so they sit beside the CPU protocol's."""
+    The GPU protocol's metrics end in "_gpu_protocol", so they sit beside the CPU protocol's.
+    `figures_dir`: also write the run's PR curves and detections there
+    (`detection_training.save_detection_figures`, prefix fcos[_gpu_protocol])."""
     device = get_device(device)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cpu_start = time.process_time()
@@ -274,6 +276,8 @@ def run(device=None, trained=None):
         **dt.handoff_details(out, device),
     }
     dev, suffix = dt.devices_label(out, device), dt.metric_suffix(out["protocol"])
+    if figures_dir is not None:
+        dt.save_detection_figures(out["detector"], ev, figures_dir, f"fcos{suffix}", device)
     records = [
         make_record(ASSIGNMENT, f"fcos_map50{suffix}", 100 * ev["map"], "% mAP@0.5 (VOC all-point)", DATA, dev,
                     total, reference=None,

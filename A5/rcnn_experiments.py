@@ -258,11 +258,14 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
                 phases=phases, loss_history=history["loss_history"], predictions=preds, num_val=len(preds))
 
 
-def run(device=None, trained=None):
+def run(device=None, trained=None, figures_dir=None):
     """Faster R-CNN mAP@0.5 on all of voc07_val (all-point and 11-point) and inference speed.
     `trained`: a detector trained elsewhere (`gpu_handoff.import_trained`), evaluated here. The
-    GPU protocol's metrics end in "_gpu_protocol", so they sit beside the CPU protocol's."""
+    GPU protocol's metrics end in "_gpu_protocol", so they sit beside the CPU protocol's.
+    `figures_dir`: also write the run's PR curves and detections there
+    (`detection_training.save_detection_figures`, prefix faster_rcnn[_gpu_protocol])."""
     device = eecs598.get_device(device)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     out = train_and_evaluate(device, verbose=True, trained=trained)
     s = out["settings"]
     details = {
@@ -275,11 +278,13 @@ def run(device=None, trained=None):
         "map_11_point": round(100 * out["map_07"], 2),
         "ap_per_class": {k: round(100 * v, 1) for k, v in out["ap_per_class"].items()},
         "settings": {k: v for k, v in s.items() if k != "protocol"},
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "load_average_at_start": load_before,
         "final_loss": round(sum(out["loss_history"][-20:]) / max(len(out["loss_history"][-20:]), 1), 3),
         **dt.handoff_details(out, device),
     }
     dev, secs, suffix = dt.devices_label(out, device), out["total_seconds"], dt.metric_suffix(out["protocol"])
+    if figures_dir is not None:
+        dt.save_detection_figures(out["detector"], out["result"], figures_dir, f"faster_rcnn{suffix}", device)
     ref_note = "reference solution: never trained or evaluated (no number)"
     records = [
         make_record(ASSIGNMENT, f"faster_rcnn_map50{suffix}", 100 * out["map"], "% mAP@0.5 (VOC all-point)",

@@ -62,7 +62,8 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     CPU too, in fp32): export writes shards + JSON; import_trained rebuilds the detector with
     exactly the exported weights; run(trained=...) evaluates it and, when the JSON names another
     training device, labels the records with both machines and adds that machine's speed row.
-    The GPU protocol's metrics carry the "_gpu_protocol" suffix."""
+    The GPU protocol's metrics carry the "_gpu_protocol" suffix. With figures_dir, run also
+    writes the PR curves and three drawn detections under the metrics' prefix."""
     import gpu_handoff
     monkeypatch.setenv("EECS598_QUICK", "1")
     monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
@@ -79,10 +80,15 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     doc = json.loads(path.read_text())
     doc["device"] = "NVIDIA H200 (test)"  # as if exported on a GPU machine
     path.write_text(json.dumps(doc))
-    records = gpu_handoff.MODULES[kind].run("cpu", trained=gpu_handoff.import_trained(kind, tmp_path / "out"))
+    records = gpu_handoff.MODULES[kind].run("cpu", trained=gpu_handoff.import_trained(kind, tmp_path / "out"),
+                                            figures_dir=tmp_path / "figures")
     metrics = {r["metric"]: r for r in records}
     name = "fcos" if kind == "fcos" else "faster_rcnn"
     suffix = "" if protocol == "cpu" else "_gpu_protocol"
+    written = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert written == sorted([f"{name}{suffix}_pr_curves.png"] + [f"{name}{suffix}_detections_{k}.png" for k in range(3)])
+    for png in (tmp_path / "figures").iterdir():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, png.name
     assert set(metrics) == {f"{name}_map50{suffix}", f"{name}_map50_voc07_11pt{suffix}",
                             f"{name}_images_per_s{suffix}", f"{name}_images_per_s{suffix}_training_device"}
     map50 = metrics[f"{name}_map50{suffix}"]
