@@ -8,5 +8,7 @@ import fcos_experiments
 import rcnn_experiments
 
 
-def run(device=None):
-    return fcos_experiments.run(device) + rcnn_experiments.run(device)
+def run(device=None, figures_dir=None):
+    """Both detectors' records; with `figures_dir`, also their PR curves and drawn detections."""
+    return (fcos_experiments.run(device, figures_dir=figures_dir)
+            + rcnn_experiments.run(device, figures_dir=figures_dir))

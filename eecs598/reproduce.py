@@ -5,9 +5,12 @@
 Each assignment folder may hold an ``experiments.py`` with ``run(device) -> list[record]``
 (records from ``eecs598.results.make_record``); the notebooks call the same functions.
 Records are merged into ``<results-dir>/results.json`` and ``RESULTS.md`` is re-rendered.
+A ``run`` that also takes ``figures_dir`` gets ``<results-dir>/figures/<assignment>`` in full
+mode (quick mode writes no figures, so a smoke run never replaces the measured ones).
 """
 import argparse
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -28,6 +31,14 @@ def load_experiments(folder: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_experiments(module, device, figures_dir=None):
+    """``module.run(device=device)``, plus ``figures_dir`` when given and `run` accepts it."""
+    kwargs = {"device": device}
+    if figures_dir is not None and "figures_dir" in inspect.signature(module.run).parameters:
+        kwargs["figures_dir"] = figures_dir
+    return module.run(**kwargs)
 
 
 def main(argv=None):
@@ -52,7 +63,8 @@ def main(argv=None):
         start = time.perf_counter()
         print(f"== {folder.name}: running headline experiments on {device} "
               f"({'quick' if quick_mode() else 'full'} mode)", flush=True)
-        records = load_experiments(folder).run(device=device)
+        figures_dir = None if quick_mode() else Path(args.results_dir) / "figures" / folder.name
+        records = run_experiments(load_experiments(folder), device, figures_dir)
         write_results(args.results_dir, records)
         for r in records:
             print(f"   {r['metric']}: {r['value']} {r['unit']} (reference {r['reference']})")

@@ -37,6 +37,8 @@ def test_quick_reproduce_writes_quick_rows_for_every_assignment(tmp_path):
     assert all(r["device"] for r in rows)
     report = (tmp_path / "RESULTS.md").read_text()
     assert "Quick mode" in report and "Full mode" not in report
+    # A5's run takes figures_dir; quick mode must not pass it (it would replace measured figures).
+    assert not (tmp_path / "figures").exists()
 
 
 def test_reproduce_names_an_assignment_without_experiments(tmp_path):
@@ -44,3 +46,21 @@ def test_reproduce_names_an_assignment_without_experiments(tmp_path):
     assert proc.returncode != 0
     assert "no experiments.py for: A9" in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_figures_dir_goes_only_to_a_run_that_takes_it(tmp_path):
+    """run_experiments passes figures_dir to a `run(device, figures_dir=None)` and calls a plain
+    `run(device)` without it; None (quick mode) is never passed."""
+    import types
+    from eecs598.reproduce import run_experiments
+    calls = []
+    plain = types.SimpleNamespace(run=lambda device: calls.append(("plain", device)) or [])
+    def run_with_figures(device, figures_dir=None):
+        calls.append(("figures", device, figures_dir))
+        return []
+    with_figures = types.SimpleNamespace(run=run_with_figures)
+    run_experiments(plain, "cpu", tmp_path)
+    run_experiments(with_figures, "cpu", tmp_path)
+    run_experiments(with_figures, "cpu", None)
+    assert calls == [("plain", "cpu"), ("figures", "cpu", tmp_path), ("figures", "cpu", None)]
+
