@@ -45,13 +45,32 @@ def get_device(device=None):
     return torch.device(device)
 
 
+def cpu_model(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8480+", ...) from the first
+    "model name" line of `cpuinfo` (Linux); None where there is no such file or line."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return " ".join(value.split())
+    except OSError:
+        pass
+    return None
+
+
 def device_name(device=None):
-    """Human-readable name of a device for results tables, e.g. 'NVIDIA H200' or 'CPU (2 cores, x86_64)'."""
+    """Human-readable name of a device for results tables, e.g. 'NVIDIA H200' or
+    'CPU (AMD EPYC, 2 cores, x86_64, torch 2.13.0)'. The CPU model is there because machines of
+    the same core count differ in speed and features (AMX bf16, for instance); it is left out
+    where the system does not say it."""
     device = get_device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    return f"CPU ({os.cpu_count()} cores, {cpu}, torch {torch.__version__.split('+')[0]})"
+    arch = platform.processor() or platform.machine()
+    model = cpu_model()
+    model = f"{model}, " if model else ""
+    return f"CPU ({model}{os.cpu_count()} cores, {arch}, torch {torch.__version__.split('+')[0]})"
 
 
 @contextmanager

@@ -1,7 +1,10 @@
-"""eecs598.utils: the float32-precision switch used by A3's CUDA benchmark and ResNet."""
+"""eecs598.utils: the float32-precision switch used by A3's CUDA benchmark and ResNet; device names."""
+import os
+
 import pytest
 import torch
 
+from eecs598 import utils
 from eecs598.utils import fp32_precision
 
 
@@ -27,3 +30,23 @@ def test_fp32_precision_restores_after_an_error_and_rejects_unknown_modes():
         with fp32_precision("bf16"):
             pass
     assert _flags() == before
+
+
+def test_cpu_model_reads_the_first_model_name_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC  9R14\nflags\t\t: fpu avx512_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: other\n")
+    assert utils.cpu_model(info) == "AMD EPYC 9R14"
+    (tmp_path / "empty").write_text("processor\t: 0\nmodel name\t:\n")
+    assert utils.cpu_model(tmp_path / "empty") is None
+    assert utils.cpu_model(tmp_path / "missing") is None
+
+
+def test_cpu_device_name_says_model_cores_and_torch_version(monkeypatch):
+    monkeypatch.setattr(utils, "cpu_model", lambda: "Some CPU 1")
+    name = utils.device_name("cpu")
+    assert name.startswith("CPU (Some CPU 1, ") and f"{os.cpu_count()} cores" in name
+    assert name.endswith(f"torch {torch.__version__.split('+')[0]})")
+    monkeypatch.setattr(utils, "cpu_model", lambda: None)
+    assert utils.device_name("cpu").startswith(f"CPU ({os.cpu_count()} cores, ")
