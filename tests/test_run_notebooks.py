@@ -1,0 +1,32 @@
+"""tools/run_notebooks.py: runs notebooks cell by cell in their own folder, keeps the executed
+copies out of the repository, and reports a failing cell with a non-zero exit status."""
+import json
+
+import nbformat
+
+from tools.run_notebooks import main
+
+
+def _notebook(path, *sources):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# test")] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_runs_in_the_notebook_folder_and_reports_the_failing_cell(tmp_path, capsys):
+    (tmp_path / "nbs").mkdir()
+    (tmp_path / "nbs" / "data.txt").write_text("41")
+    good, bad = tmp_path / "nbs" / "good.ipynb", tmp_path / "nbs" / "bad.ipynb"
+    _notebook(good, "value = int(open('data.txt').read())", "print(value + 1)")
+    _notebook(bad, "x = 1", "raise ValueError('boom')", "print('never')")
+    out = tmp_path / "executed"
+    assert main([str(good), str(bad), "--out", str(out), "--quick"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["status"] for r in lines][0] == "ok"
+    assert lines[1]["status"].startswith("error in cell 2:") and "boom" in lines[1]["status"]
+    assert [int(i) for i, _ in lines[0]["slowest_cells"]] and lines[0]["total_s"] > 0
+    executed = nbformat.read(out / "good.ipynb", as_version=4)
+    assert executed.cells[2].outputs[0]["text"] == "42\n"
+    assert nbformat.read(good, as_version=4).cells[2].outputs == []  # the source notebook is untouched
+    assert nbformat.read(out / "bad.ipynb", as_version=4).cells[3].outputs == []  # stopped at the error
