@@ -547,12 +547,12 @@ def evaluate_predictions(preds, dataset, use_difficult=True, num_classes=None, c
 
 def inference_with_detector(detector, test_loader, idx_to_class, score_thresh, nms_thresh,
                             output_dir=None, dtype=torch.float32, device="cpu", max_images=4,
-                            show=True):
+                            show=True, file_prefix="detections"):
     """Draw a detector's detections (and the ground truth) on a few images, as the course does.
 
     The course wrote text files for an external mAP tool when `output_dir` was given; here
-    `output_dir` saves the figures as PNG files instead (mAP comes from `evaluate_detector`).
-    Returns the list of predictions (see `predict_detections`).
+    `output_dir` saves the figures as PNG files instead (mAP comes from `evaluate_detector`),
+    named `<file_prefix>_<k>.png` for the k-th image. Returns the list of predictions (see `predict_detections`).
     """
     import matplotlib.pyplot as plt
     from eecs598 import vis
@@ -579,7 +579,7 @@ def inference_with_detector(detector, test_loader, idx_to_class, score_thresh, n
         fig.tight_layout()
         if output_dir is not None:
             os.makedirs(output_dir, exist_ok=True)
-            fig.savefig(os.path.join(output_dir, f"detections_{k}.png"), dpi=100)
+            fig.savefig(os.path.join(output_dir, f"{file_prefix}_{k}.png"), dpi=100)
         if show:
             plt.show()
         else:

@@ -41,7 +41,7 @@ from torch import nn
 import common
 from eecs598.data.voc import VOC2007Detection
 from eecs598.results import make_record
-from eecs598.utils import device_name, get_device
+from eecs598.utils import cpu_flags, device_name, get_device
 
 
 def load_voc(split, num_images=None):
@@ -63,11 +63,7 @@ def checkpoint_path(name):
 # ----------------------------------------------------------------------------- mixed precision
 def cpu_has_fast_bf16():
     """True on CPUs with AMX bf16 tiles (oneDNN runs bf16 convolutions there ~2x faster than fp32)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read(200000)
-    except OSError:
-        return False
+    return "amx_bf16" in cpu_flags()
 
 
 def use_bf16(s, device):
@@ -333,9 +329,6 @@ def save_detection_figures(detector, result, directory, prefix, device, num_imag
     detections (score above `score_thresh`, after NMS at `nms_thresh`) on the k-th voc07_val
     image beside its ground truth. The images are the first ones of the split, not picked.
     Returns the written paths."""
-    import shutil
-    import tempfile
-
     import matplotlib.pyplot as plt
     from eecs598 import vis
 
@@ -347,14 +340,10 @@ def save_detection_figures(detector, result, directory, prefix, device, num_imag
     plt.close(ax.figure)
     paths = [pr_path]
     val_set = load_voc("val", num_images)
-    with tempfile.TemporaryDirectory() as tmp:  # common.inference_with_detector names them detections_<k>.png
-        common.inference_with_detector(detector, val_set, val_set.idx_to_class, score_thresh, nms_thresh,
-                                       output_dir=tmp, device=device, max_images=num_images, show=False)
-        for k in range(num_images):
-            path = directory / f"{prefix}_detections_{k}.png"
-            shutil.move(os.path.join(tmp, f"detections_{k}.png"), path)
-            paths.append(path)
-    return paths
+    common.inference_with_detector(detector, val_set, val_set.idx_to_class, score_thresh, nms_thresh,
+                                   output_dir=directory, device=device, max_images=num_images, show=False,
+                                   file_prefix=f"{prefix}_detections")
+    return paths + [directory / f"{prefix}_detections_{k}.png" for k in range(num_images)]
 
 
 # ----------------------------------------------------------------------------- training elsewhere

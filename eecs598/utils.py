@@ -45,18 +45,30 @@ def get_device(device=None):
     return torch.device(device)
 
 
-def cpu_model(cpuinfo="/proc/cpuinfo"):
-    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8480+", ...) from the first
-    "model name" line of `cpuinfo` (Linux); None where there is no such file or line."""
+def _cpuinfo_field(name, cpuinfo="/proc/cpuinfo"):
+    """The value of the first non-empty `name` line of `cpuinfo` (Linux), whitespace collapsed;
+    None where there is no such file or line."""
     try:
         with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
+                if key.strip() == name and value.strip():
                     return " ".join(value.split())
     except OSError:
         pass
     return None
+
+
+def cpu_model(cpuinfo="/proc/cpuinfo"):
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8480+", ...) from the first
+    "model name" line of `cpuinfo` (Linux); None where there is no such file or line."""
+    return _cpuinfo_field("model name", cpuinfo)
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags ({"avx2", "avx512_bf16", "amx_bf16", ...}) from the first "flags"
+    line of `cpuinfo` (Linux); empty where there is none."""
+    return set((_cpuinfo_field("flags", cpuinfo) or "").split())
 
 
 def device_name(device=None):

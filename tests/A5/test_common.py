@@ -381,6 +381,9 @@ def test_inference_with_detector_draws(tmp_path):
                                            output_dir=str(tmp_path), max_images=2, show=False)
     assert len(preds) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detections_0.png", "detections_1.png"]
+    common.inference_with_detector(det, ds, ds.idx_to_class, 0.3, 0.5, output_dir=str(tmp_path / "named"),
+                                   max_images=1, show=False, file_prefix="fcos_detections")
+    assert [p.name for p in (tmp_path / "named").iterdir()] == ["fcos_detections_0.png"]
 
 
 def test_lr_schedule_time_aware_steps():

@@ -38,6 +38,8 @@ def test_cpu_model_reads_the_first_model_name_line(tmp_path):
                     "model name\t: AMD EPYC  9R14\nflags\t\t: fpu avx512_bf16\n\n"
                     "processor\t: 1\nmodel name\t: other\n")
     assert utils.cpu_model(info) == "AMD EPYC 9R14"
+    assert utils.cpu_flags(info) == {"fpu", "avx512_bf16"}
+    assert utils.cpu_flags(tmp_path / "missing") == set()
     (tmp_path / "empty").write_text("processor\t: 0\nmodel name\t:\n")
     assert utils.cpu_model(tmp_path / "empty") is None
     assert utils.cpu_model(tmp_path / "missing") is None
