@@ -5,20 +5,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # How to install torch (CI passes a spec that matches its local wheel, e.g. torch==2.13.0).
 TORCH_SPEC ?= torch
+# Optional pip constraints file (CI passes constraints.txt: the versions last tested). If pip
+# cannot satisfy it, the install falls back to the newest releases within the ranges.
+CONSTRAINTS ?=
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 # Data root: $EECS598_DATA if set, else ../shared/data when present, else the package default.
 EECS598_DATA ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export EECS598_DATA
 QUICK ?=
 ONLY ?=
 
-.PHONY: venv test test-unit test-notebooks reproduce student bench clean-notebooks
+.PHONY: venv test test-unit test-notebooks reproduce student bench clean-notebooks constraints
 
-$(VENV)/.installed: pyproject.toml requirements.txt
+$(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || { $(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q torch; }
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -c "import torch" 2>/dev/null || { $(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_C) || $(PY) -m pip install -q torch; }
+	$(PY) -m pip install -q -r requirements.txt $(PIP_C) || { \
+	  echo "warning: could not install the versions in $(CONSTRAINTS); installing the newest within range" >&2; \
+	  $(PY) -m pip install -q -r requirements.txt; }
 	touch $@
+
+## Rewrite constraints.txt (its comment lines kept) from the venv, after a green `make test`.
+constraints: venv
+	{ grep '^#' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^torch=' -e '^py-spy'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 venv: $(VENV)/.installed
 
