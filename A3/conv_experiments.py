@@ -228,6 +228,7 @@ def _lr_name(lr):
 
 # ---------------------------------------------------------------------------------------------
 PARTS = ("one_minute", "init_study", "bn", "bn_lr", "resnet")
+COURSE_SPLIT_PARTS = ("one_minute", "init_study", "bn", "bn_lr")  # these train on load_data()'s split
 OPTIONAL_PARTS = ("resnet_half",)  # only when asked for: about 65 minutes on a 2-core CPU
 
 
@@ -239,10 +240,12 @@ def run(device=None, parts=PARTS):
         raise ValueError(f"unknown parts {sorted(unknown)}; choose from {PARTS + OPTIONAL_PARTS}")
     device = eecs598.get_device(device)
     where = device_name(device)
-    with timer() as t_load:
-        data, source = load_data(device)
-    sizes = {"num_train": data["X_train"].shape[0], "num_val": data["X_val"].shape[0],
-             "num_test": data["X_test"].shape[0], "dtype": "float32", "data_load_seconds": t_load.seconds}
+    data, source, sizes = None, None, {}
+    if set(parts) & set(COURSE_SPLIT_PARTS):  # the ResNet runs load their own data
+        with timer() as t_load:
+            data, source = load_data(device)
+        sizes = {"num_train": data["X_train"].shape[0], "num_val": data["X_val"].shape[0],
+                 "num_test": data["X_test"].shape[0], "dtype": "float32", "data_load_seconds": t_load.seconds}
     records = []
 
     def record(metric, value, unit, seconds, reference=None, **details):

@@ -728,3 +728,16 @@ def test_conv_experiments_run_names_unknown_parts():
     assert "resnet_half" not in ce.PARTS and "resnet_half" in ce.OPTIONAL_PARTS
     with pytest.raises(ValueError, match=r"unknown parts \['resnet_ha'\]"):
         ce.run("cpu", parts=("resnet_ha",))
+
+
+def test_conv_experiments_resnet_parts_do_not_load_the_course_split(monkeypatch):
+    import conv_experiments as ce
+
+    assert set(ce.COURSE_SPLIT_PARTS) | {"resnet"} == set(ce.PARTS)
+
+    def no_course_split(*args, **kwargs):
+        raise AssertionError("load_data() called for ResNet-only parts")
+
+    monkeypatch.setattr(ce, "load_data", no_course_split)
+    monkeypatch.setattr(ce, "resnet", lambda device: None)  # as on a CPU in full mode
+    assert ce.run("cpu", parts=("resnet",)) == []
