@@ -19,6 +19,7 @@ The notebooks call the same functions (`train_vae_model`, `train_gan`, `gan_scor
 Sizes and iteration counts come from `eecs598.pick(full=..., quick=...)`. This file has no
 solution regions: it only calls the assignment's functions.
 """
+import contextlib
 import math
 import time
 
@@ -140,26 +141,39 @@ def train_vae_model(cond=False, device=None, num_epochs=None, data=None, seed=0,
     return model, history, t.seconds
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def evaluating(model, seed=None):
+    """Within the block: `model` in eval mode, no gradients and, with a `seed`, torch's global
+    generator (and the model's CUDA device's) seeded with it. Afterwards the model's mode and
+    the global random state are what they were, so evaluating or sampling during training
+    does not change the training run. Yields (device, dtype) of the model's parameters."""
+    param = next(model.parameters())
+    was_training = model.training
+    devices = [param.device] if param.device.type == "cuda" else []
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield param.device, param.dtype
+    finally:
+        model.train(was_training)
+
+
 def evaluate_vae(model, x, y, cond=False, batch_size=1000, seed=0):
     """Negative ELBO per image (the training loss, one posterior sample per image) of a
-    trained model on (x, y), in eval mode with a fixed seed. The global random state is
-    restored afterwards, so an evaluation during training does not change the training run."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    trained model on (x, y), in eval mode with a fixed seed (`evaluating`: the model's mode and
+    the global random state are left as they were)."""
     total = 0.0
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        reset_seed(seed)
+    with evaluating(model, seed) as (device, dtype):
         for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size].to(device)
+            xb = x[start:start + batch_size].to(device, dtype)
             if cond:
-                c = vae.one_hot(y[start:start + batch_size].to(device), 10).to(xb.dtype)
+                c = vae.one_hot(y[start:start + batch_size].to(device), 10).to(dtype)
                 x_hat, mu, logvar = model(xb, c)
             else:
                 x_hat, mu, logvar = model(xb)
             total += vae.loss_function(x_hat, xb, mu, logvar).item() * xb.shape[0]
-    model.train(was_training)
     return total / x.shape[0]
 
 
@@ -213,15 +227,14 @@ def train_cvae_with_snapshots(device=None, data=None, classifier=None, seed=0, v
     return model, history, snapshots
 
 
-@torch.no_grad()
 def decode(model, z, labels=None):
-    """Decode latents z (N, Z) (with class labels (N,) for a CVAE) -> (N, 1, 28, 28) on the CPU."""
-    model.eval()
-    device = next(model.parameters()).device
-    z = z.to(device)
-    if labels is not None:
-        z = torch.cat([z, vae.one_hot(torch.as_tensor(labels).to(device), 10).to(z.dtype)], dim=1)
-    return model.decoder(z).cpu()
+    """Decode latents z (N, Z) (with class labels (N,) for a CVAE) -> (N, 1, 28, 28) on the CPU,
+    in the model's dtype."""
+    with evaluating(model) as (device, dtype):
+        z = z.to(device, dtype)
+        if labels is not None:
+            z = torch.cat([z, vae.one_hot(torch.as_tensor(labels).to(device), 10).to(dtype)], dim=1)
+        return model.decoder(z).cpu()
 
 
 def prior_latents(model, n, seed=0):
@@ -285,14 +298,13 @@ def conditional_accuracy_by_latent_norm(model, classifier, per_digit=1000, seed=
 
 @torch.no_grad()
 def _posterior_means(model, x, y, cond, batch_size=1000):
-    model.eval()
-    device = next(model.parameters()).device
     out = []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size].to(device).flatten(1)
-        if cond:
-            xb = torch.cat([xb, vae.one_hot(y[start:start + batch_size].to(device), 10).to(xb.dtype)], 1)
-        out.append(model.mu_layer(model.encoder(xb)).float().cpu())
+    with evaluating(model) as (device, dtype):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size].to(device, dtype).flatten(1)
+            if cond:
+                xb = torch.cat([xb, vae.one_hot(y[start:start + batch_size].to(device), 10).to(dtype)], 1)
+            out.append(model.mu_layer(model.encoder(xb)).float().cpu())
     return torch.cat(out)
 
 
@@ -359,31 +371,27 @@ def train_gan(kind, device=None, num_epochs=None, data=None, seed=0, show_every=
     return D, G, history, t.seconds
 
 
-@torch.no_grad()
 def generate(G, n, noise_dim=gan.NOISE_DIM, batch_size=1000, seed=0):
-    """n images from G in eval mode -> (n, 784) on the CPU, values in [-1, 1]."""
-    G.eval()
-    device = next(G.parameters()).device
-    dtype = next(G.parameters()).dtype
-    reset_seed(seed)
+    """n images from G in eval mode -> (n, 784) on the CPU, values in [-1, 1]. The noise comes
+    from torch's generator seeded with `seed`; G's mode and the global random state are left
+    as they were (`evaluating`)."""
     out = []
-    for start in range(0, n, batch_size):
-        noise = gan.sample_noise(min(batch_size, n - start), noise_dim, dtype=dtype, device=device)
-        out.append(G(noise).reshape(noise.shape[0], -1).float().cpu())
+    with evaluating(G, seed) as (device, dtype):
+        for start in range(0, n, batch_size):
+            noise = gan.sample_noise(min(batch_size, n - start), noise_dim, dtype=dtype, device=device)
+            out.append(G(noise).reshape(noise.shape[0], -1).float().cpu())
     return torch.cat(out)
 
 
 def gan_latent_interpolation(G, rows=6, steps=10, noise_dim=gan.NOISE_DIM, seed=0):
     """Straight lines between two noise vectors, decoded by G -> (rows * steps, 784) in [-1, 1]."""
-    G.eval()
-    device = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     z0 = torch.rand(rows, 1, noise_dim, generator=gen) * 2 - 1
     z1 = torch.rand(rows, 1, noise_dim, generator=gen) * 2 - 1
     t = torch.linspace(0, 1, steps).view(1, steps, 1)
-    z = (z0 * (1 - t) + z1 * t).reshape(rows * steps, noise_dim).to(device)
-    with torch.no_grad():
-        return G(z).reshape(rows * steps, -1).cpu()
+    z = (z0 * (1 - t) + z1 * t).reshape(rows * steps, noise_dim)
+    with evaluating(G) as (device, dtype):
+        return G(z.to(device, dtype)).reshape(rows * steps, -1).cpu()
 
 
 def sample_scores(images, classifier, real_feats, value_range=(0.0, 1.0)):

@@ -295,7 +295,8 @@ def run_a_gan(D, G, D_solver, G_solver, discriminator_loss, generator_loss, load
     - discriminator_loss, generator_loss: Functions to use for computing the generator and
       discriminator loss, respectively.
     - loader_train: iterable of (x, y) batches of real images in [0, 1] (y is ignored);
-      batches whose size is not `batch_size` are skipped, as in the course.
+      batches whose size is not `batch_size` are skipped, as in the course (a ValueError if
+      a whole epoch has none).
     - show_every: every `show_every` iterations (and at the end) record the losses and a
       snapshot of G on a fixed noise batch of `num_snapshot` vectors; shown as an image
       grid when `plot` (default: only inside a notebook kernel; never when headless).
@@ -365,6 +366,9 @@ def run_a_gan(D, G, D_solver, G_solver, discriminator_loss, generator_loss, load
             if max_iters is not None and iter_count >= max_iters:
                 done = True
                 break
+        if iter_count == 0:
+            raise ValueError(f"loader_train gave no batch of batch_size={batch_size} images in a whole "
+                             "epoch (batches of another size are skipped): pass the loader's batch size")
         if done:
             break
     history["iterations"] = iter_count

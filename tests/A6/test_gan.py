@@ -245,6 +245,14 @@ def test_run_a_gan_max_iters_and_float64():
     assert [it for it, _ in history["snapshots"]] == [6]
 
 
+def test_run_a_gan_refuses_a_loader_of_another_batch_size():
+    D, G = _Tiny(784, 1), _Tiny(8, 784, nn.Tanh())
+    with pytest.raises(ValueError, match="no batch of batch_size=128"):
+        gan.run_a_gan(D, G, gan.get_optimizer(D), gan.get_optimizer(G), gan.discriminator_loss,
+                      gan.generator_loss, _loader(3, 64), noise_size=8, num_epochs=2, plot=False,
+                      verbose=False)
+
+
 def test_run_a_gan_with_the_dc_models():
     torch.manual_seed(0)
     D, G = gan.build_dc_classifier(), gan.build_dc_generator()

@@ -411,3 +411,43 @@ def test_cvae_snapshots_measure_without_changing_the_run(monkeypatch):
         assert r["test_loss"] == seen[r["epoch"]]
         assert 0.0 <= r["conditional_accuracy"] <= 1.0
     assert 0 < snapshots[0]["train_seconds"] < snapshots[1]["train_seconds"]
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_sampling_helpers_work_in_float64_and_leave_the_model_training(cond):
+    import experiments
+
+    torch.manual_seed(0)
+    model = (vae.CVAE(784, latent_size=4) if cond else vae.VAE(784, latent_size=4)).double()
+    labels = torch.arange(3) if cond else None
+    samples = experiments.vae_samples(model, 3, labels)
+    lines = experiments.latent_interpolation(model, rows=2, steps=3, labels=[1, 2] if cond else None)
+    x, y = torch.rand(5, 1, 28, 28, dtype=torch.float64), torch.arange(5)
+    means = experiments._posterior_means(model, x, y, cond)
+    assert samples.dtype == lines.dtype == torch.float64
+    assert samples.shape == (3, 1, 28, 28) and lines.shape == (6, 1, 28, 28) and means.shape == (5, 4)
+    assert model.training
+    # the decoded samples are the model's decoder on the same latents, in float64
+    z = experiments.prior_latents(model, 3).double()
+    if cond:
+        z = torch.cat([z, vae.one_hot(labels, 10).double()], 1)
+    model.eval()
+    assert torch.equal(samples, model.decoder(z).detach())
+
+
+def test_generate_leaves_the_global_random_state_and_the_mode_alone():
+    import experiments
+    import gan
+
+    G = gan.generator(noise_dim=8)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = experiments.generate(G, 5, noise_dim=8, batch_size=2, seed=7)
+    assert torch.equal(torch.rand(4), expected) and G.training
+    # the same seed gives the same images, and they are G's on torch's seeded noise
+    assert torch.equal(experiments.generate(G, 5, noise_dim=8, batch_size=2, seed=7), first)
+    torch.manual_seed(7)
+    noise = gan.sample_noise(5, 8)
+    G.eval()
+    assert_close(first, G(noise).detach(), 1e-5, "generate vs G on seeded noise")
