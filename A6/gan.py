@@ -39,7 +39,7 @@ def sample_noise(batch_size, noise_dim, dtype=torch.float, device="cpu"):
 
     Output:
     - A PyTorch Tensor of shape (batch_size, noise_dim) containing uniform
-      random noise in the range (-1, 1).
+      random noise in the range [-1, 1).
     """
     noise = None
     ### BEGIN SOLUTION
