@@ -903,6 +903,8 @@ class ThreeLayerConvNet(object):
           double for numeric gradient checking.
         - device: device to use for computation. 'cpu' or 'cuda'
         """
+        if filter_size % 2 != 1:
+            raise ValueError(f"filter_size must be odd ('same' padding), got {filter_size}")
         self.params = {}
         self.reg = reg
         self.dtype = dtype
@@ -925,7 +927,6 @@ class ThreeLayerConvNet(object):
 
     def load(self, path, dtype=None, device="cpu"):
         load_model(self, path, ("reg", "dtype", "params"), dtype, device)
-        self.dtype = next(iter(self.params.values())).dtype
 
     def loss(self, X, y=None):
         """
@@ -1088,13 +1089,12 @@ class DeepConvNet(object):
     def save(self, path):
         save_model(self, path, self._SAVED)
 
-    def load(self, path, dtype, device):
+    def load(self, path, dtype=None, device="cpu"):
         load_model(self, path, self._SAVED, dtype, device)
-        self.dtype = dtype
         for bn_param in self.bn_params:
             for p in ["running_mean", "running_var"]:
                 if p in bn_param:
-                    bn_param[p] = bn_param[p].to(device=device, dtype=dtype)
+                    bn_param[p] = bn_param[p].to(device=device, dtype=self.dtype)
 
     def loss(self, X, y=None):
         """

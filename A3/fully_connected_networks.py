@@ -307,13 +307,17 @@ def save_model(model, path, fields):
 
 def load_model(model, path, fields, dtype, device):
     """Restore the attributes `fields` of `model` saved by `save_model` and move its params to
-    `dtype` / `device` (dtype None: the saved `dtype` field). Returns the checkpoint dict.
+    `dtype` / `device` (dtype None: the dtype the params were saved in); `model.dtype`, where
+    the model has one, becomes that dtype. Returns the checkpoint dict.
     Checkpoints hold plain data only (dicts of tensors, numbers, strings, dtypes)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for name in fields:
         setattr(model, name, checkpoint[name])
-    dtype = dtype if dtype is not None else checkpoint["dtype"]
+    if dtype is None:
+        dtype = next(iter(model.params.values())).dtype
     model.params = {k: v.to(device=device, dtype=dtype) for k, v in model.params.items()}
+    if hasattr(model, "dtype"):
+        model.dtype = dtype
     print("load checkpoint file: {}".format(path))
     return checkpoint
 
@@ -358,7 +362,7 @@ class TwoLayerNet(object):
     def save(self, path):
         save_model(self, path, ("reg", "params"))
 
-    def load(self, path, dtype, device):
+    def load(self, path, dtype=None, device="cpu"):
         load_model(self, path, ("reg", "params"), dtype, device)
 
     def loss(self, X, y=None):
@@ -468,9 +472,8 @@ class FullyConnectedNet(object):
     def save(self, path):
         save_model(self, path, self._SAVED)
 
-    def load(self, path, dtype, device):
+    def load(self, path, dtype=None, device="cpu"):
         load_model(self, path, self._SAVED, dtype, device)
-        self.dtype = dtype
 
     def loss(self, X, y=None):
         """

@@ -210,8 +210,9 @@ def augment(x, pad=4, flip=True, generator=None):
 
 
 def nesterov_sgd(w, dw, config):
-    """SGD with Nesterov momentum and (decoupled from the loss, coupled to the step) weight decay:
-    g = dw + wd * w; v = momentum * v + g; w -= lr * (g + momentum * v). Updates w in place."""
+    """SGD with Nesterov momentum and L2 weight decay added to the gradient (the semantics of
+    torch.optim.SGD(nesterov=True, weight_decay=wd)): g = dw + wd * w; v = momentum * v + g;
+    w -= lr * (g + momentum * v). Updates w in place."""
     g = dw if config.get("weight_decay", 0.0) == 0.0 else dw + config["weight_decay"] * w
     v = config.get("velocity")
     v = g.clone() if v is None else v.mul_(config["momentum"]).add_(g)

@@ -530,6 +530,11 @@ def test_deep_convnet_save_load_round_trip(tmp_path):
     for k in model.params:
         assert torch.equal(other.params[k], model.params[k].double())
     assert_close(other.loss(X), scores.double(), 1e-5, "scores after reload")
+    assert other.dtype == DT
+    kept = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 6], max_pools=[0, 1], batchnorm=True, dtype=DT)
+    kept.load(str(path))  # dtype None: as saved (float32), running averages included
+    assert kept.dtype == torch.float32 and kept.bn_params[0]["running_mean"].dtype == torch.float32
+    assert torch.equal(kept.loss(X), scores)
 
 
 def test_three_layer_convnet_save_load_round_trip(tmp_path):
@@ -741,3 +746,8 @@ def test_conv_experiments_resnet_parts_do_not_load_the_course_split(monkeypatch)
     monkeypatch.setattr(ce, "load_data", no_course_split)
     monkeypatch.setattr(ce, "resnet", lambda device: None)  # as on a CPU in full mode
     assert ce.run("cpu", parts=("resnet",)) == []
+
+
+def test_three_layer_convnet_refuses_an_even_filter_size():
+    with pytest.raises(ValueError, match="filter_size must be odd"):
+        cn.ThreeLayerConvNet(input_dims=(3, 8, 8), filter_size=4)

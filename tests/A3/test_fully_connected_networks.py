@@ -553,6 +553,14 @@ def test_save_load_round_trip(tmp_path, dropout, capsys):
     two_back.load(tmp_path / "two.pth", dtype=F64, device="cpu")
     assert two_back.reg == 0.3 and torch.equal(two_back.loss(X), two.loss(X))
 
+    # dtype None keeps the dtype the params were saved in, and the model's dtype follows
+    kept = fc.FullyConnectedNet([3], input_dim=8, num_classes=4, dtype=torch.float32)
+    kept.load(path, dtype=None)
+    assert kept.dtype == F64 and all(v.dtype == F64 for v in kept.params.values())
+    two_kept = fc.TwoLayerNet(input_dim=8, hidden_dim=2, num_classes=4)
+    two_kept.load(tmp_path / "two.pth")
+    assert torch.equal(two_kept.loss(X), two.loss(X))
+
 
 # --- solver factory and hyperparameters --------------------------------------------------
 
