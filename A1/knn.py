@@ -176,6 +176,8 @@ def predict_labels(dists, y_train, k=1):
 
 
 class KnnClassifier:
+    """k-nearest-neighbour classifier: memorizes the training images and labels, and predicts
+    each test image's label by a vote of its k nearest training images (squared L2 or L1)."""
 
     def __init__(self, x_train, y_train, metric="l2"):
         """Memorize the training data.

@@ -57,7 +57,9 @@ def linear_settings():
         "max_settings": pick(full=None, quick=4),
         "final_iters": pick(full=8000, quick=60),
         "final_decay": 0.5,
-        "final_decay_steps": 4,  # the learning rate is multiplied by final_decay 4 times
+        # the learning rate is multiplied by final_decay every final_iters // 4 iterations
+        # (full: at 2,000, 4,000 and 6,000; the 4th would fall after the last iteration)
+        "final_decay_steps": 4,
     }
 
 
@@ -222,7 +224,7 @@ def run_two_layer(data=None, device=None, verbose=True):
 
     Returns a dict with the model, search results {(lr, hidden, reg, decay): stats},
     search_best_val, the retrained run's stats, val_accuracy / test_accuracy (percent),
-    hyperparameters, timings and settings.
+    hyperparameters, timings, settings and num_train_trained_on (flips included).
     """
     settings = two_layer_settings()
     if data is None:
@@ -270,6 +272,7 @@ def run_two_layer(data=None, device=None, verbose=True):
         "val_accuracy": val_acc, "test_accuracy": test_acc, "hyperparameters": hp,
         "search_seconds": t_search.seconds, "final_seconds": t_final_seconds,
         "seconds": total.seconds, "settings": settings,
+        "num_train_trained_on": X_train.shape[0],  # with flips: twice num_train
     }
 
 
@@ -316,7 +319,7 @@ def run(device=None):
 
     data = load_two_layer_data(device)
     out = run_two_layer(data, device)
-    add("two_layer", out, _sizes_of(data), {
+    add("two_layer", out, {**_sizes_of(data), "num_train_trained_on": out["num_train_trained_on"]}, {
         "search_settings": len(out["search"]),
         "search_best_val": round(out["search_best_val"], 2),
         "retrained_val": round(out["retrained_val_accuracy"], 2),

@@ -44,17 +44,14 @@ class LinearClassifier:
         """Loss and gradient for a minibatch: (loss, dW). Subclasses override this."""
         raise NotImplementedError
 
-    def _loss(self, X_batch, y_batch, reg):
-        return self.loss(self.W, X_batch, y_batch, reg)
-
     def save(self, path):
         """Write {"W": W} to `path` with torch.save."""
         torch.save({"W": self.W}, path)
         print(f"Saved in {path}")
 
-    def load(self, path):
-        """Read W back from a file written by `save` (onto the CPU)."""
-        W_dict = torch.load(path, map_location="cpu")
+    def load(self, path, device="cpu"):
+        """Read W back from a file written by `save`, onto `device` (that of the X to predict)."""
+        W_dict = torch.load(path, map_location=device, weights_only=True)
         if "W" not in W_dict:
             raise ValueError(f"{path} holds no 'W' entry")
         self.W = W_dict["W"]
@@ -199,8 +196,8 @@ def softmax_loss_vectorized(W, X, y, reg):
 def sample_batch(X, y, num_train, batch_size):
     """
     A minibatch of `batch_size` samples drawn uniformly **with replacement** from the first
-    `num_train` rows of X / y (every one of them can be drawn, the last included).
-    Indices are created on X's device. Returns (X_batch, y_batch).
+    `num_train` rows of X (N, D) / y (N,) (every one of them can be drawn, the last included).
+    Indices are created on X's device. Returns (X_batch (batch_size, D), y_batch (batch_size,)).
     """
     ### BEGIN SOLUTION
     ### HINT: draw batch_size indices uniformly, with replacement, from all num_train samples (on the device of X).
@@ -250,7 +247,8 @@ def train_linear_classifier(loss_func, W, X, y, learning_rate=1e-3, reg=1e-5, nu
 
 
 def predict_linear_classifier(W, X):
-    """Predicted labels: argmax over classes of X @ W, as an (N,) int64 tensor."""
+    """Predicted labels for X (N, D) with weights W (D, C): argmax over classes of X @ W, as an
+    (N,) int64 tensor."""
     y_pred = torch.zeros(X.shape[0], dtype=torch.int64, device=X.device)
     ### BEGIN SOLUTION
     ### HINT: one matrix product and an argmax over dim 1.

@@ -56,7 +56,7 @@ class TwoLayerNet:
                         learning_rate, learning_rate_decay, reg, num_iters, batch_size, verbose)
 
     def predict(self, X):
-        """Predicted labels (N,) int64."""
+        """Predicted labels (N,) int64 for X (N, D)."""
         return nn_predict(self.params, nn_forward_backward, X)
 
     def save(self, path):
@@ -66,7 +66,7 @@ class TwoLayerNet:
 
     def load(self, path):
         """Read params written by `save`; they keep the dtype/device of this net's parameters."""
-        checkpoint = torch.load(path, map_location="cpu")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         missing = [k for k in ("W1", "b1", "W2", "b2") if k not in checkpoint]
         if missing:
             raise ValueError(f"Failed to load your checkpoint {path}: missing {missing}")

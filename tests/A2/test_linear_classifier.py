@@ -206,6 +206,10 @@ def test_classifier_classes(cls, kind, tmp_path):
     other.load(str(path))
     assert torch.equal(other.W, model.W)
     assert torch.equal(other.predict(X), pred)
+    if torch.cuda.is_available():
+        on_gpu = cls()
+        on_gpu.load(str(path), device="cuda")
+        assert on_gpu.W.is_cuda and torch.equal(on_gpu.predict(X.cuda()).cpu(), pred)
 
 
 @pytest.mark.parametrize("fn", [lc.svm_get_search_params, lc.softmax_get_search_params])
