@@ -726,10 +726,10 @@ class Conv_ReLU(object):
         """
         A convenience layer that performs a convolution followed by a ReLU.
         Inputs:
-        - x: Input to the convolutional layer
-        - w, b, conv_param: Weights and parameters for the convolutional layer
+        - x: Input to the convolutional layer, (N, C, H, W)
+        - w, b, conv_param: Weights (F, C, HH, WW), biases (F,) and parameters of the conv
         Returns a tuple of:
-        - out: Output from the ReLU
+        - out: Output from the ReLU, (N, F, H', W')
         - cache: Object to give to the backward pass
         """
         a, conv_cache = FastConv.forward(x, w, b, conv_param)
@@ -755,11 +755,11 @@ class Conv_ReLU_Pool(object):
         """
         A convenience layer that performs a convolution, a ReLU, and a pool.
         Inputs:
-        - x: Input to the convolutional layer
-        - w, b, conv_param: Weights and parameters for the convolutional layer
+        - x: Input to the convolutional layer, (N, C, H, W)
+        - w, b, conv_param: Weights (F, C, HH, WW), biases (F,) and parameters of the conv
         - pool_param: Parameters for the pooling layer
         Returns a tuple of:
-        - out: Output from the pooling layer
+        - out: Output from the pooling layer, (N, F, H'', W'')
         - cache: Object to give to the backward pass
         """
         a, conv_cache = FastConv.forward(x, w, b, conv_param)
@@ -820,7 +820,8 @@ class Conv_BatchNorm_ReLU(object):
 
     @staticmethod
     def forward(x, w, b, gamma, beta, conv_param, bn_param):
-        """conv - spatial batch norm - ReLU; returns (out, cache)."""
+        """conv - spatial batch norm - ReLU: x (N, C, H, W), w (F, C, HH, WW), b / gamma / beta
+        (F,) -> (out (N, F, H', W'), cache), H' and W' as FastConv gives them."""
         a, conv_cache = FastConv.forward(x, w, b, conv_param)
         an, bn_cache = SpatialBatchNorm.forward(a, gamma, beta, bn_param)
         out, relu_cache = ReLU.forward(an)
@@ -841,7 +842,9 @@ class Conv_BatchNorm_ReLU_Pool(object):
 
     @staticmethod
     def forward(x, w, b, gamma, beta, conv_param, bn_param, pool_param):
-        """conv - spatial batch norm - ReLU - max pool; returns (out, cache)."""
+        """conv - spatial batch norm - ReLU - max pool: x (N, C, H, W), w (F, C, HH, WW),
+        b / gamma / beta (F,) -> (out (N, F, H'', W''), cache), the conv output pooled by
+        `pool_param`."""
         a, conv_cache = FastConv.forward(x, w, b, conv_param)
         an, bn_cache = SpatialBatchNorm.forward(a, gamma, beta, bn_param)
         s, relu_cache = ReLU.forward(an)

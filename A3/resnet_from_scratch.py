@@ -40,7 +40,9 @@ POOL = {"pool_height": 2, "pool_width": 2, "stride": 2}
 # Building blocks (each forward returns (out, cache); backward returns the gradients)
 # ---------------------------------------------------------------------------------------------
 def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
-    """conv 3x3 (no bias: batch norm follows) - [2x2 max pool] - spatial batch norm - ReLU."""
+    """conv 3x3 (no bias: batch norm follows) - [2x2 max pool] - spatial batch norm - ReLU:
+    x (N, C, H, W), w (F, C, 3, 3), gamma / beta (F,) -> out (N, F, H, W), or (N, F, H/2, W/2)
+    with `pool`; and the cache."""
     zero_bias = x.new_zeros(w.shape[0])
     a, conv_cache = FastConv.forward(x, w, zero_bias, CONV)
     pool_cache = None
@@ -52,7 +54,8 @@ def conv_bn_relu_forward(x, w, gamma, beta, bn_param, pool=False):
 
 
 def conv_bn_relu_backward(dout, cache):
-    """Returns dx, dw, dgamma, dbeta."""
+    """dout shaped like conv_bn_relu_forward's out -> (dx, dw, dgamma, dbeta), shaped like
+    x, w, gamma and beta."""
     conv_cache, pool_cache, bn_cache, relu_cache = cache
     da = ReLU.backward(dout, relu_cache)
     da, dgamma, dbeta = SpatialBatchNorm.backward(da, bn_cache)
@@ -70,6 +73,7 @@ def global_max_pool_forward(x):
 
 
 def global_max_pool_backward(dout, cache):
+    """dout (N, C) -> dx (N, C, H, W): each gradient goes to its channel's (first) maximum."""
     pool_cache, shape = cache
     return FastMaxPool.backward(dout.reshape(shape), pool_cache)
 
