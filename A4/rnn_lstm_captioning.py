@@ -458,8 +458,11 @@ class CaptioningRNN(nn.Module):
         """Loss from precomputed encoder features (N, C, Hf, Wf) and captions (N, T+1).
 
         feature_idx: optional (N,) int64; then `features` is (M, C, Hf, Wf) and caption n
-        describes features[feature_idx[n]]. The same as passing features[feature_idx], but the
-        feature projection runs once per image instead of once per caption."""
+        describes features[feature_idx[n]]. The feature layers run once per row of `features`
+        instead of once per caption. In eval mode that is the same as passing
+        features[feature_idx]; in training mode `feature_norm` takes its batch statistics over
+        the M rows (each image counted once, however many captions it has) and one
+        `feature_dropout` mask serves all captions of a row."""
         loss = None
         attn_weights = None  # attn with attention_penalty: the weights (N, T, Hf, Wf) the core used
         ### BEGIN SOLUTION

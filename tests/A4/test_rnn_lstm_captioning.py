@@ -328,6 +328,21 @@ def test_captioning_head_feature_and_feature_idx(cell_type):
     assert_close(ours.detach(), model.forward_features(feats[idx], captions).detach(), 1e-12, "feature_idx")
 
 
+def test_feature_idx_in_training_counts_each_image_once_in_the_feature_norm():
+    """Training mode with feature_norm: the BatchNorm's batch statistics come from the distinct
+    rows of `features`, not from the captions (image 1 has three captions here, image 0 one)."""
+    torch.manual_seed(18)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="lstm",
+                              image_encoder_pretrained=False, feature="head", feature_norm=True).to(DT)
+    model.train()
+    feats = _rand(2, 1280, 3, 3)
+    captions = torch.tensor([[1, 4, 5, 2, 0], [1, 5, 6, 2, 0], [1, 7, 8, 2, 0], [1, 6, 2, 0, 0]])
+    model.forward_features(feats, captions, feature_idx=torch.tensor([1, 1, 1, 0]))
+    bn = model.feature_norm
+    expected = bn.momentum * feats.mean(dim=(0, 2, 3))  # running_mean starts at 0
+    assert_close(bn.running_mean, expected, 1e-12, "running mean over the 2 images")
+
+
 def _lstm_model_reference_loss(model, feats, captions):
     """Teacher-forced loss of CaptioningRNN(cell_type='lstm') rebuilt from torch.nn pieces."""
     H = model.core.Wh.shape[0]
