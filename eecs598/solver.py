@@ -244,6 +244,23 @@ class Solver:
         acc = (y_pred == y).to(torch.float).mean()
         return acc.item()
 
+    @torch.no_grad()
+    def _check_accuracies_and_keep_best(self):
+        """Check train and val accuracy, append them to the histories, write a checkpoint, and
+        clone the params into best_params if val accuracy is the best so far (the first check
+        always records them, so the final swap never empties model.params)."""
+        train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
+        val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+        self.train_acc_history.append(train_acc)
+        self.val_acc_history.append(val_acc)
+        self._save_checkpoint()
+        if self.verbose and self.epoch % self.print_acc_every == 0:
+            print("(Epoch %d / %d) train acc: %f; val_acc: %f"
+                  % (self.epoch, self.num_epochs, train_acc, val_acc))
+        if val_acc > self.best_val_acc or not self.best_params:
+            self.best_val_acc = val_acc
+            self.best_params = {k: v.clone() for k, v in self.model.params.items()}
+
     def train(self, time_limit=None, return_best_params=True):
         """Run ``num_epochs * max(N_train // batch_size, 1)`` iterations of ``_step``.
 
@@ -255,7 +272,8 @@ class Solver:
 
         time_limit: seconds, or None. Before each iteration (after the first) training
         stops if the elapsed time plus the duration of the previous iteration would
-        exceed the limit.
+        exceed the limit; accuracy is then checked once more (unless the last iteration
+        was just checked), so the params trained since the last check can be the best.
         return_best_params: if True, the best-val params are put back into
         ``model.params`` at the end.
         """
@@ -263,6 +281,7 @@ class Solver:
         iterations_per_epoch = max(num_train // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
         prev_time = start_time = time.time()
+        last_checked = None  # the last iteration after which accuracy was checked
 
         for t in range(num_iterations):
             cur_time = time.time()
@@ -273,6 +292,8 @@ class Solver:
                         print("(Time %.2f sec; Iteration %d / %d) loss: %f"
                               % (cur_time - start_time, t, num_iterations, self.loss_history[-1]))
                         print("End of training; next iteration will exceed the time limit.")
+                    if last_checked != t - 1:  # the params trained since the last check count too
+                        self._check_accuracies_and_keep_best()
                     break
             prev_time = cur_time
 
@@ -293,27 +314,9 @@ class Solver:
 
             # Check train and val accuracy on the first iteration, the last iteration,
             # and at the end of each epoch.
-            with torch.no_grad():
-                first_it = t == 0
-                last_it = t == num_iterations - 1
-                if first_it or last_it or epoch_end:
-                    train_acc = self.check_accuracy(self.X_train, self.y_train,
-                                                    num_samples=self.num_train_samples)
-                    val_acc = self.check_accuracy(self.X_val, self.y_val,
-                                                  num_samples=self.num_val_samples)
-                    self.train_acc_history.append(train_acc)
-                    self.val_acc_history.append(val_acc)
-                    self._save_checkpoint()
-
-                    if self.verbose and self.epoch % self.print_acc_every == 0:
-                        print("(Epoch %d / %d) train acc: %f; val_acc: %f"
-                              % (self.epoch, self.num_epochs, train_acc, val_acc))
-
-                    # Keep track of the best model (the first check always records one,
-                    # so the swap below never empties model.params)
-                    if val_acc > self.best_val_acc or not self.best_params:
-                        self.best_val_acc = val_acc
-                        self.best_params = {k: v.clone() for k, v in self.model.params.items()}
+            if t == 0 or t == num_iterations - 1 or epoch_end:
+                self._check_accuracies_and_keep_best()
+                last_checked = t
 
         # At the end of training swap the best params into the model
         if return_best_params and self.best_params:

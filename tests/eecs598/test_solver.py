@@ -216,6 +216,36 @@ def test_time_limit_stops_early():
     assert elapsed < 5.0  # far below the 100 x 0.05 s of a full run
 
 
+class SlowLinearSoftmax(LinearSoftmax):
+    """LinearSoftmax whose training steps take >= `sleep` seconds, starting from weights that
+    get every class wrong (W = -4 I), so that accuracy rises only with training."""
+
+    def __init__(self, sleep):
+        super().__init__(3, 3)
+        self.params["W"] = -4 * torch.eye(3, dtype=torch.float64)
+        self.sleep = sleep
+
+    def loss(self, X, y=None):
+        if y is not None:
+            time.sleep(self.sleep)
+        return super().loss(X, y)
+
+
+@pytest.mark.parametrize("return_best_params", [True, False])
+def test_time_limit_checks_the_params_trained_since_the_last_check(return_best_params):
+    """Stopped by the time limit in the middle of its first epoch, the solver checks accuracy
+    once more; the params it returns are the best checked, not the first iteration's."""
+    model = SlowLinearSoftmax(sleep=0.02)
+    solver = Solver(model, toy_data(100, 30), update_rule=Solver.sgd, optim_config={"learning_rate": 0.5},
+                    batch_size=3, num_epochs=1, verbose=False)  # 100 iterations in the epoch
+    solver.train(time_limit=0.5, return_best_params=return_best_params)
+    assert 2 <= len(solver.loss_history) < 100
+    assert len(solver.val_acc_history) == 2  # the first iteration, and where the time ran out
+    assert solver.val_acc_history[0] < solver.val_acc_history[1] == solver.best_val_acc
+    data = toy_data(100, 30)
+    assert solver.check_accuracy(data["X_val"], data["y_val"]) == solver.val_acc_history[1]
+
+
 def test_checkpoints_written_and_loadable(tmp_path):
     name = str(tmp_path / "ckpt")
     model = LinearSoftmax(3, 3)
