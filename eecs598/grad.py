@@ -45,9 +45,9 @@ def compute_numeric_gradient(f, x, dLdf=None, h=1e-7):
     for ix in itertools.product(*(range(n) for n in x.shape)):  # works for any strides
         old = x[ix].item()
         x[ix] = old + h
-        yph = f(x)
+        yph = f(x).clone()  # f may return a view of x (a reshape, dropout in test mode)
         x[ix] = old - h
-        ymh = f(x)
+        ymh = f(x).clone()
         x[ix] = old
         grad[ix] = ((yph - ymh) * dLdf).sum() / (2 * h)
     return grad

@@ -95,3 +95,12 @@ def test_numeric_gradient_non_contiguous_input():
     assert_close(grad, 2 * x, TOL, "strided x")
     xt = _x(3, 5, seed=13).t()
     assert_close(compute_numeric_gradient(lambda t: t.sin().sum(), xt), xt.cos(), TOL, "transposed x")
+
+
+def test_numeric_gradient_of_a_function_returning_a_view_of_x():
+    """f may return x itself or a view of it (a reshape; dropout in test mode)."""
+    x = _x(3, 4, seed=6)
+    up = _x(12, seed=7)
+    assert_close(compute_numeric_gradient(lambda t: t.reshape(-1), x, up), up.reshape(3, 4), TOL, "reshape")
+    assert_close(compute_numeric_gradient(lambda t: t, x), torch.ones(3, 4, dtype=torch.float64), TOL,
+                 "identity")
