@@ -1,14 +1,17 @@
 """Helpers for the project's tests (importable from any test folder and from a student copy)."""
-import os
 from pathlib import Path
 
 import pytest
 
 
 def shared_data_available(*parts):
-    """True when the data root ($EECS598_DATA) holds the given path."""
-    root = os.environ.get("EECS598_DATA")
-    return bool(root) and Path(root, *parts).exists()
+    """True when the data root ($EECS598_DATA, else its default ~/.cache/eecs598/data) or the
+    download cache (<cache>/downloads, where `eecs598.data` puts what it downloads) holds the
+    path <dataset>/<file...> given by `parts`."""
+    from eecs598.data import store
+
+    roots = (store.data_root(), store.cache_dir(create=False) / "downloads")
+    return any(Path(root, *parts).exists() for root in roots)
 
 
 def cifar_available():

@@ -16,6 +16,7 @@ with what is missing, where to put it and where to get it.
 """
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -166,11 +167,13 @@ def data_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "eecs598" / "data"
 
 
-def cache_dir() -> Path:
-    """The writable cache folder for downloads and decoded tensors: $EECS598_CACHE or ~/.cache/eecs598/cache."""
+def cache_dir(create=True) -> Path:
+    """The writable cache folder for downloads and decoded tensors: $EECS598_CACHE or
+    ~/.cache/eecs598/cache (created unless `create` is false)."""
     env = os.environ.get(CACHE_ENV)
     path = Path(env).expanduser() if env else Path.home() / ".cache" / "eecs598" / "cache"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -306,8 +309,8 @@ def fetch(dataset: str, name: str, download: bool = True) -> Path:
         try:
             _download(url, dest, spec)
             return dest
-        except (urllib.error.URLError, OSError) as e:
-            errors.append(f"{url}: {e}")
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # e.g. IncompleteRead
+            errors.append(f"{url}: {type(e).__name__}: {e}")
         except DataError as e:
             errors.append(str(e))
     raise DataError(_missing_message(dataset, spec, "download failed: " + "; ".join(errors)))

@@ -104,6 +104,35 @@ def test_download_with_bad_checksum_keeps_nothing(isolated_data, monkeypatch, tm
     assert not folder.exists() or not list(folder.iterdir()), "a bad download must not be kept"
 
 
+def test_a_cut_off_download_tries_the_next_url_and_raises_data_error(isolated_data, monkeypatch, tmp_path):
+    """http.client.IncompleteRead (not an OSError) must not escape: the next mirror is tried,
+    and if none works the error is a DataError naming each URL."""
+    import http.client
+
+    good = tmp_path / "blob.bin"
+    good.write_bytes(b"hello data")
+    monkeypatch.delenv("EECS598_OFFLINE")
+    spec = store.RemoteFile("blob.bin", urls=("https://mirror-a.invalid/blob.bin", good.as_uri()),
+                            sha256=hashlib.sha256(good.read_bytes()).hexdigest())
+    _register(monkeypatch, "toy", [spec])
+    real_urlopen, tried = store.urllib.request.urlopen, []
+
+    def urlopen(url, timeout=None):
+        tried.append(url)
+        if url.startswith("https://mirror-a"):
+            raise http.client.IncompleteRead(b"hel", 7)
+        return real_urlopen(url, timeout=timeout)
+
+    monkeypatch.setattr(store.urllib.request, "urlopen", urlopen)
+    assert store.fetch("toy", "blob.bin").read_bytes() == b"hello data"
+    assert tried == list(spec.urls)
+
+    _register(monkeypatch, "toy2", [store.RemoteFile("blob.bin", urls=(spec.urls[0],), sha256=spec.sha256)])
+    with pytest.raises(DataError, match="IncompleteRead") as err:
+        store.fetch("toy2", "blob.bin")
+    assert "mirror-a.invalid" in str(err.value)
+
+
 def test_truncated_file_with_known_size_is_rejected(isolated_data):
     (isolated_data / "coco_captions").mkdir()
     (isolated_data / "coco_captions" / "coco.pt").write_bytes(b"x" * 100)
@@ -492,3 +521,22 @@ def test_coco_captions_loads_tensors_without_running_pickle_code(tmp_path, monke
         text.coco_captions()
     monkeypatch.setenv(text.TRUST_PICKLES_ENV, "1")
     assert isinstance(text.coco_captions()["extra"], _NotATensor)
+
+
+def test_shared_data_available_looks_in_the_default_root_and_the_download_cache(monkeypatch, tmp_path):
+    from eecs598.testing import shared_data_available
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("EECS598_DATA", raising=False)
+    monkeypatch.delenv("EECS598_CACHE", raising=False)
+    assert not shared_data_available("mnist")
+    (home / ".cache" / "eecs598" / "data" / "mnist").mkdir(parents=True)
+    assert shared_data_available("mnist")  # the default data root, no variable set
+    monkeypatch.setenv("EECS598_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    assert not shared_data_available("voc2007", "voc07_val.json")
+    downloaded = tmp_path / "cache" / "downloads" / "voc2007"
+    downloaded.mkdir(parents=True)
+    (downloaded / "voc07_val.json").write_text("[]")
+    assert shared_data_available("voc2007", "voc07_val.json")  # fetched into the cache
