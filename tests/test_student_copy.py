@@ -453,6 +453,22 @@ def fake_repo(tmp_path):
     return root
 
 
+def test_make_student_leaves_out_what_git_ignores(fake_repo, tmp_path):
+    """In a git checkout, files git ignores (generated outputs such as A6's sample images) stay
+    out of the copy; tracked and untracked-but-not-ignored files go in."""
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    (fake_repo / ".gitignore").write_text("A9/*.jpg\n")
+    (fake_repo / "A9" / "samples.jpg").write_bytes(b"staff output")
+    (fake_repo / "A9" / "diagram.png").write_bytes(b"course figure")
+    subprocess.run(["git", "init", "-q", str(fake_repo)], check=True)
+    out = tmp_path / "student"
+    make_student(fake_repo, out)
+    assert not (out / "A9" / "samples.jpg").exists()
+    assert (out / "A9" / "diagram.png").read_bytes() == b"course figure"
+    assert (out / "A9" / "fake.py").exists()
+
+
 def test_make_student_on_fake_repo(fake_repo, tmp_path):
     out = tmp_path / "student"
     (out / "stale").mkdir(parents=True)  # the copy is recreated
@@ -552,6 +568,7 @@ def test_copy_layout(student_copy):
         assert not (student_copy / name).exists(), name
     assert not [p for p in student_copy.rglob("*") if p.name == "__pycache__"
                 or p.suffix in (".pt", ".pth", ".pkl", ".zip")]
+    assert not list(student_copy.glob("A6/*.jpg")), "generated sample images (git-ignored) copied"
     for folder in ROOT.glob(ASSIGNMENT_GLOB):
         if folder.is_dir():
             assert (student_copy / folder.name).is_dir(), folder.name

@@ -35,6 +35,7 @@ import fnmatch
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -217,8 +218,32 @@ def _later(rel, upto):
     return number is not None and number > upto
 
 
+def git_ignored(root, rels):
+    """The paths among `rels` (relative to `root`) that git ignores in the repository at
+    `root` (outputs such as A6's generated images, which would hand students the staff's
+    results). Empty when `root` is not a git checkout or git is missing."""
+    rels = [rel.as_posix() for rel in rels]
+    if not rels or not (root / ".git").exists():
+        return set()
+    try:
+        done = subprocess.run(["git", "-C", str(root), "check-ignore", "--stdin", "-z"],
+                              input="\0".join(rels) + "\0", capture_output=True, text=True, check=False)
+    except OSError:
+        return set()
+    if done.returncode not in (0, 1):  # 1: nothing ignored
+        return set()
+    return {Path(p) for p in done.stdout.split("\0") if p}
+
+
 def _sources(root, exclude, upto=None):
-    """(path, relative path, is_assignment_file) for everything the copy holds."""
+    """(path, relative path, is_assignment_file) for everything the copy holds: the files
+    below, less those git ignores."""
+    found = list(_candidates(root, exclude, upto))
+    ignored = git_ignored(root, [rel for _, rel, _ in found])
+    return [item for item in found if item[1] not in ignored]
+
+
+def _candidates(root, exclude, upto=None):
     for name in TOP_FILES:
         path = root / name
         if path.is_file():
