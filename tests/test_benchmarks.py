@@ -14,7 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
 
+def _require(script):
+    """Skip when the script is absent (a student copy released up to an earlier assignment)."""
+    if not (BENCHMARKS / f"{script}.py").is_file():
+        pytest.skip(f"benchmarks/{script}.py is not in this copy")
+
+
 def _bench_a3():
+    _require("bench_a3")
     spec = importlib.util.spec_from_file_location("bench_a3", BENCHMARKS / "bench_a3.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -22,6 +29,7 @@ def _bench_a3():
 
 
 def _run(script, *args, tmp_path):
+    _require(script)
     out = tmp_path / f"{script}.json"
     env = {**os.environ, "EECS598_QUICK": "1"}
     proc = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *args, "--json", str(out)],

@@ -2,9 +2,11 @@
 copies out of the repository, and reports a failing cell with a non-zero exit status."""
 import json
 
-import nbformat
+import pytest
 
-from tools.run_notebooks import main
+nbformat = pytest.importorskip("nbformat")  # a test extra; absent on a bare GPU machine
+
+from tools.run_notebooks import main  # noqa: E402
 
 
 def _notebook(path, *sources):
@@ -30,3 +32,13 @@ def test_runs_in_the_notebook_folder_and_reports_the_failing_cell(tmp_path, caps
     assert executed.cells[2].outputs[0]["text"] == "42\n"
     assert nbformat.read(good, as_version=4).cells[2].outputs == []  # the source notebook is untouched
     assert nbformat.read(out / "bad.ipynb", as_version=4).cells[3].outputs == []  # stopped at the error
+
+
+def test_a_dead_kernel_is_reported_and_the_next_notebook_still_runs(tmp_path, capsys):
+    dies, good = tmp_path / "dies.ipynb", tmp_path / "good.ipynb"
+    _notebook(dies, "import os\nos._exit(1)", "print('never')")
+    _notebook(good, "print(1 + 1)")
+    assert main([str(dies), str(good), "--out", str(tmp_path / "executed"), "--quick"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["status"].startswith("error in cell 1:") and "DeadKernel" in lines[0]["status"]
+    assert lines[1]["status"] == "ok"

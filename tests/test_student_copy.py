@@ -561,7 +561,7 @@ def student_copy(tmp_path_factory):
 
 
 def test_copy_layout(student_copy):
-    for name in ["README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "requirements.txt",
+    for name in ["README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "requirements.txt", "constraints.txt",
                  "eecs598", "tests", "tools", "benchmarks"]:
         assert (student_copy / name).exists() == (ROOT / name).exists(), name
     for name in [".venv", "build", "results", ".git"]:

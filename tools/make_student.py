@@ -49,7 +49,7 @@ NOTEBOOK_TODO = "# YOUR CODE HERE"
 MARKDOWN_TODO = "YOUR ANSWER HERE"
 
 # What the student copy holds (relative to the repository root); missing ones are skipped.
-TOP_FILES = ["README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "requirements.txt",
+TOP_FILES = ["README.md", "CONTRIBUTING.md", "Makefile", "pyproject.toml", "requirements.txt", "constraints.txt",
              ".gitignore"]
 TOP_DIRS = ["eecs598", "tests", "tools", "benchmarks"]
 ASSIGNMENT_GLOB = "A[0-9]*"  # the same folders tests/conftest.py puts on sys.path

