@@ -15,7 +15,7 @@ export EECS598_DATA
 QUICK ?=
 ONLY ?=
 
-.PHONY: venv test test-unit test-notebooks reproduce student bench clean-notebooks constraints
+.PHONY: venv test test-unit test-notebooks reproduce student bench constraints
 
 $(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,12 +34,13 @@ constraints: venv
 venv: $(VENV)/.installed
 
 ## The whole suite: unit tests, then every notebook executed with nbval in quick mode.
-test: venv
-	EECS598_QUICK=1 $(PY) -m pytest tests -q
-	EECS598_QUICK=1 $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider A*/*.ipynb
+test: test-unit test-notebooks
 
 test-unit: venv
-	$(PY) -m pytest tests -q
+	EECS598_QUICK=1 $(PY) -m pytest tests -q
+
+test-notebooks: venv
+	EECS598_QUICK=1 $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider A*/*.ipynb
 
 ## Headline results -> results/results.json + results/RESULTS.md (QUICK=1 for a smoke run).
 reproduce: venv

@@ -27,6 +27,23 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def extract_tar(tar_path, dest):
+    """Extract the tar archive at `tar_path` into `dest`, refusing members that would land
+    outside it (links, devices, absolute or ../ paths)."""
+    dest = Path(dest)
+    with tarfile.open(tar_path) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and 3.9.17+ / 3.10.12+ / 3.11.4+
+            tar.extractall(dest, filter="data")
+            return
+        root = dest.resolve()  # older Pythons: check every member first
+        for member in tar.getmembers():
+            target = (dest / member.name).resolve()
+            if (member.issym() or member.islnk() or member.isdev()
+                    or (target != root and root not in target.parents)):
+                raise store.DataError(f"{tar_path}: unsafe member {member.name!r}; nothing extracted")
+        tar.extractall(dest)
+
+
 def _images_root(json_path: Path, sample_rel_path: str) -> Path:
     """Folder against which the JSON's relative image paths resolve (data root or download cache)."""
     for base in (json_path.parent, store.dataset_dir("voc2007"),
@@ -40,8 +57,7 @@ def _images_root(json_path: Path, sample_rel_path: str) -> Path:
             f"  Get it from: {store.REGISTRY['voc2007'].files['VOCtrainval_06-Nov-2007.tar'].urls[0]}")
     tar_path = store.fetch("voc2007", "VOCtrainval_06-Nov-2007.tar")
     dest = store.cache_dir() / "downloads" / "voc2007"
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(dest, filter="data")
+    extract_tar(tar_path, dest)
     if not (dest / sample_rel_path).is_file():
         raise store.DataError(f"{tar_path}: extracted, but {sample_rel_path} is not inside")
     return dest

@@ -540,3 +540,29 @@ def test_shared_data_available_looks_in_the_default_root_and_the_download_cache(
     downloaded.mkdir(parents=True)
     (downloaded / "voc07_val.json").write_text("[]")
     assert shared_data_available("voc2007", "voc07_val.json")  # fetched into the cache
+
+
+def _tar_with(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, blob in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+
+@pytest.mark.parametrize("with_data_filter", [True, False])
+def test_extract_tar_extracts_and_refuses_paths_outside_dest(tmp_path, monkeypatch, with_data_filter):
+    from eecs598.data.voc import extract_tar
+
+    if not with_data_filter:  # the branch for Pythons without tarfile's extraction filters
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile.data_filter")
+    good, evil = tmp_path / "good.tar", tmp_path / "evil.tar"
+    _tar_with(good, [("VOCdevkit/VOC2007/a.txt", b"ok")])
+    _tar_with(evil, [("VOCdevkit/b.txt", b"fine"), ("../outside.txt", b"escape")])
+    extract_tar(good, tmp_path / "dest")
+    assert (tmp_path / "dest" / "VOCdevkit" / "VOC2007" / "a.txt").read_bytes() == b"ok"
+    with pytest.raises(tarfile.TarError if with_data_filter else DataError):  # OutsideDestinationError
+        extract_tar(evil, tmp_path / "dest2")
+    assert not (tmp_path / "outside.txt").exists()
