@@ -113,8 +113,8 @@ def make_a6_submission(assignment_path, uniquename=None, umid=None):
 def _make_submission(assignment_path, file_list, assignment_no, uniquename=None, umid=None):
     """Write ``{uniquename}_{umid}_{assignment_no}.zip`` holding `file_list` into `assignment_path`.
 
-    assignment_path: the assignment folder; file_list: paths relative to it (a path under
-    ``eecs598/`` is stored by its base name, as in the course); assignment_no: e.g. "A1".
+    assignment_path: the assignment folder; file_list: paths relative to it (each one
+    is stored under that same relative name); assignment_no: e.g. "A1".
     Raises FileNotFoundError naming every missing file (nothing is written then), and
     ValueError when the names cannot be found (see the module docstring).
     Returns the zip's path.
@@ -132,11 +132,7 @@ def _make_submission(assignment_path, file_list, assignment_no, uniquename=None,
     print("Writing zip file to: ", zip_path)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for filename in file_list:
-            if filename.startswith("eecs598/"):
-                filename_out = filename.split("/")[-1]
-            else:
-                filename_out = filename
-            zf.write(os.path.join(assignment_path, filename), filename_out)
+            zf.write(os.path.join(assignment_path, filename), filename)
     return zip_path
 
 

@@ -120,7 +120,11 @@ def load_cifar10_uint8():
             store.verify_file(path, store.REGISTRY["cifar10"].files[name])
             data = store.cached_tensors(f"cifar10-{Path(name).stem}", lambda: decode(path), path)
             return {**data, "source": source}
-    path = store.fetch("cifar10", "cifar-10-python.tar.gz")
+    try:
+        path = store.fetch("cifar10", "cifar-10-python.tar.gz")
+    except store.DataError as err:
+        raise store.DataError(f"{err}\n  Accepted instead: the extracted archive {folder}/, or the "
+                              f"project's JPEG copy {store.dataset_dir('cifar10') / 'cifar10-jpeg.zip'}.") from None
     data = store.cached_tensors("cifar10-cifar-10-python.tar", lambda: _decode_tarball(path), path)
     return {**data, "source": "CIFAR-10 official python archive"}
 

@@ -52,8 +52,9 @@ def test_missing_file_offline_says_what_where_and_source(isolated_data):
 
 
 def test_missing_cifar_offline_fails_clearly(isolated_data):
-    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz") as err:
         cifar10(num_train=10, num_test=10)
+    assert "cifar-10-batches-py" in str(err.value) and "cifar10-jpeg.zip" in str(err.value)
 
 
 def test_unknown_file_is_an_error(isolated_data):
