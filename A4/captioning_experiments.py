@@ -1139,9 +1139,13 @@ def attention_gap_record(data, attn_hypotheses, lstm_hypotheses, record):
     when it trains both; after a rerun of one of them, pass the held-out captions stored in the
     two captioning_bleu4_* rows ("heldout_captions", split into words)."""
     boot = heldout_bootstrap(data, attn_hypotheses, lstm_hypotheses)
-    record("captioning_bleu4_attn_minus_lstm", boot["diff"], "BLEU", 0.0, None, **boot,
-           note="held-out greedy BLEU-4 of the attention LSTM minus the plain LSTM's; interval: paired "
-                "bootstrap over the held-out images (both models scored on the same resampled images)")
+    record("captioning_bleu4_attn_minus_lstm", boot["diff"], "BLEU", 0.0, None,
+           diff_low=boot["diff_low"], diff_high=boot["diff_high"], p_not_better=boot["p_not_better"],
+           attn_bleu4=boot["bleu"], attn_bleu4_interval=[boot["low"], boot["high"]],
+           num_samples=boot["num_samples"], confidence=boot["confidence"],
+           note="held-out greedy BLEU-4 of the attention LSTM minus the plain LSTM's; interval "
+                "[diff_low, diff_high]: paired bootstrap over the held-out images (both models scored "
+                "on the same resampled images); attn_bleu4_interval: the attention LSTM's own")
 
 
 def heldout_bootstrap(data, hypotheses, baseline_hypotheses, num_samples=1000, references=None):

@@ -825,3 +825,26 @@ def test_a_coco_pt_shaped_file_trains_and_samples_end_to_end(tmp_path, monkeypat
         assert out[1].shape == (6, 8, 4, 4)  # 112 px / 32: the c5 map the attention reads
     for caption in rlc.decode_captions(sampled, data["vocab"]["idx_to_token"]):
         assert set(caption.split()) <= set(words[3:])
+
+
+def test_attention_gap_record_keeps_the_difference_and_its_interval_apart_from_attention_s_own():
+    import captioning_experiments as ce
+    from eecs598.bleu import bootstrap_bleu
+
+    refs = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "dog", "on", "grass"]],
+            [["a", "man", "rides", "a", "red", "bike"], ["a", "man", "on", "a", "bike"]],
+            [["two", "kids", "play", "in", "the", "water"], ["kids", "in", "the", "water"]]] * 4
+    attn = [["a", "dog", "runs", "on", "grass"], ["a", "man", "on", "a", "bike"], ["kids", "play"]] * 4
+    lstm = [["a", "dog", "runs", "on", "the", "grass"], ["a", "man", "rides", "a", "bike"],
+            ["two", "kids", "in", "the", "water"]] * 4
+    rows = []
+    ce.attention_gap_record({"test_references": refs}, attn, lstm,
+                            lambda metric, value, unit, seconds, reference=None, **details:
+                            rows.append((metric, value, details)))
+    (metric, value, details), = rows
+    ref = bootstrap_bleu(refs, attn, 4, 1000, seed=0, baseline_hypotheses=lstm)
+    assert metric == "captioning_bleu4_attn_minus_lstm" and value == round(ref["diff"], 4)
+    assert [details["diff_low"], details["diff_high"]] == [round(ref["diff_low"], 4), round(ref["diff_high"], 4)]
+    assert details["attn_bleu4"] == round(ref["bleu"], 4)
+    assert details["attn_bleu4_interval"] == [round(ref["low"], 4), round(ref["high"], 4)]
+    assert not {"bleu", "low", "high"} & set(details)  # these names belong to the shared details
