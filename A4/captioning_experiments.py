@@ -22,7 +22,11 @@ spatial mean -> Linear -> tanh = h0) or to the attention memory (attn: 1x1 conv 
 vectors 256, hidden 512, dropout and word dropout, AdamW with weight decay and cosine
 learning-rate decay (attn: plus Show, Attend and Tell's doubly stochastic attention penalty);
 the epoch with the lowest validation loss is chosen, and the evaluated model is retrained on all
-900 training images for that many epochs of the same schedule (`refit`). Held-out BLEU-1/-4:
+900 training images for that many epochs of the same schedule (`refit`). Every recipe is
+distilled (settings()["distill"] = 1; sequence-level distillation, Kim and Rush 2016): at each
+of those two trainings a teacher trained by the same recipe writes one beam-3 caption of every
+training image, and the model kept is a fresh student trained on the human captions plus the
+teacher's (`fit_recipe`, `distill_split`). Held-out BLEU-1/-4:
 greedy decoding, corpus BLEU over the 5 references (`eecs598.bleu`, the same as NLTK's
 corpus_bleu), with percentile-bootstrap intervals over the held-out images. Baseline: one
 consensus caption for every image (`eecs598.bleu.consensus_caption`: the training caption whose
@@ -31,6 +35,7 @@ corpus BLEU-4 on the training images is highest when used for all).
     load_data                 the split as tensors (quick mode: 80 train / 20 held-out images)
     extract_features          frozen-encoder features of images, their mirrors and crops (cached)
     train_on_features         the headline trainer (minibatches of features + captions)
+    fit_recipe                one recipe on one split: teacher, then distilled student (distill_split)
     evaluate_bleu             greedy captions and corpus BLEU-1..4 against the references
     decoder_start/_step       one decoding step of any cell type (log-probabilities, new state)
     beam_search               beam-search captions (the extra rows; width 1 is greedy)
@@ -43,6 +48,7 @@ corpus BLEU-4 on the training images is highest when used for all).
     image_dependence          validation loss with the true and with shuffled images
     headline_run              one cell type, trained and evaluated
     run(device)               all of the above as result records
+    seed_study                headline_run again with other seeds (the seed rows; not part of run)
 """
 import copy
 import hashlib
@@ -257,7 +263,7 @@ def extract_features(data, backbone=BACKBONE, device=None, name=DATASET, feature
     "train_crops": (num_crops, Ni, C, Hf, Wf) (only when num_crops > 0)}, cached in
     $EECS598_CACHE in full mode under `feature_cache_key` (dataset, backbone, feature, image
     size and the split: the tensors are stored per split, in the split's image order); the crops
-    under the same key + "_crops<num_crops>"."""
+    under the same key + "_crops<num_crops>-<hash of CROP_SEED, CROP_SCALE, CROP_RATIO>"."""
     feature = feature_for(backbone) if feature is None else feature
     num_crops = crop_views() if num_crops is None else num_crops
     key = feature_cache_key(data, name, backbone, feature)
@@ -284,7 +290,8 @@ def extract_features(data, backbone=BACKBONE, device=None, name=DATASET, feature
 
     feats = _cached(key, build, name)
     if num_crops > 0:
-        feats = {**feats, **_cached(f"{key}_crops{num_crops}", build_crops, name)}
+        recipe = hashlib.sha256(repr((CROP_SEED, CROP_SCALE, CROP_RATIO)).encode()).hexdigest()[:8]
+        feats = {**feats, **_cached(f"{key}_crops{num_crops}-{recipe}", build_crops, name)}
     return feats
 
 

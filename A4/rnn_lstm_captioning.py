@@ -498,12 +498,20 @@ class CaptioningRNN(nn.Module):
 
     def sample(self, images, max_length=15):
         """Greedy captions for images: (N, max_length) word indices (<NULL> after <END>).
-        For cell_type "attn" also returns the attention weights (N, max_length, Hf, Wf)."""
-        return self.sample_features(self.encode(images), max_length)
+        For cell_type "attn" also returns the attention weights (N, max_length, Hf, Wf).
+        Runs in eval mode (no dropout; batch norms use their running statistics and are not
+        updated) and then puts the model back in the mode it was in."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.sample_features(self.encode(images), max_length)
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def sample_features(self, features, max_length=15):
-        """Greedy decoding from precomputed features (see `sample`)."""
+        """Greedy decoding from precomputed features (see `sample`), in the model's current mode
+        (call .eval() first, as `sample` does)."""
         N = features.shape[0]
         captions = features.new_full((N, max_length), self._null, dtype=torch.long)
         attn_weights_all = None

@@ -393,6 +393,21 @@ def test_captioning_forward_backward_and_sample_shapes(cell_type):
     assert out.shape == (2, 7) and out.dtype == torch.long
 
 
+def test_sample_in_training_mode_decodes_as_in_eval_mode_and_keeps_the_mode():
+    """`sample` on a model left in training mode: no dropout, running batch-norm statistics, none
+    of them updated; the model is in training mode again afterwards."""
+    torch.manual_seed(16)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="lstm", dropout=0.5,
+                              image_encoder_pretrained=False, feature_norm=True, feature_dropout=0.5)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    model.eval()
+    expected = model.sample(images, max_length=6)
+    running = model.feature_norm.running_mean.clone()
+    model.train()
+    assert torch.equal(model.sample(images, max_length=6), expected)
+    assert model.training and torch.equal(model.feature_norm.running_mean, running)
+
+
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
 def test_greedy_sample_picks_the_argmax_of_teacher_forced_scores(cell_type):
     """Feeding the sampled words back with teacher forcing, each sampled word is the argmax."""
