@@ -514,13 +514,16 @@ def evaluate_detector(detector, dataset, score_thresh=0.05, nms_thresh=0.5, devi
 
 
 def evaluate_predictions(preds, dataset, use_difficult=True, num_classes=None, class_names=None):
-    """VOC mAP@0.5 of predictions of the first len(preds) images of `dataset` (in order), as
-    `evaluate_detector` computes it (same ground truth, difficult objects, class names).
+    """VOC mAP@0.5 of predictions of the first len(preds) images of `dataset` (in order; a
+    DataLoader stands for its dataset and must not shuffle), as `evaluate_detector` computes it
+    (same ground truth, difficult objects, class names).
 
     Returns the dict of `eecs598.detection_eval.evaluate_detections` plus "used_difficult".
     """
     from eecs598 import detection_eval
 
+    if isinstance(dataset, torch.utils.data.DataLoader):  # its dataset holds the difficult boxes and names
+        dataset = dataset.dataset
     if class_names is None:
         idx_to_class = getattr(dataset, "idx_to_class", None)
         if idx_to_class is not None:
@@ -552,7 +555,8 @@ def inference_with_detector(detector, test_loader, idx_to_class, score_thresh, n
 
     The course wrote text files for an external mAP tool when `output_dir` was given; here
     `output_dir` saves the figures as PNG files instead (mAP comes from `evaluate_detector`),
-    named `<file_prefix>_<k>.png` for the k-th image. Returns the list of predictions (see `predict_detections`).
+    named `<file_prefix>_<k>.png` for the k-th image. `dtype` is kept for the course's
+    signature and unused (images go to the detector as the dataset gives them). Returns the list of predictions (see `predict_detections`).
     """
     import matplotlib.pyplot as plt
     from eecs598 import vis

@@ -77,9 +77,20 @@ def protocol_for(device):
     return "gpu" if get_device(device).type == "cuda" else "cpu"
 
 
+PROTOCOL_NAMES = {"gpu": "gpu", "cuda": "gpu", "cpu": "cpu"}  # rcnn_experiments calls the GPU one "cuda"
+
+
+def protocol_name(protocol):
+    """"gpu" or "cpu" for a protocol name ("cuda" is taken as "gpu"); ValueError otherwise."""
+    try:
+        return PROTOCOL_NAMES[protocol]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOL_NAMES)}") from None
+
+
 def settings(protocol):
     """The protocol's hyperparameters; quick mode trains a few iterations on 16 images, evaluates on 8."""
-    s = dict(GPU_PROTOCOL if protocol == "gpu" else CPU_PROTOCOL)
+    s = dict(GPU_PROTOCOL if protocol_name(protocol) == "gpu" else CPU_PROTOCOL)
     if quick_mode():
         s.update(num_train=16, num_val=8, max_iters=6, time_limit=20.0, warmup_iters=2,
                  batch_size=4, stem_channels=s["stem_channels"][:1])
@@ -197,7 +208,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     protocol, device (its name)).
     """
     device = get_device(device)
-    protocol = protocol or protocol_for(device)
+    protocol = protocol_name(protocol or protocol_for(device))
     s = settings(protocol)
     reset_seed(0)
     train_set = load_voc("train", s["num_train"])

@@ -272,6 +272,7 @@ class FCOS(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         ### BEGIN SOLUTION
+        ### HINT: self.backbone = DetectorBackboneWithFPN(fpn_channels, backbone=..., pretrained=..., freeze_backbone=...); self.pred_net = FCOSPredictionNetwork(num_classes, fpn_channels, stem_channels, norm=head_norm) (the rest of the class and the tests use these two names).
         self.backbone = DetectorBackboneWithFPN(fpn_channels, backbone=backbone, pretrained=pretrained,
                                                 freeze_backbone=freeze_backbone)
         self.pred_net = FCOSPredictionNetwork(num_classes, fpn_channels, stem_channels, norm=head_norm)

@@ -76,8 +76,20 @@ def protocol_for(device):
     return "cuda" if eecs598.get_device(device).type == "cuda" else "cpu"
 
 
+PROTOCOL_NAMES = {"cuda": "cuda", "gpu": "cuda", "cpu": "cpu"}  # fcos_experiments calls the GPU one "gpu"
+
+
+def protocol_name(protocol):
+    """"cuda" or "cpu" for a protocol name ("gpu" is taken as "cuda"); ValueError otherwise."""
+    try:
+        return PROTOCOL_NAMES[protocol]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOL_NAMES)}") from None
+
+
 def settings(protocol):
     """Hyperparameters of a protocol ("cuda" or "cpu"); quick mode shrinks them to a smoke run."""
+    protocol = protocol_name(protocol)
     s = dict(PROTOCOLS[protocol])
     if eecs598.quick_mode():
         s.update(QUICK)
@@ -189,7 +201,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     num_train, protocol, device (its name), checkpoint (the final weights' path or None)).
     """
     device = eecs598.get_device(device)
-    protocol = protocol or protocol_for(device)
+    protocol = protocol_name(protocol or protocol_for(device))
     s = settings(protocol)
     eecs598.reset_seed(0)
     detector = build_detector(s).to(device)

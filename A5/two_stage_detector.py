@@ -498,7 +498,7 @@ class FasterRCNN(nn.Module):
     class-specific deltas (R-CNN parameterisation scaled by ROI_BOX_WEIGHTS).
 
     Training (`forward(images, gt_boxes)`): proposals + GT (`mix_gt_with_proposals`) are matched
-    to GT at IoU 0.5 (>= 0.5 foreground, < 0.5 background), batch_size_per_image of them sampled
+    to GT at IoU 0.5 (> 0.5 foreground, <= 0.5 background), batch_size_per_image of them sampled
     with up to `fg_fraction` foreground; returns the RPN losses plus "loss_cls" (cross-entropy)
     and "loss_box" (L1 on foreground, own class). Eval with B == 1: `inference(...)` ->
     (boxes (M, 4), classes (M,), scores (M,)); with B > 1, a list of such tuples (also
@@ -521,7 +521,7 @@ class FasterRCNN(nn.Module):
         self.cls_pred = None
         self.box_pred = None
         ### BEGIN SOLUTION
-        ### HINT: nn.Sequential of 3x3 conv + ReLU per stem_channels entry (padding 1), nn.Flatten(), nn.Linear(stem_channels[-1] * roi_h * roi_w, num_classes + 1).
+        ### HINT: self.stem = nn.Sequential of 3x3 conv + ReLU per stem_channels entry (padding 1, from backbone.out_channels) then nn.Flatten(); self.cls_pred = nn.Linear(stem_channels[-1] * roi_h * roi_w, num_classes + 1); with box_regression, self.box_pred = nn.Linear(same inputs, 4 * num_classes) (the provided _detect calls self.stem, self.cls_pred and self.box_pred).
         layers, prev = [], backbone.out_channels
         for ch in stem_channels:
             layers += [nn.Conv2d(prev, ch, 3, padding=1), nn.ReLU()]
@@ -577,7 +577,7 @@ class FasterRCNN(nn.Module):
 
         loss_cls, loss_box = None, None
         ### BEGIN SOLUTION
-        ### HINT: match each image's proposals (mixed with GT) at IoU (0.5, 0.5), sample with sample_rpn_training(matched, batch_size_per_image, 0.25), roi features of the sampled boxes, cross-entropy with class + 1 (background 0).
+        ### HINT: match each image's proposals (mixed with GT) at IoU (0.5, 0.5), sample with sample_rpn_training(matched, self.batch_size_per_image, self.fg_fraction), roi features of the sampled boxes through self.stem; loss_cls = cross-entropy of self.cls_pred with class + 1 (background 0); with box_regression, loss_box = L1 between the foreground's own-class deltas of self.box_pred and rcnn_get_deltas_from_anchors(sampled box, its GT) * ROI_BOX_WEIGHTS, summed and divided by the number of sampled boxes (without box_regression loss_box stays None).
         sampled_boxes, labels, matched_boxes = [], [], []
         for b in range(num_images):
             matched = rcnn_match_anchors_to_gt(proposals[b], gt_boxes[b], (0.5, 0.5),
@@ -675,7 +675,3 @@ class FasterRCNN(nn.Module):
         pred_boxes, pred_classes, pred_scores = boxes[keep], cls_idx[keep], scores[keep]
         ### END SOLUTION
         return pred_boxes, pred_classes, pred_scores
-
-    @staticmethod
-    def _cat_across_fpn_levels(dict_with_fpn_levels, dim: int = 1):
-        return torch.cat(list(dict_with_fpn_levels.values()), dim=dim)

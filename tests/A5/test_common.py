@@ -369,6 +369,10 @@ def test_evaluate_detector_oracle_on_voc_with_difficult():
     # without the difficult flags, detections of difficult objects become false positives
     r = common.evaluate_detector(Oracle(True), ds, use_difficult=False, verbose=False)
     assert not r["used_difficult"] and r["map"] < 1.0
+    # a DataLoader over the dataset is evaluated the same way (its dataset holds the difficult boxes)
+    r = common.evaluate_detector(Oracle(True), torch.utils.data.DataLoader(ds, batch_size=1), verbose=False)
+    assert r["used_difficult"] and r["map"] == pytest.approx(1.0)
+    assert r["ap_per_class"].keys() == {ds.idx_to_class[i] for i in range(len(ds.idx_to_class))}
 
 
 def test_inference_with_detector_draws(tmp_path):

@@ -95,3 +95,15 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     assert map50["device"].startswith("NVIDIA H200 (test) (training); ")
     assert map50["details"]["trained_on"] == "NVIDIA H200 (test)" and 0 <= map50["value"] <= 100
     assert metrics[f"{name}_images_per_s{suffix}_training_device"]["device"] == "NVIDIA H200 (test)"
+
+
+def test_both_detectors_take_either_name_of_the_gpu_protocol_and_refuse_others():
+    import fcos_experiments as fx
+    import rcnn_experiments as rx
+
+    assert fx.settings("cuda") == fx.settings("gpu") and rx.settings("gpu") == rx.settings("cuda")
+    assert fx.settings("cpu")["fpn_channels"] != fx.settings("gpu")["fpn_channels"]
+    assert fx.protocol_name("cuda") == "gpu" and rx.protocol_name("gpu") == "cuda"
+    for module in (fx, rx):
+        with pytest.raises(ValueError, match="unknown protocol 'tpu'"):
+            module.settings("tpu")
