@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from eecs598.backbones import build_backbone
+from eecs598.utils import decode_captions  # noqa: F401  (the course keeps it in eecs598.utils)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -551,25 +552,6 @@ class CaptioningRNN(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers (not student code): the course's a5_helper.train_captioner and decode_captions.
-def decode_captions(captions, idx_to_word):
-    """Word indices (N, T) or (T,) -> strings; drops <NULL> and <START>, stops at <END>.
-    `idx_to_word` is a list or dict index -> word."""
-    singleton = captions.ndim == 1
-    if singleton:
-        captions = captions[None]
-    decoded = []
-    for row in captions.tolist():
-        words = []
-        for idx in row:
-            word = idx_to_word[idx]
-            if word == "<END>":
-                break
-            if word not in ("<NULL>", "<START>"):
-                words.append(word)
-        decoded.append(" ".join(words))
-    return decoded[0] if singleton else decoded
-
-
 def train_captioner(model, image_data, caption_data, num_epochs, batch_size, learning_rate, lr_decay=1,
                     device=torch.device("cpu"), verbose=True):
     """The course's trainer: AdamW over the trainable parameters, learning rate times

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .vis import tensor_to_image, visualize_dataset  # noqa: F401  (the course imports them from utils)
+
 QUICK_ENV = "EECS598_QUICK"
 
 
@@ -151,3 +153,22 @@ def median_time(fn, repeats, warmup=1):
             fn()
         times.append(t.seconds)
     return statistics.median(times), times
+
+
+def decode_captions(captions, idx_to_word):
+    """Word indices (N, T) or (T,) -> strings; drops <NULL> and <START>, stops at <END>.
+    `idx_to_word` is a list or dict index -> word."""
+    singleton = captions.ndim == 1
+    if singleton:
+        captions = captions[None]
+    decoded = []
+    for row in captions.tolist():
+        words = []
+        for idx in row:
+            word = idx_to_word[idx]
+            if word == "<END>":
+                break
+            if word not in ("<NULL>", "<START>"):
+                words.append(word)
+        decoded.append(" ".join(words))
+    return decoded[0] if singleton else decoded

@@ -1,4 +1,4 @@
-"""Visualization helpers: images, dataset grids (more come with later assignments)."""
+"""Visualization helpers: images, dataset grids, training curves, detections, attention maps."""
 import numpy as np
 import torch
 
@@ -162,6 +162,62 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None, ax=Non
     if title is not None:
         ax.set_title(title)
     return ax
+
+
+def detection_visualizer(img, idx_to_class, bbox=None, pred=None, points=None, ax=None):
+    """The course's detection figure: ground-truth boxes in red, predictions in green with their
+    scores, optional points as dots.
+
+    Args:
+        img: (3, H, W) float tensor in [0, 1], or an (H, W, 3) uint8 array / tensor.
+        idx_to_class: dict or list, class index -> name.
+        bbox: (N, 4) or (N, 5) ground-truth boxes (x1, y1, x2, y2[, class]).
+        pred: (M, 6) predictions (x1, y1, x2, y2, class, score).
+        points: (P, 2) (x, y) locations, e.g. FPN location centers.
+    Returns:
+        the matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    if torch.is_tensor(img):
+        img = img.detach().cpu()
+        img = tensor_to_image(img.float()) if img.shape[0] == 3 and img.dtype != torch.uint8 else img.numpy()
+    ax.imshow(img)
+    for rows, color in ((bbox, "red"), (pred, "lime")):
+        for row in _to_list(rows) if rows is not None else []:
+            x1, y1, x2, y2 = row[:4]
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
+            if len(row) > 4:
+                label = str(idx_to_class[int(row[4])]) + (f" {row[5]:.2f}" if len(row) > 5 else "")
+                ax.text(x1, y1, label, fontsize=8, color="black", verticalalignment="bottom",
+                        bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
+    if points is not None:
+        points = np.asarray(_to_list(points), dtype=float).reshape(-1, 2)
+        ax.scatter(points[:, 0], points[:, 1], s=4, c="yellow")
+    ax.set_axis_off()
+    return ax
+
+
+def attention_visualizer(img, attn_weights, token):
+    """The course's attention figure: the attention map (Hf, Wf), resized to the image by
+    nearest neighbour, blended 50/50 over the image (3, H, W) (uint8 in [0, 255], or float in
+    [0, 1]), under a 25-pixel black banner that names `token`.
+    Returns an (H + 25, W, 3) float32 RGB array in [0, 1] for `plt.imshow`."""
+    from PIL import Image, ImageDraw
+
+    img = img.detach().cpu()
+    img = img.float().div(255.0) if img.dtype == torch.uint8 else img.float()
+    _, H, W = img.shape
+    attn = torch.nn.functional.interpolate(attn_weights.detach().cpu().float()[None, None], size=(H, W),
+                                           mode="nearest")[0, 0]
+    blended = 0.5 * img.permute(1, 2, 0) + 0.5 * attn[:, :, None]
+    banner = Image.new("RGB", (W, 25))
+    ImageDraw.Draw(banner).text((10, 5), str(token), fill=(255, 255, 255))
+    banner = torch.from_numpy(np.asarray(banner, dtype=np.float32) / 255.0)
+    return torch.cat([banner, blended]).clamp(0, 1).numpy()
 
 
 def plot_pr_curves(result, classes=None, ax=None, title=None):

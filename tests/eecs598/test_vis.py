@@ -46,3 +46,46 @@ def test_course_top_level_names():
     """The course's notebooks call eecs598.tensor_to_image and eecs598.visualize_dataset."""
     import eecs598
     assert eecs598.tensor_to_image is tensor_to_image and eecs598.visualize_dataset is visualize_dataset
+    # the course's A4-A6 notebooks import them from eecs598.utils
+    assert eecs598.utils.tensor_to_image is tensor_to_image
+    assert eecs598.utils.visualize_dataset is visualize_dataset
+
+
+def test_decode_captions_in_utils_as_in_the_course():
+    from eecs598.utils import decode_captions
+
+    idx_to_word = ["<NULL>", "<START>", "<END>", "a", "dog"]
+    captions = torch.tensor([[1, 3, 4, 2, 3, 0], [1, 4, 0, 0, 0, 0]])
+    assert decode_captions(captions, idx_to_word) == ["a dog", "dog"]
+    assert decode_captions(captions[0], dict(enumerate(idx_to_word))) == "a dog"
+
+
+def test_detection_visualizer_draws_gt_red_predictions_green_and_points():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from eecs598.vis import detection_visualizer
+
+    img = torch.rand(3, 40, 50)
+    gt = torch.tensor([[1.0, 2.0, 20.0, 30.0, 0.0], [5.0, 5.0, 10.0, 10.0, 1.0]])
+    pred = torch.tensor([[2.0, 3.0, 21.0, 29.0, 1.0, 0.875]])
+    ax = detection_visualizer(img, {0: "cat", 1: "dog"}, gt, pred, points=torch.tensor([[3.0, 4.0]]))
+    edges = [tuple(p.get_edgecolor()[:3]) for p in ax.patches]
+    assert edges == [(1.0, 0.0, 0.0)] * 2 + [(0.0, 1.0, 0.0)]
+    assert ax.patches[0].get_xy() == (1.0, 2.0) and ax.patches[0].get_width() == 19.0
+    assert [t.get_text() for t in ax.texts] == ["cat", "dog", "dog 0.88"]
+    assert len(ax.collections) == 1  # the points
+    plt.close("all")
+
+
+def test_attention_visualizer_blends_the_resized_map_under_a_banner():
+    from eecs598.vis import attention_visualizer
+
+    img = torch.full((3, 8, 60), 200, dtype=torch.uint8)
+    attn = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # top-left quarter attended
+    out = attention_visualizer(img, attn, "dog")
+    assert out.shape == (8 + 25, 60, 3) and out.dtype == np.float32
+    body = out[25:]
+    np.testing.assert_allclose(body[0, 0], 0.5 * 200 / 255 + 0.5, rtol=1e-6)
+    np.testing.assert_allclose(body[7, 59], 0.5 * 200 / 255, rtol=1e-6)
+    assert out[:25].max() > 0  # the token is written on the banner
