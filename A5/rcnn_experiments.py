@@ -68,8 +68,8 @@ PROTOCOLS = {
                 eval_batch_size=8),
 }
 QUICK = dict(num_train=16, num_val=4, time_limit=8, max_iters=4, warmup_iters=1,
-             fpn_channels=16, rpn_stem=[16], roi_stem=[16], batch_size=4, num_workers=0,
-             pre_nms_topk=100, post_nms_topk=20)
+             fpn_channels=16, rpn_stem=[16], roi_stem=[16], batch_size=4,
+             pre_nms_topk=100, post_nms_topk=20)  # num_workers kept: the smoke run tests the real loader
 
 
 def protocol_for(device):
@@ -217,10 +217,11 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
         history = train_on_cached_features(detector, cache, s, device, verbose=verbose, checkpoint_path=ckpt)
         del cache
     else:
+        workers = min(s["num_workers"], os.cpu_count() or 1)
         loader = torch.utils.data.DataLoader(train_set, batch_size=s["batch_size"], shuffle=True,
-                                             drop_last=True, num_workers=s["num_workers"],
+                                             drop_last=True, num_workers=workers,
                                              pin_memory=device.type == "cuda",
-                                             persistent_workers=s["num_workers"] > 0)
+                                             persistent_workers=workers > 0)
         # common.train_detector's steps come at 60% / 90% of max_iters or of time_limit,
         # whichever is reached first, so the schedule completes within the time budget.
         autocast = torch.bfloat16 if device.type == "cuda" else None

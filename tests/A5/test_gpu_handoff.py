@@ -67,6 +67,9 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     import gpu_handoff
     monkeypatch.setenv("EECS598_QUICK", "1")
     monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    if protocol == "cuda":  # the GPU protocol's loader, worker processes included, runs here too
+        import rcnn_experiments as rx
+        assert rx.settings(protocol)["num_workers"] == 8
     info = gpu_handoff.export(kind, tmp_path / "out", "cpu", verbose=False, protocol=protocol)
     assert info["protocol"] == protocol
     assert info["shards"] == [f"{kind}.shard0.pt"] and info["training_device_images_per_s"] > 0
