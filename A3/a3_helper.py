@@ -23,6 +23,9 @@ def get_CIFAR10_data(validation_ratio=0.02, flatten=False, dtype=torch.float32, 
 
     The course's version always moved the data to CUDA; this one uses `device`
     (None: CUDA when available, else CPU) via `eecs598.data.preprocess_cifar10`.
+    validation_ratio keeps the course helper's default 0.02 (49,000 / 1,000); the notebooks and
+    experiment modules of this repository do not call this function and use
+    preprocess_cifar10's 0.2 (40,000 / 10,000).
     """
     return eecs598.data.preprocess_cifar10(show_examples=False, flatten=flatten,
                                            validation_ratio=validation_ratio, dtype=dtype,
