@@ -169,7 +169,7 @@ def detection_visualizer(img, idx_to_class, bbox=None, pred=None, points=None, a
     scores, optional points as dots.
 
     Args:
-        img: (3, H, W) float tensor in [0, 1], or an (H, W, 3) uint8 array / tensor.
+        img: (3, H, W) tensor (float in [0, 1] or uint8), or an (H, W, 3) uint8 array / tensor.
         idx_to_class: dict or list, class index -> name.
         bbox: (N, 4) or (N, 5) ground-truth boxes (x1, y1, x2, y2[, class]).
         pred: (M, 6) predictions (x1, y1, x2, y2, class, score).
@@ -184,7 +184,10 @@ def detection_visualizer(img, idx_to_class, bbox=None, pred=None, points=None, a
         _, ax = plt.subplots(figsize=(5, 5))
     if torch.is_tensor(img):
         img = img.detach().cpu()
-        img = tensor_to_image(img.float()) if img.shape[0] == 3 and img.dtype != torch.uint8 else img.numpy()
+        if img.shape[0] == 3:  # (3, H, W): uint8 in [0, 255] or float in [0, 1]
+            img = tensor_to_image(img.float() / 255 if img.dtype == torch.uint8 else img.float())
+        else:
+            img = img.numpy()
     ax.imshow(img)
     for rows, color in ((bbox, "red"), (pred, "lime")):
         for row in _to_list(rows) if rows is not None else []:

@@ -75,6 +75,10 @@ def test_detection_visualizer_draws_gt_red_predictions_green_and_points():
     assert ax.patches[0].get_xy() == (1.0, 2.0) and ax.patches[0].get_width() == 19.0
     assert [t.get_text() for t in ax.texts] == ["cat", "dog", "dog 0.88"]
     assert len(ax.collections) == 1  # the points
+    shown = ax.images[0].get_array()
+    for same in (img.mul(255).round().to(torch.uint8), tensor_to_image(img)):  # CHW uint8, HWC array
+        ax2 = detection_visualizer(same, {0: "cat"})
+        np.testing.assert_array_equal(ax2.images[0].get_array(), shown)
     plt.close("all")
 
 
