@@ -351,6 +351,16 @@ def save_detection_figures(detector, result, directory, prefix, device, num_imag
 # train, measure its speed and hand the weights back (gpu_handoff.py); the mAP is then computed
 # here. These helpers let the experiments' records say so.
 
+def protocol_name(protocol, gpu_name):
+    """The canonical name of a protocol: "cpu", or `gpu_name` (the module's own name for its GPU
+    protocol) for "gpu" and "cuda" alike. ValueError for anything else."""
+    if protocol == "cpu":
+        return "cpu"
+    if protocol in ("gpu", "cuda"):
+        return gpu_name
+    raise ValueError(f"unknown protocol {protocol!r}; choose from ['cpu', 'cuda', 'gpu']")
+
+
 def metric_suffix(protocol):
     """"" for the CPU protocol, "_gpu_protocol" for the GPU one: both sets of rows can coexist."""
     return "" if protocol == "cpu" else "_gpu_protocol"

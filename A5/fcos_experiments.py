@@ -77,15 +77,9 @@ def protocol_for(device):
     return "gpu" if get_device(device).type == "cuda" else "cpu"
 
 
-PROTOCOL_NAMES = {"gpu": "gpu", "cuda": "gpu", "cpu": "cpu"}  # rcnn_experiments calls the GPU one "cuda"
-
-
 def protocol_name(protocol):
-    """"gpu" or "cpu" for a protocol name ("cuda" is taken as "gpu"); ValueError otherwise."""
-    try:
-        return PROTOCOL_NAMES[protocol]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOL_NAMES)}") from None
+    """"gpu" or "cpu" ("cuda", rcnn_experiments' name, is taken as "gpu"); ValueError otherwise."""
+    return dt.protocol_name(protocol, "gpu")
 
 
 def settings(protocol):

@@ -76,15 +76,9 @@ def protocol_for(device):
     return "cuda" if eecs598.get_device(device).type == "cuda" else "cpu"
 
 
-PROTOCOL_NAMES = {"cuda": "cuda", "gpu": "cuda", "cpu": "cpu"}  # fcos_experiments calls the GPU one "gpu"
-
-
 def protocol_name(protocol):
-    """"cuda" or "cpu" for a protocol name ("gpu" is taken as "cuda"); ValueError otherwise."""
-    try:
-        return PROTOCOL_NAMES[protocol]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOL_NAMES)}") from None
+    """"cuda" or "cpu" ("gpu", fcos_experiments' name, is taken as "cuda"); ValueError otherwise."""
+    return dt.protocol_name(protocol, "cuda")
 
 
 def settings(protocol):
