@@ -500,6 +500,45 @@ def test_deep_convnet_matches_torch_composition():
         assert_close(grads[k], p[k].grad, 1e-8, f"grad {k}")
 
 
+def _check_against_autograd(model, p, X, y, ref_scores, reg):
+    """The model's loss, gradients and test-time scores vs softmax cross-entropy + reg * sum W^2
+    of `ref_scores` (a torch.nn.functional composition of the params `p`), through autograd."""
+    loss, grads = model.loss(X, y)
+    ref = F.cross_entropy(ref_scores, y) + reg * sum((v ** 2).sum() for k, v in p.items() if k.startswith("W"))
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-10
+    assert_close(model.loss(X), ref_scores.detach(), 1e-10, "test-time scores")
+    for k in p:
+        assert_close(grads[k], p[k].grad, 1e-8, f"grad {k}")
+
+
+def test_three_layer_convnet_matches_torch_composition():
+    """conv (same padding) - ReLU - 2x2 max pool - linear - ReLU - linear, vs torch.nn.functional."""
+    torch.manual_seed(21)
+    model = cn.ThreeLayerConvNet(input_dims=(3, 8, 6), num_filters=4, filter_size=5, hidden_dim=7,
+                                 num_classes=5, weight_scale=0.3, reg=0.2, dtype=DT)
+    X, y = _randn(4, 3, 8, 6), torch.tensor([0, 4, 2, 1])
+    p = {k: v.clone().requires_grad_() for k, v in model.params.items()}
+    h = F.max_pool2d(torch.relu(F.conv2d(X, p["W1"], p["b1"], padding=2)), 2, 2)
+    h = torch.relu(h.reshape(4, -1) @ p["W2"] + p["b2"])
+    _check_against_autograd(model, p, X, y, h @ p["W3"] + p["b3"], reg=0.2)
+
+
+def test_deep_convnet_without_batchnorm_matches_torch_composition():
+    """The one-minute DeepConvNet's kind of net (no batch norm) vs torch.nn.functional."""
+    torch.manual_seed(22)
+    model = cn.DeepConvNet(input_dims=(3, 8, 6), num_filters=[4, 5, 3], max_pools=[0, 2], batchnorm=False,
+                           num_classes=4, weight_scale="kaiming", reg=0.1, dtype=DT)
+    X, y = _randn(5, 3, 8, 6), torch.tensor([0, 1, 2, 3, 1])
+    p = {k: v.clone().requires_grad_() for k, v in model.params.items()}
+    h = X
+    for i in range(3):
+        h = torch.relu(F.conv2d(h, p[f"W{i + 1}"], p[f"b{i + 1}"], padding=1))
+        if i in (0, 2):
+            h = F.max_pool2d(h, 2, 2)
+    _check_against_autograd(model, p, X, y, h.reshape(5, -1) @ p["W4"] + p["b4"], reg=0.1)
+
+
 def test_models_work_in_float32():
     torch.manual_seed(19)
     X, y = torch.randn(4, 3, 8, 8), torch.tensor([1, 2, 3, 4])

@@ -503,30 +503,9 @@ def test_course_split_properties():
     assert len(fit) == 4000 and len(val) == 500 and not set(val) & set(test_idx)
 
 
-# scikit-learn's split of range(5000), recorded once (scikit-learn is not a test dependency, so
-# this check never skips). Produced with scikit-learn 1.9.1:
-#   .venv/bin/python -m pip install --target /tmp/skl scikit-learn
-#   PYTHONPATH=/tmp/skl python -c "import hashlib, json; from sklearn.model_selection import train_test_split;
-#       tr, te = train_test_split(list(range(5000)), test_size=0.1, random_state=0);
-#       print(te[:10], tr[:10], hashlib.sha256(json.dumps([tr, te]).encode()).hexdigest())"
-SKLEARN_SPLIT_TEST_FIRST10 = [398, 3833, 4836, 4572, 636, 2545, 1161, 2230, 148, 2530]
-SKLEARN_SPLIT_TRAIN_FIRST10 = [3871, 4299, 4719, 3195, 1922, 1075, 751, 463, 4076, 725]
-SKLEARN_SPLIT_SHA256 = "2573efcd1c119761b3d8f89edf5c3bce3dfddaf117c654d534c06864fdc08de4"
-
-
-def test_course_split_matches_recorded_sklearn_split():
-    import hashlib
-    import json
-
-    train_idx, test_idx = tx.course_split(5000)
-    train, test = [int(i) for i in train_idx], [int(i) for i in test_idx]
-    assert test[:10] == SKLEARN_SPLIT_TEST_FIRST10, f"ours {test[:10]} vs sklearn {SKLEARN_SPLIT_TEST_FIRST10}"
-    assert train[:10] == SKLEARN_SPLIT_TRAIN_FIRST10, f"ours {train[:10]} vs sklearn {SKLEARN_SPLIT_TRAIN_FIRST10}"
-    assert hashlib.sha256(json.dumps([train, test]).encode()).hexdigest() == SKLEARN_SPLIT_SHA256
-
-
 def test_course_split_matches_sklearn():
-    """The same against an installed scikit-learn (skipped without it)."""
+    """course_split reproduces scikit-learn's train_test_split(test_size=0.1, random_state=0)
+    (scikit-learn is a test dependency; skipped where it is missing)."""
     sklearn_ms = pytest.importorskip("sklearn.model_selection")
     X = np.arange(5000)
     X_train, X_test = sklearn_ms.train_test_split(X, test_size=0.1, random_state=0)

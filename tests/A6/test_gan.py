@@ -245,6 +245,28 @@ def test_run_a_gan_max_iters_and_float64():
     assert [it for it, _ in history["snapshots"]] == [6]
 
 
+def test_run_a_gan_feeds_the_discriminator_real_images_rescaled_to_minus_one_one():
+    """Real images come in [0, 1] and go to D as 2 x - 1, the range of G's tanh output; D sees,
+    in each iteration, the real batch, G's batch, then G's new batch for the generator step."""
+    seen = []
+
+    class RecordingD(_Tiny):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    D, G = RecordingD(784, 1), _Tiny(8, 784, nn.Tanh())
+    real = [(torch.zeros(4, 1, 28, 28), torch.zeros(4)), (torch.full((4, 1, 28, 28), 0.75), torch.zeros(4))]
+    gan.run_a_gan(D, G, gan.get_optimizer(D), gan.get_optimizer(G), gan.discriminator_loss,
+                  gan.generator_loss, real, show_every=0, batch_size=4, noise_size=8, num_epochs=1,
+                  plot=False, verbose=False)
+    assert len(seen) == 6  # 2 iterations x (real, fake, fake for G)
+    assert torch.equal(seen[0], torch.full((4, 784), -1.0)) and torch.equal(seen[3], torch.full((4, 784), 0.5))
+    for fake in (seen[1], seen[2], seen[4], seen[5]):
+        assert fake.shape == (4, 784) and fake.abs().max() <= 1 and not torch.equal(fake, seen[0])
+
+
 def test_run_a_gan_refuses_a_loader_of_another_batch_size():
     D, G = _Tiny(784, 1), _Tiny(8, 784, nn.Tanh())
     with pytest.raises(ValueError, match="no batch of batch_size=128"):

@@ -1,6 +1,22 @@
 """eecs598.notebook_setup: what it prints for the reader of a notebook."""
+import sys
+
+import pytest
+import torch
+
 import eecs598
 from eecs598 import notebook
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state(monkeypatch):
+    """notebook_setup puts the folder on sys.path, seeds torch and sets matplotlib's rcParams,
+    as a notebook wants; here all three are put back after each test."""
+    import matplotlib
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with matplotlib.rc_context(), torch.random.fork_rng(devices=[]):
+        yield
 
 
 def test_setup_prints_mode_device_and_data_root(capsys, monkeypatch, tmp_path):
