@@ -321,3 +321,102 @@ def test_fcos_inference_returns_valid_boxes(small_fcos):
             inter = max(iw, 0) * max(ih, 0)
             union = (b[m][2] - b[m][0]) * (b[m][3] - b[m][1]) + (b[n][2] - b[n][0]) * (b[n][3] - b[n][1]) - inter
             assert union <= 0 or inter / union <= 0.5 + 1e-6
+
+
+def _focal_reference(logits, targets, alpha=0.25, gamma=2.0):
+    """Sigmoid focal loss element by element from BCE-with-logits (float64), summed."""
+    p = torch.sigmoid(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_t * (1 - p_t) ** gamma * bce).sum()
+
+
+def test_fcos_losses_with_boxes_match_a_brute_force_reference(small_fcos):
+    """Two images with GT boxes (one with padding rows): every loss from the captured head
+    outputs, brute-force matching (Python loops), LTRB deltas / stride and centerness by hand,
+    the focal loss from BCE, 0.25 L1 and BCE on the foreground, all divided by B times the
+    updated normalizer 0.9 old + 0.1 (foreground count / B). float64 reference, tol 1e-5."""
+    model = small_fcos.train()
+    torch.manual_seed(3)
+    H, W = 96, 128
+    images = torch.randn(2, 3, H, W)
+    gt = torch.full((2, 4, 5), -1.0)
+    gt[0, :3] = torch.tensor([[8.0, 10.0, 60.0, 70.0, 3.0], [40.0, 30.0, 120.0, 95.0, 11.0],
+                              [2.0, 50.0, 30.0, 90.0, 0.0]])
+    gt[1, :1] = torch.tensor([[20.0, 20.0, 100.0, 76.0, 7.0]])
+    old = model._normalizer.item()
+    captured = {}
+    hook = model.pred_net.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        losses = model(images, gt)
+    finally:
+        hook.remove()
+        new_normalizer = model._normalizer.item()
+        model._normalizer.fill_(150.0)
+    cls_out, box_out, ctr_out = (torch.cat(list(d.values()), dim=1).double().detach() for d in captured["out"])
+    strides = model.backbone.fpn_strides
+    shapes = {lvl: (H // s, W // s) for lvl, s in strides.items()}
+    locations = hand_locations(shapes, strides)
+    total = {"loss_cls": 0.0, "loss_box": 0.0, "loss_ctr": 0.0}
+    num_fg = 0
+    for b in range(2):
+        matched = brute_force_match(locations, strides, gt[b])
+        rows, k = [], 0
+        for lvl in locations:  # the predictions' level order
+            for (x, y), m in zip(locations[lvl].tolist(), matched[lvl].tolist()):
+                rows.append((k, x, y, strides[lvl], m))
+                k += 1
+        targets = torch.zeros_like(cls_out[b])
+        for k, x, y, s, (x1, y1, x2, y2, c) in rows:
+            if c == -1:
+                continue
+            num_fg += 1
+            targets[k, int(c)] = 1.0
+            l, t, r, bt = (x - x1) / s, (y - y1) / s, (x2 - x) / s, (y2 - y) / s
+            total["loss_box"] += 0.25 * sum(abs(box_out[b, k, j].item() - d) for j, d in enumerate((l, t, r, bt)))
+            centerness = math.sqrt(min(l, r) * min(t, bt) / (max(l, r) * max(t, bt)))
+            total["loss_ctr"] += F.binary_cross_entropy_with_logits(
+                ctr_out[b, k, 0], torch.tensor(centerness, dtype=torch.float64)).item()
+        total["loss_cls"] += _focal_reference(cls_out[b], targets).item()
+    assert num_fg > 10  # boxes of several sizes: foreground on more than one level
+    normalizer = 0.9 * old + 0.1 * num_fg / 2
+    assert new_normalizer == pytest.approx(normalizer, rel=1e-6)
+    for name, value in total.items():
+        assert_close(losses[name].double(), torch.tensor(value / (2 * normalizer), dtype=torch.float64), 1e-5, name)
+
+
+def test_fcos_inference_matches_a_brute_force_decode(small_fcos):
+    """Hand-made head outputs: per location the best class's sqrt(sigmoid(cls) * sigmoid(ctr)),
+    kept above the threshold, boxes (x - l s, y - t s, x + r s, y + b s) clipped to the image;
+    with an NMS threshold of 1 nothing is suppressed, so the detections are exactly those,
+    by descending score. Python loops in float64 (tol 1e-5)."""
+    torch.manual_seed(4)
+    H, W = 64, 96
+    strides = small_fcos.backbone.fpn_strides
+    shapes = {lvl: (H // s, W // s) for lvl, s in strides.items()}
+    locations = hand_locations(shapes, strides)
+    cls = {lvl: torch.randn(1, len(loc), 20) for lvl, loc in locations.items()}
+    box = {lvl: torch.rand(1, len(loc), 4) * 3 for lvl, loc in locations.items()}
+    ctr = {lvl: torch.randn(1, len(loc), 1) for lvl, loc in locations.items()}
+    thresh = 0.8
+    boxes, classes, scores = small_fcos.inference(torch.zeros(1, 3, H, W), locations, cls, box, ctr,
+                                                  test_score_thresh=thresh, test_nms_thresh=1.0)
+    ref = []
+    for lvl, loc in locations.items():
+        s = strides[lvl]
+        for k, (x, y) in enumerate(loc.tolist()):
+            per_class = [math.sqrt(1 / (1 + math.exp(-v)) / (1 + math.exp(-ctr[lvl][0, k, 0].item())))
+                         for v in cls[lvl][0, k].tolist()]
+            best = max(range(20), key=lambda c: (per_class[c], -c))  # first maximum
+            if per_class[best] <= thresh:
+                continue
+            l, t, r, b = box[lvl][0, k].tolist()
+            ref.append((per_class[best], best, [min(max(x - l * s, 0), W), min(max(y - t * s, 0), H),
+                                                min(max(x + r * s, 0), W), min(max(y + b * s, 0), H)]))
+    ref.sort(key=lambda item: -item[0])
+    assert 5 < len(ref) <= small_fcos.max_detections_per_image
+    assert len(scores) == len(ref)
+    assert_close(scores.double(), torch.tensor([r[0] for r in ref], dtype=torch.float64), 1e-5, "scores")
+    assert classes.tolist() == [r[1] for r in ref]
+    assert_close(boxes.double(), torch.tensor([r[2] for r in ref], dtype=torch.float64), 1e-5, "boxes")
