@@ -1,6 +1,7 @@
 """Unit tests for A5/two_stage_detector.py (Faster R-CNN).
 
-References: brute-force Python loops written here (IoU, anchor matching, a line-by-line port
+References: brute-force Python loops written here (IoU, anchor matching, the training losses
+from captured head outputs, a line-by-line port
 of torchvision's CPU roi_align kernel), closed-form anchor geometry, autograd-free round
 trips for the box coder, and counting for the samplers. Random backbones (pretrained=False)
 and synthetic images only: no data needed.
@@ -9,6 +10,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import two_stage_detector as tsd
 from eecs598.testing import assert_close, box_iou_reference
@@ -407,3 +409,88 @@ def test_mixed_precision_keeps_box_coordinates_in_float32():
         losses = det(torch.randn(2, 3, 224, 224), _gt())
     assert all(p.dtype == torch.float32 for per_img in out["proposals"].values() for p in per_img)
     assert all(torch.isfinite(v.float()) for v in losses.values())
+
+
+def _hand_deltas(boxes, gts):
+    """R-CNN deltas with Python math, one (box, gt) pair per row."""
+    out = []
+    for a, g in zip(boxes.tolist(), gts.tolist()):
+        aw, ah, gw, gh = a[2] - a[0], a[3] - a[1], g[2] - g[0], g[3] - g[1]
+        out.append([((g[0] + g[2]) - (a[0] + a[2])) / 2 / aw, ((g[1] + g[3]) - (a[1] + a[3])) / 2 / ah,
+                    math.log(gw / aw), math.log(gh / ah)])
+    return torch.tensor(out, dtype=torch.float64).reshape(-1, 4)
+
+
+def test_faster_rcnn_training_losses_match_a_reference(monkeypatch):
+    """All four training losses recomputed from the captured head outputs and the sampled
+    indices: matching checked against brute force (RPN: IoU 0.3 / 0.6 with the low-quality rule;
+    ROI head: 0.5 / 0.5 without), BCE with targets 1/0 and L1 on the hand-made deltas of the RPN
+    (divided by batch_size_per_image x B), cross-entropy with labels class + 1 (background 0)
+    and L1 on the foreground's own-class deltas x ROI_BOX_WEIGHTS (divided by the sampled count)
+    for the ROI head. float64 references, tol 1e-5."""
+    torch.manual_seed(5)
+    det = _detector().train()
+    gt = _gt()
+    matches, samples, captured = [], [], {}
+    real_match, real_sample = tsd.rcnn_match_anchors_to_gt, tsd.sample_rpn_training
+
+    def match_spy(anchors, gt_boxes, thresholds, **kw):
+        out = real_match(anchors, gt_boxes, thresholds, **kw)
+        matches.append((anchors.detach().double(), gt_boxes.double(), tuple(thresholds),
+                        kw.get("allow_low_quality_matches", True), out.double()))
+        return out
+
+    def sample_spy(matched, *args, **kw):
+        fg, bg = real_sample(matched, *args, **kw)
+        samples.append((fg.clone(), bg.clone()))
+        return fg, bg
+
+    monkeypatch.setattr(tsd, "rcnn_match_anchors_to_gt", match_spy)
+    monkeypatch.setattr(tsd, "sample_rpn_training", sample_spy)
+    hooks = [det.rpn.pred_net.register_forward_hook(lambda m, i, o: captured.setdefault("rpn", o)),
+             det.cls_pred.register_forward_hook(lambda m, i, o: captured.setdefault("cls", o)),
+             det.box_pred.register_forward_hook(lambda m, i, o: captured.setdefault("box", o))]
+    try:
+        losses = det(torch.randn(2, 3, 224, 224), gt)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(matches) == len(samples) == 4  # RPN: 2 images, then the ROI head: 2 images
+    for anchors, g, (lo, hi), low_quality, out in matches:
+        assert torch.equal(out, _match_brute(anchors, g, lo, hi, low_quality))
+    assert [m[2] for m in matches] == [(0.3, 0.6)] * 2 + [(0.5, 0.5)] * 2
+    assert [m[3] for m in matches] == [True, True, False, False]
+
+    # RPN
+    obj = torch.cat(list(captured["rpn"][0].values()), dim=1).double().detach()  # (B, N)
+    deltas = torch.cat(list(captured["rpn"][1].values()), dim=1).double().detach()  # (B, N, 4)
+    ref_obj = ref_box = 0.0
+    for b in range(2):
+        anchors, _, _, _, matched = matches[b]
+        fg, bg = samples[b]
+        assert len(fg) > 0
+        logits = obj[b, torch.cat([fg, bg])]
+        targets = torch.cat([torch.ones(len(fg)), torch.zeros(len(bg))]).double()
+        ref_obj += F.binary_cross_entropy_with_logits(logits, targets, reduction="sum").item()
+        ref_box += (deltas[b, fg] - _hand_deltas(anchors[fg], matched[fg, :4])).abs().sum().item()
+    total = det.rpn.batch_size_per_image * 2
+    assert_close(losses["loss_rpn_obj"].double(), torch.tensor(ref_obj / total), 1e-5, "loss_rpn_obj")
+    assert_close(losses["loss_rpn_box"].double(), torch.tensor(ref_box / total), 1e-5, "loss_rpn_box")
+
+    # ROI head
+    labels, boxes, targets = [], [], []
+    for b in range(2):
+        proposals, _, _, _, matched = matches[2 + b]
+        fg, bg = samples[2 + b]
+        idx = torch.cat([fg, bg])
+        labels += [int(matched[i, 4].item()) + 1 for i in fg.tolist()] + [0] * len(bg)
+        boxes.append(proposals[idx])
+        targets.append(matched[idx, :4])
+    labels = torch.tensor(labels)
+    cls = captured["cls"].double().detach()
+    assert cls.shape == (len(labels), 21) and (labels > 0).any()
+    assert_close(losses["loss_cls"].double(), F.cross_entropy(cls, labels), 1e-5, "loss_cls")
+    fg_rows = (labels > 0).nonzero().squeeze(1)
+    pred = captured["box"].double().detach().view(len(labels), 20, 4)[fg_rows, labels[fg_rows] - 1]
+    target = _hand_deltas(torch.cat(boxes)[fg_rows], torch.cat(targets)[fg_rows]) * torch.tensor(tsd.ROI_BOX_WEIGHTS)
+    assert_close(losses["loss_box"].double(), (pred - target).abs().sum() / len(labels), 1e-5, "loss_box")
