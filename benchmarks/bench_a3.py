@@ -7,7 +7,8 @@ For each op (forward + backward, on the course's shapes: N=128, 64 -> 64 channel
   * ours: FastConv / FastMaxPool / SpatialBatchNorm from A3/convolutional_networks.py, and
   * torch: torch.nn.functional.conv2d / max_pool2d / batch_norm + torch.autograd.grad,
 on the same input and reports the ratio ours / torch (lower is better; 1.0 = as fast as
-PyTorch's own kernels). Also:
+PyTorch's own kernels). Before timing an op it checks that our output and gradients match
+PyTorch's (`check_agreement`) and stops if they do not. Also:
   * the naive loop Conv vs FastConv on a small shape (speed-up);
   * one training step of the course's "one-minute" DeepConvNet (create_convolutional_solver_instance:
     conv 128/64/32, each ReLU + 2x2 pool, linear head; batch 128; Adam) vs the same network in
@@ -31,6 +32,7 @@ process with the median value; every process's value is kept in its details (`ru
 """
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -73,6 +75,19 @@ def compare(fns, device, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def check_agreement(name, ours, reference, tol=1e-2):
+    """Raise unless each of our tensors (output, then gradients) matches PyTorch's: max |ours -
+    reference| <= tol * max |reference| (float32, and TF32 where a GPU uses it). A benchmark of
+    a wrong result would be meaningless."""
+    for k, (a, r) in enumerate(zip(ours, reference)):
+        a, r = a.detach().double(), r.detach().double()
+        scale = r.abs().max().item() or 1.0
+        err = (a - r).abs().max().item() / scale if a.shape == r.shape else math.inf
+        if not err <= tol:
+            raise AssertionError(f"{name}: tensor {k} differs from PyTorch's (shape {tuple(a.shape)} vs "
+                                 f"{tuple(r.shape)}, max error {err:.2e} of its scale)")
+
+
 def op_benchmarks(device, N, repeats, dtype=torch.float32):
     """(name, ours_s, torch_s, shape description, forward-only pair, wall seconds of the
     measurement) for conv, pool and batch norm."""
@@ -89,22 +104,22 @@ def op_benchmarks(device, N, repeats, dtype=torch.float32):
 
     def ours_conv():
         out, cache = cn.FastConv.forward(x, w, b, conv_param)
-        cn.FastConv.backward(dconv, cache)
+        return (out, *cn.FastConv.backward(dconv, cache))
 
     def torch_conv():
         out = F.conv2d(xr, wr, br, stride=1, padding=1)
-        torch.autograd.grad(out, (xr, wr, br), dconv)
+        return (out, *torch.autograd.grad(out, (xr, wr, br), dconv))
 
     pool_param = {"pool_height": 2, "pool_width": 2, "stride": 2}
     dpool = torch.randn(N, C, H // 2, H // 2, device=device, dtype=dtype)
 
     def ours_pool():
         out, cache = cn.FastMaxPool.forward(x, pool_param)
-        cn.FastMaxPool.backward(dpool, cache)
+        return out, cn.FastMaxPool.backward(dpool, cache)
 
     def torch_pool():
         out = F.max_pool2d(xr, 2, 2)
-        torch.autograd.grad(out, (xr,), dpool)
+        return (out, *torch.autograd.grad(out, (xr,), dpool))
 
     gamma = torch.rand(C, device=device, dtype=dtype) + 0.5
     beta = torch.randn(C, device=device, dtype=dtype)
@@ -113,11 +128,11 @@ def op_benchmarks(device, N, repeats, dtype=torch.float32):
 
     def ours_bn():
         out, cache = cn.SpatialBatchNorm.forward(x, gamma, beta, {"mode": "train"})
-        cn.SpatialBatchNorm.backward(dbn, cache)
+        return (out, *cn.SpatialBatchNorm.backward(dbn, cache))
 
     def torch_bn():
         out = F.batch_norm(xr, None, None, gr, ber, training=True, eps=1e-5)
-        torch.autograd.grad(out, (xr, gr, ber), dbn)
+        return (out, *torch.autograd.grad(out, (xr, gr, ber), dbn))
 
     fwd = {  # forward passes only (run under torch.no_grad below)
         "conv": (lambda: cn.FastConv.forward(x, w, b, conv_param), lambda: F.conv2d(x, w, b, padding=1)),
@@ -137,6 +152,7 @@ def op_benchmarks(device, N, repeats, dtype=torch.float32):
     results = []
     for name, ours, ref in (("conv", ours_conv, torch_conv), ("maxpool", ours_pool, torch_pool),
                             ("batchnorm", ours_bn, torch_bn)):
+        check_agreement(name, ours(), ref())
         start = time.perf_counter()
         t = compare({"ours": ours, "torch": ref}, device, repeats)
         fo, fr = fwd[name]

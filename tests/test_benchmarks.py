@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -91,3 +92,13 @@ def test_without_option_drops_the_option_and_its_value():
     argv = ["--runs", "5", "--threads", "2", "--json=x.json", "--json", "y.json", "--repeats", "3"]
     assert bench._without_option(bench._without_option(argv, "--runs"), "--json") == [
         "--threads", "2", "--repeats", "3"]
+
+
+def test_bench_a3_refuses_to_time_results_that_disagree_with_pytorch():
+    bench = _bench_a3()
+    x = torch.randn(3, 4)
+    bench.check_agreement("ok", (x, 2 * x), (x + 1e-6, 2 * x))
+    with pytest.raises(AssertionError, match=r"wrong: tensor 1 differs"):
+        bench.check_agreement("wrong", (x, 2 * x), (x, 3 * x))
+    with pytest.raises(AssertionError, match="shape"):
+        bench.check_agreement("shape", (x,), (x.t(),))
