@@ -14,6 +14,7 @@ EECS598_DATA ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export EECS598_DATA
 QUICK ?=
 ONLY ?=
+RESULTS_DIR ?=
 
 .PHONY: venv test test-unit test-notebooks reproduce student bench constraints
 
@@ -44,7 +45,7 @@ test-notebooks: venv
 
 ## Headline results -> results/results.json + results/RESULTS.md (QUICK=1 for a smoke run).
 reproduce: venv
-	$(PY) -m eecs598.reproduce $(if $(filter-out 0 false no off,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY))
+	$(PY) -m eecs598.reproduce $(if $(filter-out 0 false no off,$(QUICK)),--quick) $(if $(ONLY),--only $(ONLY)) $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
 
 ## Stubbed student copy in build/student (solutions removed); UPTO=A2 releases A1-A2 only.
 UPTO ?=
