@@ -27,6 +27,7 @@ def test_runs_in_the_notebook_folder_and_reports_the_failing_cell(tmp_path, caps
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["status"] for r in lines][0] == "ok"
     assert lines[1]["status"].startswith("error in cell 2:") and "boom" in lines[1]["status"]
+    assert "\x1b" not in lines[1]["status"]  # no terminal colour codes in the report
     assert [int(i) for i, _ in lines[0]["slowest_cells"]] and lines[0]["total_s"] > 0
     executed = nbformat.read(out / "good.ipynb", as_version=4)
     assert executed.cells[2].outputs[0]["text"] == "42\n"

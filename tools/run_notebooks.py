@@ -12,6 +12,7 @@ seconds and the slowest cells. The exit status is 1 if any notebook failed.
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def run_notebook(path, out_dir, kernel_name="python3", verbose=True):
                 try:
                     client.execute_cell(cell, index)
                 except CellExecutionError as error:
-                    status = f"error in cell {index}: {str(error).strip().splitlines()[-1][:500]}"
+                    last_line = re.sub(r"\x1b\[[0-9;]*m", "", str(error).strip().splitlines()[-1])  # no colours
+                    status = f"error in cell {index}: {last_line[:500]}"
                 except Exception as error:  # the kernel died (out of memory, ...) or timed out
                     status = f"error in cell {index}: {type(error).__name__}: {str(error)[:500]}"
                 cell_seconds[index] = round(time.perf_counter() - cell_start, 2)
