@@ -21,7 +21,7 @@ def test_runs_in_the_notebook_folder_and_reports_the_failing_cell(tmp_path, caps
     (tmp_path / "nbs" / "data.txt").write_text("41")
     good, bad = tmp_path / "nbs" / "good.ipynb", tmp_path / "nbs" / "bad.ipynb"
     _notebook(good, "value = int(open('data.txt').read())", "print(value + 1)")
-    _notebook(bad, "x = 1", "raise ValueError('boom')", "print('never')")
+    _notebook(bad, "x = 1", "raise ValueError('\\x1b[31mboom\\x1b[39m')", "print('never')")  # coloured, as IPython may
     out = tmp_path / "executed"
     assert main([str(good), str(bad), "--out", str(out), "--quick"]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
