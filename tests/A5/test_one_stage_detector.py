@@ -247,6 +247,20 @@ def small_fcos():
     return osd.FCOS(num_classes=20, fpn_channels=32, stem_channels=[32], pretrained=False)
 
 
+def _losses_with_head_outputs(model, images, gt):
+    """model(images, gt) with the prediction network's outputs captured: (losses, (cls, box, ctr)
+    dicts per level, the normalizer before, and after); the normalizer is then reset to 150."""
+    old, captured = model._normalizer.item(), {}
+    hook = model.pred_net.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        losses = model(images, gt)
+    finally:
+        hook.remove()
+        new = model._normalizer.item()
+        model._normalizer.fill_(150.0)
+    return losses, captured["out"], old, new
+
+
 def test_fcos_losses_on_background_only_images(small_fcos):
     """No GT: box/centerness losses are 0 and loss_cls is the focal loss of all-zero targets
     divided by B times the updated EMA normalizer (0.9 * old + 0.1 * 0); reference from BCE."""
@@ -254,21 +268,14 @@ def test_fcos_losses_on_background_only_images(small_fcos):
     torch.manual_seed(1)
     images = torch.randn(2, 3, 96, 128)
     gt = torch.full((2, 40, 5), -1.0)
-    old = model._normalizer.item()
-    captured = {}
-    hook = model.pred_net.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    try:
-        losses = model(images, gt)
-    finally:
-        hook.remove()
+    losses, head_out, old, _ = _losses_with_head_outputs(model, images, gt)
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
     assert losses["loss_box"].item() == 0 and losses["loss_ctr"].item() == 0
-    logits = torch.cat(list(captured["out"][0].values()), dim=1).double().detach()
+    logits = torch.cat(list(head_out[0].values()), dim=1).double().detach()
     p = torch.sigmoid(logits)
     ref = (0.75 * p ** 2 * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits),
                                                               reduction="none")).sum() / (2 * 0.9 * old)
     assert_close(losses["loss_cls"].double(), ref, 1e-5, "loss_cls")
-    model._normalizer.fill_(150.0)
 
 
 def test_fcos_loss_decreases_on_tiny_overfit():
@@ -345,16 +352,8 @@ def test_fcos_losses_with_boxes_match_a_brute_force_reference(small_fcos):
     gt[0, :3] = torch.tensor([[8.0, 10.0, 60.0, 70.0, 3.0], [40.0, 30.0, 120.0, 95.0, 11.0],
                               [2.0, 50.0, 30.0, 90.0, 0.0]])
     gt[1, :1] = torch.tensor([[20.0, 20.0, 100.0, 76.0, 7.0]])
-    old = model._normalizer.item()
-    captured = {}
-    hook = model.pred_net.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    try:
-        losses = model(images, gt)
-    finally:
-        hook.remove()
-        new_normalizer = model._normalizer.item()
-        model._normalizer.fill_(150.0)
-    cls_out, box_out, ctr_out = (torch.cat(list(d.values()), dim=1).double().detach() for d in captured["out"])
+    losses, head_out, old, new_normalizer = _losses_with_head_outputs(model, images, gt)
+    cls_out, box_out, ctr_out = (torch.cat(list(d.values()), dim=1).double().detach() for d in head_out)
     strides = model.backbone.fpn_strides
     shapes = {lvl: (H // s, W // s) for lvl, s in strides.items()}
     locations = hand_locations(shapes, strides)
