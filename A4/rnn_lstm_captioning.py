@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from eecs598.backbones import build_backbone
 from eecs598.utils import decode_captions  # noqa: F401  (the course keeps it in eecs598.utils)
+from eecs598.utils import evaluating
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -502,12 +503,8 @@ class CaptioningRNN(nn.Module):
         For cell_type "attn" also returns the attention weights (N, max_length, Hf, Wf).
         Runs in eval mode (no dropout; batch norms use their running statistics and are not
         updated) and then puts the model back in the mode it was in."""
-        was_training = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             return self.sample_features(self.encode(images), max_length)
-        finally:
-            self.train(was_training)
 
     @torch.no_grad()
     def sample_features(self, features, max_length=15):

@@ -19,7 +19,6 @@ The notebooks call the same functions (`train_vae_model`, `train_gan`, `gan_scor
 Sizes and iteration counts come from `eecs598.pick(full=..., quick=...)`. This file has no
 solution regions: it only calls the assignment's functions.
 """
-import contextlib
 import math
 import time
 
@@ -29,7 +28,7 @@ import gan
 import mnist_classifier as mc
 import vae
 from eecs598.results import make_record
-from eecs598.utils import device_name, get_device, pick, quick_mode, reset_seed, timer
+from eecs598.utils import device_name, evaluating, get_device, pick, quick_mode, reset_seed, timer
 
 ASSIGNMENT = "A6"
 DATA = "MNIST (official IDX files, from the data root; project loader eecs598.data.mnist)"
@@ -139,25 +138,6 @@ def train_vae_model(cond=False, device=None, num_epochs=None, data=None, seed=0,
         history = vae.train_vae(model, loader, num_epochs=num_epochs, cond=cond, device=device,
                                 verbose=verbose, epoch_callback=epoch_callback)
     return model, history, t.seconds
-
-
-@contextlib.contextmanager
-def evaluating(model, seed=None):
-    """Within the block: `model` in eval mode, no gradients and, with a `seed`, torch's global
-    generator (and the model's CUDA device's) seeded with it. Afterwards the model's mode and
-    the global random state are what they were, so evaluating or sampling during training
-    does not change the training run. Yields (device, dtype) of the model's parameters."""
-    param = next(model.parameters())
-    was_training = model.training
-    devices = [param.device] if param.device.type == "cuda" else []
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            yield param.device, param.dtype
-    finally:
-        model.train(was_training)
 
 
 def evaluate_vae(model, x, y, cond=False, batch_size=1000, seed=0):

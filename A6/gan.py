@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from eecs598.utils import evaluating
+
 NOISE_DIM = 96
 
 
@@ -318,11 +320,8 @@ def run_a_gan(D, G, D_solver, G_solver, discriminator_loss, generator_loss, load
     history = {"iteration": [], "d_loss": [], "g_loss": [], "snapshots": [], "iterations": 0}
 
     def snapshot(iter_count):
-        was_training = G.training
-        G.eval()
-        with torch.no_grad():
-            images = G(fixed_noise).detach().to("cpu", torch.float32).reshape(num_snapshot, -1)
-        G.train(was_training)
+        with evaluating(G):
+            images = G(fixed_noise).to("cpu", torch.float32).reshape(num_snapshot, -1)
         history["snapshots"].append((iter_count, images))
         if verbose:
             print(f"Iter: {iter_count}, D: {history['d_loss'][-1]:.4}, G: {history['g_loss'][-1]:.4}")

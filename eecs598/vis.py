@@ -126,6 +126,18 @@ def _to_list(x):
     return np.asarray(x).tolist()
 
 
+def _draw_box(ax, box, label, color, linewidth=2, text_color="white", alpha=0.8):
+    """One (x1, y1, x2, y2) box outline on `ax`, with `label` (if any) on a patch of its colour
+    above the top-left corner."""
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = box[:4]
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=linewidth))
+    if label is not None:
+        ax.text(x1, y1, label, fontsize=8, color=text_color, verticalalignment="bottom",
+                bbox={"facecolor": color, "alpha": alpha, "pad": 1, "edgecolor": "none"})
+
+
 def draw_detections(image, boxes, classes, scores=None, class_names=None, ax=None, title=None,
                     score_format="{:.2f}", linewidth=2):
     """Draw (x1, y1, x2, y2) boxes with class labels (and scores) on an image.
@@ -139,7 +151,6 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None, ax=Non
         the Axes (one Rectangle patch and one text label per box).
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
@@ -150,14 +161,9 @@ def draw_detections(image, boxes, classes, scores=None, class_names=None, ax=Non
     cmap = plt.get_cmap("tab20")
     for k, (box, cls) in enumerate(zip(boxes, classes)):
         cls = int(cls)
-        color = cmap(cls % 20)
-        x1, y1, x2, y2 = box
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color,
-                               linewidth=linewidth))
         name = class_names[cls] if class_names is not None else str(cls)
         label = name if scores is None else f"{name} {score_format.format(scores[k])}"
-        ax.text(x1, y1, label, fontsize=8, color="white", verticalalignment="bottom",
-                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+        _draw_box(ax, box, label, cmap(cls % 20), linewidth)
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title)
@@ -178,7 +184,6 @@ def detection_visualizer(img, idx_to_class, bbox=None, pred=None, points=None, a
         the matplotlib Axes.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 5))
@@ -191,12 +196,10 @@ def detection_visualizer(img, idx_to_class, bbox=None, pred=None, points=None, a
     ax.imshow(img)
     for rows, color in ((bbox, "red"), (pred, "lime")):
         for row in _to_list(rows) if rows is not None else []:
-            x1, y1, x2, y2 = row[:4]
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
+            label = None
             if len(row) > 4:
                 label = str(idx_to_class[int(row[4])]) + (f" {row[5]:.2f}" if len(row) > 5 else "")
-                ax.text(x1, y1, label, fontsize=8, color="black", verticalalignment="bottom",
-                        bbox={"facecolor": color, "alpha": 0.7, "pad": 1, "edgecolor": "none"})
+            _draw_box(ax, row, label, color, text_color="black", alpha=0.7)
     if points is not None:
         points = np.asarray(_to_list(points), dtype=float).reshape(-1, 2)
         ax.scatter(points[:, 0], points[:, 1], s=4, c="yellow")

@@ -52,3 +52,23 @@ def test_cpu_device_name_says_model_cores_and_torch_version(monkeypatch):
     assert name.endswith(f"torch {torch.__version__.split('+')[0]})")
     monkeypatch.setattr(utils, "cpu_model", lambda: None)
     assert utils.device_name("cpu").startswith(f"CPU ({os.cpu_count()} cores, ")
+
+
+def test_evaluating_restores_mode_and_random_state():
+    from eecs598.utils import evaluating
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5)).double()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with evaluating(model, seed=1) as (device, dtype):
+        assert not model.training and not torch.is_grad_enabled()
+        assert (device.type, dtype) == ("cpu", torch.float64)
+        first = torch.rand(2)
+    assert model.training and torch.equal(torch.rand(3), expected)
+    with evaluating(model, seed=1):
+        assert torch.equal(torch.rand(2), first)
+    model.eval()
+    with evaluating(model):  # no seed: the global generator runs on
+        pass
+    assert not model.training
