@@ -133,11 +133,6 @@ def settings(cell_type, backbone=BACKBONE):
          # 43 / 19 / 52 / 39 of 150 captions with a repeated bigram.
          "attention_penalty": 0.1 if cell_type == "attn" else 0.0,
          "crop_views": crop_views(cell_type),
-         # The image state at the output layer too (merge, rnn / lstm; A4/captioning_log.md): for the rnn,
-         # 6-fold cross-validation over two seeds left greedy BLEU-4 level (0.125 -> 0.126,
-         # 0.117 -> 0.122), raised the fold loss on 12 of 12 folds, and made 303 and 280 of the 900
-         # out-of-fold captions repeat a bigram (89 and 70 without). Off.
-         "merge": False,
          # Sequence-level distillation (`fit_recipe`): k copies of a teacher's beam-3 caption per
          # training image join the human captions of a fresh student (A4/captioning_log.md).
          "distill": distill_copies(cell_type)}
@@ -332,8 +327,8 @@ def make_model(vocab, cell_type, s, backbone=None, feats=None):
                                   cell_type=cell_type, backbone=backbone, dropout=s.get("dropout", 0.0),
                                   word_dropout=s.get("word_dropout", 0.0), feature=feature,
                                   forget_bias=s.get("forget_bias", 0.0), feature_norm=s.get("feature_norm", False),
-                                  init_tanh=s.get("init_tanh", False), feature_dropout=s.get("feature_dropout", 0.0),
-                                  attention_penalty=s.get("attention_penalty", 0.0), merge=s.get("merge", False))
+                                  init_tanh=s.get("init_tanh", False),
+                                  attention_penalty=s.get("attention_penalty", 0.0))
     except (ImportError, OSError, RuntimeError) as e:
         raise _weights_error(backbone, e) from e
     if feats is not None:
@@ -367,14 +362,13 @@ def greedy_captions(model, feats, idx_to_word, max_length, batch_size=200):
 
 def decoder_start(model, features):
     """The decoder state of a CaptioningRNN before its first word, from encoder features
-    (N, C, Hf, Wf): a dict with h (N, H), c (N, H; zeros for rnn/lstm, unused by rnn), A (the
-    attention memory (N, H, Hf, Wf) for attn, else None) and v (the image state h0 of rnn/lstm,
-    which `merge` adds to every step's scores; None for attn), as in `sample_features`."""
+    (N, C, Hf, Wf): a dict with h (N, H), c (N, H; zeros for rnn/lstm, unused by rnn) and A (the
+    attention memory (N, H, Hf, Wf) for attn, else None), as in `sample_features`."""
     init = model._initial(features)
     if model.cell_type == "attn":
         h = init.mean(dim=(2, 3))
-        return {"h": h, "c": h, "A": init, "v": None}
-    return {"h": init, "c": torch.zeros_like(init), "A": None, "v": init}
+        return {"h": h, "c": h, "A": init}
+    return {"h": init, "c": torch.zeros_like(init), "A": None}
 
 
 def decoder_step(model, state, word):
@@ -389,8 +383,8 @@ def decoder_step(model, state, word):
     else:
         attn, _ = rlc.dot_product_attention(h, A)
         h, c = model.core.step_forward(x, h, c, attn)
-    scores = model.output_scores(h, state["v"], dropout=False)
-    return torch.log_softmax(scores.float(), dim=1), {"h": h, "c": c, "A": A, "v": state["v"]}
+    scores = model.output_scores(h, dropout=False)
+    return torch.log_softmax(scores.float(), dim=1), {"h": h, "c": c, "A": A}
 
 
 def _select(state, rows):

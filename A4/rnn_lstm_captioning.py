@@ -342,30 +342,29 @@ class CaptioningRNN(nn.Module):
     rnn / lstm: h0 = Linear(spatially averaged features). attn: the feature map is projected
     by a 1x1 convolution to A (N, H, Hf, Wf), the memory the AttentionLSTM attends over.
 
-    Arguments (course names): word_to_idx (dict with <NULL>, <START>, <END>), input_dim (the
+    Arguments, the course's: word_to_idx (dict with <NULL>, <START>, <END>), input_dim (the
     encoder's channel count; None = take it from the encoder), wordvec_dim W, hidden_dim H,
     cell_type, image_encoder_pretrained, ignore_index (the loss ignores this target; None = the
-    index of <NULL>). Beyond the course: backbone and feature (see ImageEncoder), dropout (on word vectors
-    and on hidden states before the output layer), word_dropout (during training, each input
-    word is replaced by <UNK> with this probability), forget_bias (initial bias of the LSTM's
-    forget gate; the course uses 0, i.e. the memory halves every step at the start of training;
-    1 is the usual choice and keeps the image information of h0 longer; the headline lstm keeps 0:
-    in a 6-fold cross-validation 1 raised the fold loss on 5 of 6 folds and left the greedy
-    BLEU-4 level, A4/captioning_log.md), feature_norm
-    (standardize the encoder features per channel with a BatchNorm2d before the projection:
-    frozen ImageNet features share a large common component, which otherwise drowns the
-    image-specific part), feature_dropout (dropout on the (normalized) encoder features during
-    training; an option the headline runs leave at 0), init_tanh (squash the projected features with tanh, so h0 (and the
-    attention memory A) lie in [-1, 1] like every later hidden state; a plain linear h0 can grow
-    to a huge constant that saturates the gates and hides the image), attention_penalty (attn
-    only; the weight lambda of Show, Attend and Tell's "doubly stochastic" regularization, added
-    to the loss in training mode: lambda * sum over cells k of (1 - sum_t alpha[t, k])^2, summed
-    over the caption's real steps (targets other than <NULL>), averaged over captions; with the
-    number of steps fixed it penalizes the spread of the attention's total coverage over the
-    cells, so a caption that keeps attending to the same cells pays for it), merge (rnn / lstm
-    only; the image state v = h0 also enters the output layer at every step: scores =
-    output(drop(h_t)) + W_m drop(v), W_m (H, V) without bias; Tanti et al. 2018's "merge" next to
-    the "init-inject" h0, so the image's trace does not have to survive the recurrence).
+    index of <NULL>). Beyond the course (every default leaves the course's model):
+    - backbone, feature: see ImageEncoder.
+    - dropout: on word vectors, and on hidden states before the output layer.
+    - word_dropout: in training, each input word is replaced by <UNK> with this probability.
+    - forget_bias: initial bias of the LSTM's forget gate. The course uses 0 (the memory halves
+      every step at the start of training); 1 is the usual choice. The headline lstm keeps 0: in
+      a 6-fold cross-validation 1 raised the fold loss on 5 of 6 folds and left the greedy
+      BLEU-4 level (A4/captioning_log.md).
+    - feature_norm: standardize the encoder features per channel with a BatchNorm2d before the
+      projection. Frozen ImageNet features share a large common component, which otherwise
+      drowns the image-specific part.
+    - init_tanh: squash the projected features with tanh, so h0 (and the attention memory A) lie
+      in [-1, 1] like every later hidden state; a plain linear h0 can grow to a huge constant
+      that saturates the gates and hides the image.
+    - attention_penalty (attn only): the weight lambda of Show, Attend and Tell's "doubly
+      stochastic" regularization, added to the loss in training mode: lambda * sum over cells k
+      of (1 - sum_t alpha[t, k])^2, summed over the caption's real steps (targets other than
+      <NULL>), averaged over captions. With the number of steps fixed it penalizes the spread of
+      the attention's total coverage over the cells, so a caption that keeps attending to the
+      same cells pays for it.
 
     `forward(images, captions)` -> the training loss with teacher forcing;
     `sample(images, max_length)` -> greedy captions. `forward_features` / `sample_features` take
@@ -375,7 +374,7 @@ class CaptioningRNN(nn.Module):
     def __init__(self, word_to_idx, input_dim=None, wordvec_dim=128, hidden_dim=128, cell_type="rnn",
                  image_encoder_pretrained=True, ignore_index=None, backbone="efficientnet_lite0",
                  dropout=0.0, word_dropout=0.0, verbose=False, feature="c5", forget_bias=0.0,
-                 feature_norm=False, init_tanh=False, feature_dropout=0.0, attention_penalty=0.0, merge=False):
+                 feature_norm=False, init_tanh=False, attention_penalty=0.0):
         super().__init__()
         if cell_type not in {"rnn", "lstm", "attn"}:
             raise ValueError(f'Invalid cell_type "{cell_type}"')
@@ -393,8 +392,6 @@ class CaptioningRNN(nn.Module):
         if attention_penalty and cell_type != "attn":
             raise ValueError("attention_penalty needs cell_type='attn'")
         self.attention_penalty = attention_penalty
-        if merge and cell_type == "attn":
-            raise ValueError("merge needs cell_type 'rnn' or 'lstm'")
 
         ### BEGIN SOLUTION
         ### HINT: ImageEncoder, a feature projection (Linear for rnn/lstm, 1x1 Conv2d for attn), WordEmbedding, the core, Linear to the vocabulary.
@@ -416,9 +413,6 @@ class CaptioningRNN(nn.Module):
         # Optional: standardize each feature channel (BatchNorm2d: batch statistics in training,
         # running statistics in eval mode) before the projection.
         self.feature_norm = nn.BatchNorm2d(self.image_encoder.out_channels) if feature_norm else nn.Identity()
-        self.feature_drop = nn.Dropout(feature_dropout)
-        # Optional: the image state's own path to the output layer (merge).
-        self.merge = nn.Linear(hidden_dim, vocab_size, bias=False) if merge else None
         if cell_type in ("lstm", "attn") and forget_bias:
             with torch.no_grad():  # gate order i, f, o, g: the forget gate's bias is b[H:2H]
                 self.core.b[hidden_dim:2 * hidden_dim] = forget_bias
@@ -434,7 +428,7 @@ class CaptioningRNN(nn.Module):
     def _initial(self, features):
         """Features (N, C, Hf, Wf) -> h0 (N, H) for rnn/lstm, or A (N, H, Hf, Wf) for attn."""
         out = None
-        features = self.feature_drop(self.feature_norm(features))  # identity unless feature_norm / feature_dropout
+        features = self.feature_norm(features)  # identity unless feature_norm
         ### BEGIN SOLUTION
         if self.cell_type == "attn":
             out = self.feature_proj(features)
@@ -445,16 +439,10 @@ class CaptioningRNN(nn.Module):
             out = torch.tanh(out)
         return out
 
-    def output_scores(self, h, image_state=None, dropout=True):
-        """Vocabulary scores from hidden states h (N, T, H) or (N, H): output(drop(h)), plus, with
-        `merge`, W_m drop(image_state) for the image state (N, H) (h0 of rnn/lstm) at every step.
-        dropout=False skips the dropout (decoding)."""
-        drop = self.drop if dropout else (lambda x: x)
-        scores = self.output(drop(h))
-        if self.merge is not None:
-            extra = self.merge(drop(image_state))
-            scores = scores + (extra[:, None] if scores.dim() == 3 else extra)
-        return scores
+    def output_scores(self, h, dropout=True):
+        """Vocabulary scores (N, T, V) or (N, V) from hidden states h (N, T, H) or (N, H):
+        output(drop(h)); dropout=False skips the dropout (decoding)."""
+        return self.output(self.drop(h) if dropout else h)
 
     def forward_features(self, features, captions, feature_idx=None):
         """Loss from precomputed encoder features (N, C, Hf, Wf) and captions (N, T+1).
@@ -463,12 +451,11 @@ class CaptioningRNN(nn.Module):
         describes features[feature_idx[n]]. The feature layers run once per row of `features`
         instead of once per caption. In eval mode that is the same as passing
         features[feature_idx]; in training mode `feature_norm` takes its batch statistics over
-        the M rows (each image counted once, however many captions it has) and one
-        `feature_dropout` mask serves all captions of a row."""
+        the M rows (each image counted once, however many captions it has)."""
         loss = None
         attn_weights = None  # attn with attention_penalty: the weights (N, T, Hf, Wf) the core used
         ### BEGIN SOLUTION
-        ### HINT: embed captions[:, :-1], run the core from the image state, score with self.output_scores(h, image state) (the output layer), temporal_softmax_loss against captions[:, 1:] (attn with attention_penalty: keep the core's attention weights in attn_weights).
+        ### HINT: embed captions[:, :-1], run the core from the image state, score with self.output_scores(h) (the output layer), temporal_softmax_loss against captions[:, 1:] (attn with attention_penalty: keep the core's attention weights in attn_weights).
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         if self.training and self.word_dropout > 0:
             drop = torch.rand(captions_in.shape, device=captions_in.device) < self.word_dropout
@@ -482,7 +469,7 @@ class CaptioningRNN(nn.Module):
             h, attn_weights = self.core(x, init, return_weights=True)
         else:
             h = self.core(x, init)
-        scores = self.output_scores(h, init)
+        scores = self.output_scores(h)
         loss = temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)
         ### END SOLUTION
         if self.training and self.attention_penalty:
@@ -536,7 +523,7 @@ class CaptioningRNN(nn.Module):
                 attn, w = dot_product_attention(h, A)
                 attn_weights_all[:, t] = w
                 h, c = self.core.step_forward(x, h, c, attn)
-            word = self.output_scores(h, init, dropout=False).argmax(dim=1)
+            word = self.output_scores(h, dropout=False).argmax(dim=1)
             captions[:, t] = torch.where(done, torch.full_like(word, self._null), word)
             done = done | (word == self._end)
             if bool(done.all()):

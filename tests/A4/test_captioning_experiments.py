@@ -414,15 +414,6 @@ def test_every_recipe_distills():
     assert [ce.settings(c)["distill"] for c in ce.CELL_TYPES] == [1, 1, 1]
 
 
-def test_make_model_passes_merge_and_no_headline_recipe_merges(calls):
-    data = fake_data(num_train=2, num_test=1)
-    assert [ce.settings(c)["merge"] for c in ce.CELL_TYPES] == [False, False, False]
-    assert all(ce.make_model(data["vocab"], c, ce.settings(c, REGNET)).merge is None for c in ce.CELL_TYPES)
-    model = ce.make_model(data["vocab"], "rnn", {**ce.settings("rnn", REGNET), "merge": True})
-    assert model.merge.weight.shape == model.output.weight.shape
-    assert any(p is model.merge.weight for p in ce.decoder_parameters(model))  # trained with the decoder
-
-
 # ---------------------------------------------------------------------------------------------
 # Sequence-level distillation
 # ---------------------------------------------------------------------------------------------

@@ -400,7 +400,7 @@ def test_sample_in_training_mode_decodes_as_in_eval_mode_and_keeps_the_mode():
     of them updated; the model is in training mode again afterwards."""
     torch.manual_seed(16)
     model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="lstm", dropout=0.5,
-                              image_encoder_pretrained=False, feature_norm=True, feature_dropout=0.5)
+                              image_encoder_pretrained=False, feature_norm=True)
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     model.eval()
     expected = model.sample(images, max_length=6)
@@ -495,13 +495,12 @@ def test_caption_dataset_split_and_encoding(tmp_path, monkeypatch):
 
 
 def test_captioning_feature_norm_init_tanh_and_forget_bias():
-    """feature_norm / init_tanh / forget_bias / feature_dropout (inactive in eval mode) against a
-    reference built from F.batch_norm,
+    """feature_norm / init_tanh / forget_bias against a reference built from F.batch_norm,
     F.linear, torch.tanh and torch.nn.LSTM (eval mode: running statistics, float64)."""
     torch.manual_seed(19)
     model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="lstm",
                               image_encoder_pretrained=False, feature_norm=True, init_tanh=True,
-                              forget_bias=1.0, feature_dropout=0.5).to(DT)  # dropout: training only
+                              forget_bias=1.0).to(DT)
     assert model.core.b.tolist() == [0.0] * 5 + [1.0] * 5 + [0.0] * 10  # gate order i, f, o, g
     feats = _rand(4, 320, 2, 2) * 3 + 1
     model.train()
@@ -707,49 +706,6 @@ def test_ensemble_greedy_of_one_model_is_sample_features_and_ban_equals_masked_o
     assert not (banned == unk).any()
     beam = ce.beam_search(model, feats, beam_size=1, max_length=6, banned=(unk,))
     assert torch.equal(beam, banned)
-
-
-@pytest.mark.parametrize("cell_type", ["rnn", "lstm"])
-def test_merge_adds_the_image_state_to_every_steps_scores(cell_type):
-    """merge=True: the loss is the temporal softmax loss of output(h_t) + W_m h0 at every step
-    (h_t the core's states run from h0; eval mode, so no dropout); with W_m = 0 it is the loss of
-    the same weights without merge; greedy `sample_features`, greedy replay through
-    `decoder_step` (ensemble of one) and beam width 1 agree, and the merge term changes them."""
-    import captioning_experiments as ce
-    torch.manual_seed(31)
-    vocab = _vocab()
-    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type, image_encoder_pretrained=False,
-                              init_tanh=True, merge=True).to(DT).eval()
-    with torch.no_grad():
-        model.merge.weight.mul_(8.0)
-    feats = _rand(5, 320, 2, 2)
-    captions = torch.randint(0, len(vocab), (5, 7))
-    captions[:, 0] = vocab["<START>"]
-    h0 = torch.tanh(feats.mean(dim=(2, 3)) @ model.feature_proj.weight.T + model.feature_proj.bias)
-    h = model.core(model.word_embed(captions[:, :-1]), h0)
-    scores = h @ model.output.weight.T + model.output.bias + (h0 @ model.merge.weight.T)[:, None]
-    expected = F.cross_entropy(scores.reshape(-1, len(vocab)), captions[:, 1:].reshape(-1),
-                               ignore_index=vocab["<NULL>"], reduction="sum") / 5
-    torch.testing.assert_close(model.forward_features(feats, captions), expected)
-
-    plain = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type, image_encoder_pretrained=False,
-                              init_tanh=True).to(DT).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("merge.")})
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        zeroed.merge.weight.zero_()
-    torch.testing.assert_close(zeroed.forward_features(feats, captions), plain.forward_features(feats, captions))
-
-    greedy = model.sample_features(feats, max_length=6)
-    assert torch.equal(ce.ensemble_greedy([model], feats, max_length=6), greedy)
-    assert torch.equal(ce.beam_search(model, feats, beam_size=1, max_length=6), greedy)
-    assert not torch.equal(greedy, zeroed.sample_features(feats, max_length=6))
-
-
-def test_merge_is_refused_for_the_attention_lstm():
-    with pytest.raises(ValueError, match="merge"):
-        rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=8, cell_type="attn", image_encoder_pretrained=False,
-                          merge=True)
 
 
 def test_ensemble_greedy_takes_the_word_of_highest_average_probability():
