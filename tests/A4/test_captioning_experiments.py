@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import caption_decoding as cd
 import captioning_experiments as ce
 import rnn_lstm_captioning as rlc
 from eecs598.backbones import build_backbone as real_build_backbone
@@ -294,9 +295,9 @@ def test_cross_validate_gives_every_training_image_one_out_of_fold_caption(calls
     assert [f["images"] for f in out["folds"]] == [[0, 4], [4, 8], [8, 12]]
     for f, model in zip(out["folds"], out["models"]):
         a, b = f["images"]
-        greedy = ce.greedy_captions(model, feats["train"][a:b], itw, s["max_length"])[0]
+        greedy = cd.greedy_captions(model, feats["train"][a:b], itw, s["max_length"])[0]
         assert out["hypotheses"]["greedy"][a:b] == greedy
-        flip = ce.ensemble_greedy([model, model], [feats["train"][a:b], feats["train_flip"][a:b]], s["max_length"])
+        flip = cd.ensemble_greedy([model, model], [feats["train"][a:b], feats["train_flip"][a:b]], s["max_length"])
         assert out["hypotheses"]["flip_average"][a:b] == [c.split() for c in rlc.decode_captions(flip, itw)]
     for name in ce.CV_DECODERS:
         assert len(out["hypotheses"][name]) == 12 and None not in out["hypotheses"][name]
@@ -427,7 +428,7 @@ def test_teacher_captions_are_the_beam_captions_laid_out_like_the_data(calls, ma
     feats = _fake_features(data)
     model = ce.make_model(data["vocab"], cell_type, ce.settings(cell_type, REGNET), feats=feats).eval()
     out = ce.teacher_captions(model, feats["train"], max_length, batch_size=4)  # two batches
-    beam = ce.beam_search(model, feats["train"], ce.BEAM_SIZE, max_length, banned=(model._null, model._start))
+    beam = cd.beam_search(model, feats["train"], ce.BEAM_SIZE, max_length, banned=(model._null, model._start))
     itw = data["vocab"]["idx_to_token"]
     assert out.shape == data["train_captions"][:6].shape and (out[:, 0] == model._start).all()
     assert rlc.decode_captions(out[:, 1:], itw) == rlc.decode_captions(beam, itw)

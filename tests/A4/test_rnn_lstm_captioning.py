@@ -570,7 +570,7 @@ def test_beam_search_width_one_is_greedy_and_wide_beam_is_exhaustive(cell_type):
     among ALL captions of at most 3 words, found by brute-force enumeration and scored with
     teacher forcing (the loss ignores <NULL> after <END>)."""
     import itertools
-    import captioning_experiments as ce
+    import caption_decoding as cd
     torch.manual_seed(20)
     vocab = _vocab()
     V = len(vocab)
@@ -583,8 +583,8 @@ def test_beam_search_width_one_is_greedy_and_wide_beam_is_exhaustive(cell_type):
     feats = _rand(2, 320, 2, 2)
     greedy = model.sample_features(feats, max_length=5)
     greedy = greedy[0] if cell_type == "attn" else greedy
-    assert torch.equal(ce.beam_search(model, feats, beam_size=1, max_length=5), greedy)
-    best = ce.beam_search(model, feats, beam_size=V * V, max_length=3)
+    assert torch.equal(cd.beam_search(model, feats, beam_size=1, max_length=5), greedy)
+    best = cd.beam_search(model, feats, beam_size=V * V, max_length=3)
     null, start, end = vocab["<NULL>"], vocab["<START>"], vocab["<END>"]
     for n in range(2):
         candidates = set()
@@ -684,7 +684,7 @@ def test_ensemble_greedy_of_one_model_is_sample_features_and_ban_equals_masked_o
     """captioning_experiments.ensemble_greedy: one model without a ban reproduces the model's own
     greedy `sample_features`; banning <UNK> gives the captions of a copy of the model whose output
     bias for <UNK> is -1e4 (the word can never win an argmax), and no <UNK> appears."""
-    import captioning_experiments as ce
+    import caption_decoding as cd
     model, vocab = _peaked_model(cell_type, 21)
     unk = vocab["<UNK>"]
     with torch.no_grad():
@@ -696,15 +696,15 @@ def test_ensemble_greedy_of_one_model_is_sample_features_and_ban_equals_masked_o
         return out[0] if cell_type == "attn" else out
 
     plain = greedy(model)
-    assert torch.equal(ce.ensemble_greedy([model], feats, max_length=6), plain)
+    assert torch.equal(cd.ensemble_greedy([model], feats, max_length=6), plain)
     assert (plain == unk).any()  # the ban below has something to do
     masked = copy.deepcopy(model)
     with torch.no_grad():
         masked.output.bias[unk] = -1e4
-    banned = ce.ensemble_greedy([model], feats, max_length=6, banned=(unk,))
+    banned = cd.ensemble_greedy([model], feats, max_length=6, banned=(unk,))
     assert torch.equal(banned, greedy(masked))
     assert not (banned == unk).any()
-    beam = ce.beam_search(model, feats, beam_size=1, max_length=6, banned=(unk,))
+    beam = cd.beam_search(model, feats, beam_size=1, max_length=6, banned=(unk,))
     assert torch.equal(beam, banned)
 
 
@@ -712,12 +712,12 @@ def test_ensemble_greedy_takes_the_word_of_highest_average_probability():
     """Two different models (rnn + attn): each step's word is the argmax of the mean of the two
     models' softmax distributions, each model fed the ensemble's previous words (teacher forcing
     with the ensemble's own caption, recomputed through forward-pass scores)."""
-    import captioning_experiments as ce
+    import caption_decoding as cd
     a, vocab = _peaked_model("rnn", 22)
     b, _ = _peaked_model("attn", 23)
     feats = _rand(5, 320, 2, 2)
     T = 5
-    out = ce.ensemble_greedy([a, b], feats, max_length=T)
+    out = cd.ensemble_greedy([a, b], feats, max_length=T)
     _assert_mean_probability_replay(out, [(a, feats), (b, feats)], vocab)
 
 
@@ -725,16 +725,16 @@ def _assert_mean_probability_replay(out, members, vocab):
     """Each caption of `out` (N, T), step by step: the word is the argmax of the mean over the
     (model, features) `members` of the next-word probabilities, each model re-run on the whole
     prefix from <START>; <NULL> after <END>."""
-    import captioning_experiments as ce
+    import caption_decoding as cd
     start, end, null = vocab["<START>"], vocab["<END>"], vocab["<NULL>"]
     for n in range(out.shape[0]):
         words = [start]
         for t in range(out.shape[1]):
             probs = 0
             for m, f in members:
-                st = ce.decoder_start(m, f[n:n + 1])
+                st = cd.decoder_start(m, f[n:n + 1])
                 for w in words:  # replay the prefix step by step
-                    logp, st = ce.decoder_step(m, st, torch.tensor([w]))
+                    logp, st = cd.decoder_step(m, st, torch.tensor([w]))
                 probs = probs + logp.exp() / len(members)
             w = int(probs.argmax())
             assert out[n, t].item() == w, (n, t)
@@ -749,16 +749,16 @@ def test_ensemble_greedy_with_one_feature_tensor_per_model_averages_the_views():
     each step's word is the argmax of the mean of the model's distributions given each view,
     replayed step by step; the same view twice is the model's own greedy caption; a list whose
     length differs from the models' is refused."""
-    import captioning_experiments as ce
+    import caption_decoding as cd
     model, vocab = _peaked_model("lstm", 24)
     f1, f2 = _rand(4, 320, 2, 2), _rand(4, 320, 2, 2)
     T = 5
-    assert torch.equal(ce.ensemble_greedy([model, model], [f1, f1], max_length=T),
+    assert torch.equal(cd.ensemble_greedy([model, model], [f1, f1], max_length=T),
                        model.sample_features(f1, max_length=T))
-    out = ce.ensemble_greedy([model, model], [f1, f2], max_length=T)
+    out = cd.ensemble_greedy([model, model], [f1, f2], max_length=T)
     _assert_mean_probability_replay(out, [(model, f1), (model, f2)], vocab)
     with pytest.raises(ValueError):
-        ce.ensemble_greedy([model, model], [f1], max_length=T)
+        cd.ensemble_greedy([model, model], [f1], max_length=T)
 
 
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
