@@ -34,6 +34,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from eecs598 import backbones
+from eecs598.utils import evaluating
 
 FPN_STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -428,7 +429,6 @@ def _as_loader(dataset_or_loader, batch_size=1):
     return torch.utils.data.DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False)
 
 
-@torch.no_grad()
 def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thresh=0.5,
                        device="cpu", max_images=None, return_stats=False, batch_size=1):
     """Run a detector in eval mode and collect its detections.
@@ -448,37 +448,35 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
     """
     device = torch.device(device)
     detector.to(device)
-    was_training = detector.training
-    detector.eval()
     batched = batch_size > 1 and hasattr(detector, "detect_batch")
     step = batch_size if batched else 1
     results, model_seconds = [], 0.0
-    for paths, images, gt_boxes in _as_loader(dataset_or_loader, batch_size):
-        for start in range(0, images.shape[0], step):
-            count = min(step, images.shape[0] - start)
-            if max_images is not None:
-                count = min(count, max_images - len(results))
-            if count <= 0:
+    with evaluating(detector):  # eval mode, no gradients; the mode is restored afterwards
+        for paths, images, gt_boxes in _as_loader(dataset_or_loader, batch_size):
+            for start in range(0, images.shape[0], step):
+                count = min(step, images.shape[0] - start)
+                if max_images is not None:
+                    count = min(count, max_images - len(results))
+                if count <= 0:
+                    break
+                chunk = images[start:start + count].to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t = time.perf_counter()
+                if batched:
+                    outs = detector.detect_batch(chunk, score_thresh, nms_thresh)
+                else:
+                    outs = [detector(chunk, test_score_thresh=score_thresh, test_nms_thresh=nms_thresh)]
+                outs = [(bx.float().cpu(), c.long().cpu(), sc.float().cpu()) for bx, c, sc in outs]
+                model_seconds += time.perf_counter() - t  # .cpu() synchronized the device
+                for b, (boxes, classes, scores) in enumerate(outs, start):
+                    gt = gt_boxes[b]
+                    gt = gt[gt[:, 4] >= 0]
+                    results.append({"image_path": paths[b], "boxes": boxes.reshape(-1, 4),
+                                    "classes": classes.reshape(-1), "scores": scores.reshape(-1),
+                                    "gt_boxes": gt[:, :4].float(), "gt_classes": gt[:, 4].long()})
+            if max_images is not None and len(results) >= max_images:
                 break
-            chunk = images[start:start + count].to(device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            if batched:
-                outs = detector.detect_batch(chunk, score_thresh, nms_thresh)
-            else:
-                outs = [detector(chunk, test_score_thresh=score_thresh, test_nms_thresh=nms_thresh)]
-            outs = [(bx.float().cpu(), c.long().cpu(), sc.float().cpu()) for bx, c, sc in outs]
-            model_seconds += time.perf_counter() - t  # .cpu() synchronized the device
-            for b, (boxes, classes, scores) in enumerate(outs, start):
-                gt = gt_boxes[b]
-                gt = gt[gt[:, 4] >= 0]
-                results.append({"image_path": paths[b], "boxes": boxes.reshape(-1, 4),
-                                "classes": classes.reshape(-1), "scores": scores.reshape(-1),
-                                "gt_boxes": gt[:, :4].float(), "gt_classes": gt[:, 4].long()})
-        if max_images is not None and len(results) >= max_images:
-            break
-    detector.train(was_training)
     if return_stats:
         return results, {"images_per_s": len(results) / max(model_seconds, 1e-9),
                          "num_images": len(results)}

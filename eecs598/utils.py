@@ -92,16 +92,18 @@ def evaluating(model, seed=None):
     """Within the block: `model` in eval mode, no gradients and, with a `seed`, torch's global
     generator (and the model's CUDA device's) seeded with it. Afterwards the model's mode and
     the global random state are what they were, so evaluating or sampling during training
-    does not change the training run. Yields (device, dtype) of the model's parameters."""
-    param = next(model.parameters())
+    does not change the training run. Yields (device, dtype) of the model's parameters (a model
+    without parameters: the CPU and torch's default dtype)."""
+    param = next(model.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.get_default_dtype())
     was_training = model.training
-    devices = [param.device] if param.device.type == "cuda" else []
+    devices = [device] if device.type == "cuda" else []
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            yield param.device, param.dtype
+            yield device, dtype
     finally:
         model.train(was_training)
 

@@ -72,3 +72,16 @@ def test_evaluating_restores_mode_and_random_state():
     with evaluating(model):  # no seed: the global generator runs on
         pass
     assert not model.training
+
+
+def test_evaluating_a_model_without_parameters_and_restoring_after_an_error():
+    from eecs598.utils import evaluating
+
+    model = torch.nn.ReLU()  # no parameters (e.g. an oracle detector in a test)
+    with evaluating(model) as (device, dtype):
+        assert not model.training and (device.type, dtype) == ("cpu", torch.get_default_dtype())
+    assert model.training
+    with pytest.raises(ZeroDivisionError):
+        with evaluating(model):
+            1 / 0
+    assert model.training
