@@ -304,6 +304,7 @@ class FeedForwardBlock(nn.Module):
     def forward(self, x):
         y = None
         ### BEGIN SOLUTION
+        ### HINT: the first linear layer, a ReLU, the second linear layer.
         y = self.linear2(F.relu(self.linear1(x)))
         ### END SOLUTION
         return y
@@ -343,6 +344,7 @@ class EncoderBlock(nn.Module):
         """x (N, K, M), optional mask (N, K, K) -> (N, K, M)."""
         y = None
         ### BEGIN SOLUTION
+        ### HINT: the two formulas of the class docstring (branch on self.norm_first); self-attention is self.attention(q, k, v, mask) with q = k = v.
         if self.norm_first:
             n = self.norm1(x)
             x = x + self.dropout(self.attention(n, n, n, mask))
@@ -402,6 +404,7 @@ class DecoderBlock(nn.Module):
         -> (N, K_out, M)."""
         y = None
         ### BEGIN SOLUTION
+        ### HINT: the class docstring's three sublayers (branch on self.norm_first): masked self-attention, cross-attention with keys and values from enc_inp, feed-forward.
         x = dec_inp
         if self.norm_first:
             n = self.norm1(x)
@@ -517,6 +520,7 @@ class Transformer(nn.Module):
         """Embed the question, add its positions, run the encoder: -> (N, K_in, M)."""
         enc_out = None
         ### BEGIN SOLUTION
+        ### HINT: embed the question tokens (self.emb_layer), add the positional encodings, run self.encoder.
         enc_out = self.encoder(self.emb_layer(ques_b) + ques_pos)
         ### END SOLUTION
         return enc_out
@@ -637,6 +641,7 @@ def CrossEntropyLoss(pred, ground):
     """Cross-entropy summed over rows: pred (R, V), ground (N, O) or (R,)."""
     loss = None
     ### BEGIN SOLUTION
+    ### HINT: F.cross_entropy summed over rows (reduction="sum"), with the targets flattened to (R,).
     loss = F.cross_entropy(pred, ground.contiguous().view(-1), reduction="sum")
     ### END SOLUTION
     return loss

@@ -260,6 +260,7 @@ def _lstm_gates(a, prev_c):
     """LSTM cell update from pre-activations a (N, 4H) in gate order i, f, o, g."""
     next_h, next_c = None, None
     ### BEGIN SOLUTION
+    ### HINT: split a into four (N, H) blocks i, f, o, g; c' = sigmoid(f)*c + sigmoid(i)*tanh(g); h' = sigmoid(o)*tanh(c'). LSTM and AttentionLSTM can share it.
     i, f, o, g = a.chunk(4, dim=1)
     next_c = torch.sigmoid(f) * prev_c + torch.sigmoid(i) * torch.tanh(g)
     next_h = torch.sigmoid(o) * torch.tanh(next_c)
@@ -306,6 +307,7 @@ class AttentionLSTM(nn.Module):
         """x (N, D), prev_h, prev_c, attn (N, H) -> next_h (N, H), next_c (N, H)."""
         next_h, next_c = None, None
         ### BEGIN SOLUTION
+        ### HINT: as LSTM.step_forward, with attn @ Wattn added to the pre-activations, then _lstm_gates.
         a = x.mm(self.Wx) + prev_h.mm(self.Wh) + attn.mm(self.Wattn) + self.b
         next_h, next_c = _lstm_gates(a, prev_c)
         ### END SOLUTION
@@ -430,6 +432,7 @@ class CaptioningRNN(nn.Module):
         out = None
         features = self.feature_norm(features)  # identity unless feature_norm
         ### BEGIN SOLUTION
+        ### HINT: attn: self.feature_proj (a 1x1 conv) of the whole map; rnn/lstm: self.feature_proj (a Linear) of the spatial mean over (Hf, Wf).
         if self.cell_type == "attn":
             out = self.feature_proj(features)
         else:

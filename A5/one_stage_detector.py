@@ -109,6 +109,7 @@ class FCOSPredictionNetwork(nn.Module):
         """
         class_logits, boxreg_deltas, centerness_logits = {}, {}, {}
         ### BEGIN SOLUTION
+        ### HINT: per level: stem_cls then pred_cls; stem_box then pred_box and pred_ctr (both on the box branch); _flatten_level turns (B, K, H, W) into (B, H*W, K).
         for level, feat in feats_per_fpn_level.items():
             cls_feat = self.stem_cls(feat)
             box_feat = self.stem_box(feat)
@@ -297,6 +298,7 @@ class FCOS(nn.Module):
         """`forward` from FPN features. `images` is only used for its shape (B, 3, H, W): a
         "meta" tensor works, which lets training run on precomputed backbone features."""
         ### BEGIN SOLUTION
+        ### HINT: pred_net -> per-level predictions; get_fpn_location_coords; no gt_boxes: return self.inference(...). Training: per image fcos_match_locations_to_gt and fcos_get_deltas_from_locations, concatenate levels (_cat_across_fpn_levels), update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
         any_feat = next(iter(feats_per_fpn_level.values()))
         shapes = {level: feat.shape for level, feat in feats_per_fpn_level.items()}
