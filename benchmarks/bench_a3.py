@@ -184,25 +184,40 @@ def naive_vs_fast(device, repeats):
 
 
 def _torch_deepconvnet(model, device):
-    """torch.nn copy of a DeepConvNet without batch norm (same weights), and its Adam optimizer."""
+    """torch.nn copy of a DeepConvNet, with or without batch norm (same weights, device and dtype),
+    and its Adam optimizer."""
     layers, i = [], 0
     while f"W{i + 2}" in model.params:
         W, b = model.params[f"W{i + 1}"], model.params[f"b{i + 1}"]
-        conv = torch.nn.Conv2d(W.shape[1], W.shape[0], 3, padding=1).to(device)
+        conv = torch.nn.Conv2d(W.shape[1], W.shape[0], 3, padding=1).to(device=device, dtype=W.dtype)
         with torch.no_grad():
             conv.weight.copy_(W)
             conv.bias.copy_(b)
-        layers += [conv, torch.nn.ReLU()]
+        layers.append(conv)
+        if model.batchnorm:
+            bn = torch.nn.BatchNorm2d(W.shape[0], eps=1e-5, momentum=0.1).to(device=device, dtype=W.dtype)
+            with torch.no_grad():
+                bn.weight.copy_(model.params[f"gamma{i + 1}"])
+                bn.bias.copy_(model.params[f"beta{i + 1}"])
+            layers.append(bn)
+        layers.append(torch.nn.ReLU())
         if i in model.max_pools:
             layers.append(torch.nn.MaxPool2d(2, 2))
         i += 1
     W, b = model.params[f"W{i + 1}"], model.params[f"b{i + 1}"]
-    linear = torch.nn.Linear(W.shape[0], W.shape[1]).to(device)
+    linear = torch.nn.Linear(W.shape[0], W.shape[1]).to(device=device, dtype=W.dtype)
     with torch.no_grad():
         linear.weight.copy_(W.t())
         linear.bias.copy_(b)
     net = torch.nn.Sequential(*layers, torch.nn.Flatten(), linear)
     return net, torch.optim.Adam(net.parameters(), lr=2e-3)
+
+
+def torch_loss(net, X, y, reg):
+    """The DeepConvNet loss of the torch.nn copy: cross-entropy + reg * sum of the squared conv and
+    linear weights (as ours: no penalty on biases or batch-norm scales and shifts)."""
+    weights = [m.weight for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    return F.cross_entropy(net(X), y) + reg * sum((w * w).sum() for w in weights)
 
 
 def training_step(device, N, repeats):
@@ -226,9 +241,7 @@ def training_step(device, N, repeats):
 
     def theirs():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(X), y) + 1e-5 * sum((p * p).sum() for n, p in net.named_parameters()
-                                                       if n.endswith("weight"))
-        loss.backward()
+        torch_loss(net, X, y, model.reg).backward()
         opt.step()
 
     t = compare({"ours": ours, "torch": theirs}, device, repeats)

@@ -102,3 +102,31 @@ def test_bench_a3_refuses_to_time_results_that_disagree_with_pytorch():
         bench.check_agreement("wrong", (x, 2 * x), (x, 3 * x))
     with pytest.raises(AssertionError, match="shape"):
         bench.check_agreement("shape", (x,), (x.t(),))
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_bench_a3_torch_copy_of_the_deepconvnet_computes_our_loss_and_gradients(batchnorm):
+    """The training-step benchmark times our DeepConvNet against a torch.nn copy: the copy (same
+    weights, batch norm in train mode, the same weight penalty) gives our loss and gradients."""
+    bench = _bench_a3()
+    cn = pytest.importorskip("convolutional_networks")
+    torch.manual_seed(31)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 6], max_pools=[0, 1], batchnorm=batchnorm,
+                           weight_scale="kaiming", reg=0.3, dtype=torch.float64)
+    if batchnorm:
+        for i in (1, 2):
+            model.params[f"gamma{i}"] += 0.1 * torch.randn_like(model.params[f"gamma{i}"])
+            model.params[f"beta{i}"] += 0.1 * torch.randn_like(model.params[f"beta{i}"])
+    X, y = torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.randint(10, (5,))
+    loss, grads = model.loss(X, y)
+    net, _ = bench._torch_deepconvnet(model, "cpu")
+    reference = bench.torch_loss(net, X, y, model.reg)
+    reference.backward()
+    torch.testing.assert_close(torch.as_tensor(loss, dtype=torch.float64), reference.detach(), rtol=1e-10, atol=0)
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    torch.testing.assert_close(grads["W1"], convs[0].weight.grad, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(grads["b2"], convs[1].bias.grad, rtol=1e-8, atol=1e-12)
+    if batchnorm:
+        bns = [m for m in net if isinstance(m, torch.nn.BatchNorm2d)]
+        torch.testing.assert_close(grads["gamma1"], bns[0].weight.grad, rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(grads["beta2"], bns[1].bias.grad, rtol=1e-8, atol=1e-12)
