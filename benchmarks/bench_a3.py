@@ -10,9 +10,9 @@ on the same input and reports the ratio ours / torch (lower is better; 1.0 = as 
 PyTorch's own kernels). Before timing an op it checks that our output and gradients match
 PyTorch's (`check_agreement`) and stops if they do not. Also:
   * the naive loop Conv vs FastConv on a small shape (speed-up);
-  * one training step of the course's "one-minute" DeepConvNet (create_convolutional_solver_instance:
-    conv 128/64/32, each ReLU + 2x2 pool, linear head; batch 128; Adam) vs the same network in
-    torch.nn with torch.optim.Adam.
+  * one training step of the "one-minute" DeepConvNet (create_convolutional_solver_instance:
+    conv 128/64/32, each with its batch norm if the recipe has one, ReLU and 2x2 pool, linear
+    head; batch 128; Adam) vs the same network in torch.nn with torch.optim.Adam.
 
 Timings are medians over `--repeats` runs; ours and torch are measured alternately, so a
 change of machine load affects both alike. CUDA runs when available (or when asked for).
@@ -245,7 +245,9 @@ def training_step(device, N, repeats):
         opt.step()
 
     t = compare({"ours": ours, "torch": theirs}, device, repeats)
-    return t["ours"], t["torch"], f"DeepConvNet [128, 64, 32], pools [0, 1, 2], batch {N}, Adam"
+    filters = [model.params[f"W{i}"].shape[0] for i in range(1, model.num_layers)]
+    return t["ours"], t["torch"], (f"DeepConvNet {filters}, pools {model.max_pools}, "
+                                   f"{'batch norm, ' if model.batchnorm else ''}batch {N}, Adam")
 
 
 def main(argv=None):

@@ -525,7 +525,7 @@ def test_three_layer_convnet_matches_torch_composition():
 
 
 def test_deep_convnet_without_batchnorm_matches_torch_composition():
-    """The one-minute DeepConvNet's kind of net (no batch norm) vs torch.nn.functional."""
+    """A DeepConvNet without batch norm (the course's one-minute net) vs torch.nn.functional."""
     torch.manual_seed(22)
     model = cn.DeepConvNet(input_dims=(3, 8, 6), num_filters=[4, 5, 3], max_pools=[0, 2], batchnorm=False,
                            num_classes=4, weight_scale="kaiming", reg=0.1, dtype=DT)
@@ -601,10 +601,10 @@ def test_create_convolutional_solver_instance():
     model = solver.model
     assert isinstance(model, cn.DeepConvNet)
     assert [model.params[f"W{i}"].shape[0] for i in (1, 2, 3)] == [128, 64, 32]
-    assert model.max_pools == [0, 1, 2] and not model.batchnorm and model.reg == 1e-5
+    assert model.max_pools == [0, 1, 2] and model.batchnorm and model.reg == 1e-5
     assert model.params["W4"].shape == (32 * 4 * 4, 10)
     assert solver.batch_size == 128 and solver.num_epochs == 10
-    assert solver.optim_config["learning_rate"] == 2e-3
+    assert solver.optim_config["learning_rate"] == 2e-3 and solver.lr_decay == 0.8
     assert solver.update_rule.__name__ == "adam"
 
 
