@@ -95,7 +95,10 @@ def evaluating(model, seed=None):
     does not change the training run. Yields (device, dtype) of the model's parameters (a model
     without parameters: the CPU and torch's default dtype)."""
     param = next(model.parameters(), None)
-    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.get_default_dtype())
+    if param is None:
+        device, dtype = torch.device("cpu"), torch.get_default_dtype()
+    else:
+        device, dtype = param.device, param.dtype
     was_training = model.training
     devices = [device] if device.type == "cuda" else []
     model.eval()
