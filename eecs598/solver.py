@@ -157,8 +157,10 @@ class Solver:
                 self.model.params[p] = next_w
                 self.optim_configs[p] = next_config
 
-    def _save_checkpoint(self):
-        """Write the checkpoint ``"%s_epoch_%d.pkl" % (checkpoint_name, epoch)`` (if a name is set).
+    def _save_checkpoint(self, iteration=None):
+        """Write the checkpoint ``"%s_epoch_%d.pkl" % (checkpoint_name, epoch)`` (if a name is set);
+        with ``iteration`` (a check in the middle of an epoch, after a time-limit stop) the name
+        is ``"%s_epoch_%d_iter_%d.pkl"``, so the end-of-epoch checkpoint is not overwritten.
 
         The file is written with ``torch.save`` and holds plain data only, so
         ``torch.load(path)`` (weights_only) reads it back:
@@ -186,6 +188,8 @@ class Solver:
             "best_val_acc": self.best_val_acc,
         }
         filename = "%s_epoch_%d.pkl" % (self.checkpoint_name, self.epoch)
+        if iteration is not None:
+            filename = "%s_epoch_%d_iter_%d.pkl" % (self.checkpoint_name, self.epoch, iteration)
         if self.verbose:
             print('Saving checkpoint to "%s"' % filename)
         torch.save(checkpoint, filename)
@@ -245,21 +249,22 @@ class Solver:
         return acc.item()
 
     @torch.no_grad()
-    def _check_accuracies_and_keep_best(self):
-        """Check train and val accuracy, append them to the histories, write a checkpoint, and
-        clone the params into best_params if val accuracy is the best so far (the first check
-        always records them, so the final swap never empties model.params)."""
+    def _check_accuracies_and_keep_best(self, iteration=None):
+        """Check train and val accuracy, append them to the histories, clone the params into
+        best_params if val accuracy is the best so far (the first check always records them, so
+        the final swap never empties model.params), then write a checkpoint (whose
+        best_val_acc includes this check; ``iteration``: see `_save_checkpoint`)."""
         train_acc = self.check_accuracy(self.X_train, self.y_train, num_samples=self.num_train_samples)
         val_acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
-        self._save_checkpoint()
         if self.verbose and self.epoch % self.print_acc_every == 0:
             print("(Epoch %d / %d) train acc: %f; val_acc: %f"
                   % (self.epoch, self.num_epochs, train_acc, val_acc))
         if val_acc > self.best_val_acc or not self.best_params:
             self.best_val_acc = val_acc
             self.best_params = {k: v.clone() for k, v in self.model.params.items()}
+        self._save_checkpoint(iteration)
 
     def train(self, time_limit=None, return_best_params=True):
         """Run ``num_epochs * max(N_train // batch_size, 1)`` iterations of ``_step``.
@@ -271,33 +276,36 @@ class Solver:
         ``lr_decay``.
 
         time_limit: seconds, or None. Before each iteration (after the first) training
-        stops if the elapsed time plus the duration of the previous iteration would
-        exceed the limit; accuracy is then checked once more (unless the last iteration
-        was just checked), so the params trained since the last check can be the best.
+        stops if the elapsed time plus the duration of the previous training step would
+        exceed the limit (the step alone: the course's Solver also counted the accuracy
+        check and checkpoint after it, and so stopped up to a whole check early after
+        every epoch end). Accuracy is then checked once more (unless the last iteration
+        was just checked; its checkpoint is ``<name>_epoch_<e>_iter_<t>.pkl``), so the
+        params trained since the last check can be the best.
         return_best_params: if True, the best-val params are put back into
         ``model.params`` at the end.
         """
         num_train = self.X_train.shape[0]
         iterations_per_epoch = max(num_train // self.batch_size, 1)
         num_iterations = self.num_epochs * iterations_per_epoch
-        prev_time = start_time = time.time()
+        start_time = time.time()
+        step_seconds = 0.0  # duration of the last training step (without accuracy checks)
         last_checked = None  # the last iteration after which accuracy was checked
 
         for t in range(num_iterations):
             cur_time = time.time()
             if (time_limit is not None) and (t > 0):
-                next_time = cur_time - prev_time
-                if cur_time - start_time + next_time > time_limit:
+                if cur_time - start_time + step_seconds > time_limit:
                     if self.verbose:
                         print("(Time %.2f sec; Iteration %d / %d) loss: %f"
                               % (cur_time - start_time, t, num_iterations, self.loss_history[-1]))
                         print("End of training; next iteration will exceed the time limit.")
                     if last_checked != t - 1:  # the params trained since the last check count too
-                        self._check_accuracies_and_keep_best()
+                        self._check_accuracies_and_keep_best(iteration=t)
                     break
-            prev_time = cur_time
 
             self._step()
+            step_seconds = time.time() - cur_time
 
             # Maybe print training loss
             if self.verbose and t % self.print_every == 0:

@@ -216,6 +216,29 @@ def test_time_limit_stops_early():
     assert elapsed < 5.0  # far below the 100 x 0.05 s of a full run
 
 
+class SlowCheckModel(ConstantModel):
+    """ConstantModel whose accuracy checks (loss without y) take >= `check_sleep` seconds."""
+
+    def __init__(self, check_sleep):
+        super().__init__(sleep=0.001)
+        self.check_sleep = check_sleep
+
+    def loss(self, X, y=None):
+        if y is None:
+            time.sleep(self.check_sleep)
+        return super().loss(X, y)
+
+
+def test_time_limit_counts_the_training_step_not_the_accuracy_check():
+    """The first iteration's accuracy check (train + val, >= 0.5 s) must not count as the
+    duration of an iteration: the course's estimate (the whole previous iteration) would stop
+    after one iteration (0.5 + 0.5 > 0.9 s); 40 short steps fit in the limit."""
+    model = SlowCheckModel(check_sleep=0.25)
+    solver = Solver(model, const_data(40), update_rule=noop_rule, batch_size=1, num_epochs=1, verbose=False)
+    solver.train(time_limit=0.9)
+    assert len(solver.loss_history) == 40
+
+
 class SlowLinearSoftmax(LinearSoftmax):
     """LinearSoftmax whose training steps take >= `sleep` seconds, starting from weights that
     get every class wrong (W = -4 I), so that accuracy rises only with training."""
@@ -263,6 +286,37 @@ def test_checkpoints_written_and_loadable(tmp_path):
     assert ckpt["optim_config"] == {"learning_rate": 0.1}
     first = torch.load(tmp_path / "ckpt_epoch_0.pkl")
     assert first["epoch"] == 0 and len(first["loss_history"]) == 1
+    assert first["best_val_acc"] == first["val_acc_history"][0]  # the check that wrote it counts
+
+
+class FakeClock:
+    """Stands in for the `time` module in eecs598.solver: every time() call advances 1 s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def time(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_time_limit_stop_does_not_overwrite_the_epoch_checkpoint(tmp_path, monkeypatch):
+    """Stopped in the middle of epoch 1, the extra check writes its own file, and
+    ckpt_epoch_1.pkl still holds the state at the end of epoch 1."""
+    import eecs598.solver as solver_module
+
+    monkeypatch.setattr(solver_module, "time", FakeClock())
+    name = str(tmp_path / "ckpt")
+    solver = Solver(LinearSoftmax(3, 3), toy_data(10, 4), batch_size=3, num_epochs=100,
+                    checkpoint_name=name, verbose=False)  # 30 samples: 10 iterations per epoch
+    # The clock reads 1 + 2t before iteration t and each step lasts 1 s: iteration t runs while
+    # 1 + 2t + 1 <= 30, so 15 iterations.
+    solver.train(time_limit=30)
+    assert len(solver.loss_history) == 15
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["ckpt_epoch_0.pkl", "ckpt_epoch_1.pkl", "ckpt_epoch_1_iter_15.pkl"]
+    assert len(torch.load(tmp_path / "ckpt_epoch_1.pkl")["loss_history"]) == 10
+    assert len(torch.load(tmp_path / "ckpt_epoch_1_iter_15.pkl")["loss_history"]) == 15
 
 
 def test_check_accuracy_subsamples():
