@@ -13,7 +13,10 @@ returns result records:
   generator a Frechet distance between classifier features of 10,000 generated and the
   10,000 real test digits plus the mean top-class probability;
 * GANs (Adam 1e-3, betas (0.5, 0.999), batch 128): vanilla (FC) and least-squares for 10
-  epochs, DC-GAN for 5 epochs.
+  epochs, DC-GAN for 5 epochs with Xavier-uniform weights, as in the course (`GAN_INIT`).
+
+`run` = `classifier_records` + `vae_records` + `gan_records`; each part can be rerun alone to
+refresh its rows.
 
 The notebooks call the same functions (`train_vae_model`, `train_gan`, `gan_scores`, ...).
 Sizes and iteration counts come from `eecs598.pick(full=..., quick=...)`. This file has no
@@ -47,6 +50,10 @@ BATCH_SIZE = 128
 GAN_KINDS = ("fc", "ls", "dc")
 GAN_NAMES = {"fc": "vanilla GAN (fully connected)", "ls": "least-squares GAN (fully connected)",
              "dc": "DC-GAN (convolutional)"}
+# Weight init of each GAN, as in the course's notebook: it applies a6_helper.initialize_weights
+# (Xavier-uniform Linear and ConvTranspose2d weights; `vae.initialize_weights` here) to the
+# DC-GAN's discriminator and generator only; the fully connected GANs keep PyTorch's default.
+GAN_INIT = {"fc": "default", "ls": "default", "dc": "xavier"}
 
 
 def settings():
@@ -313,17 +320,28 @@ def latent_class_probe(model, train, test, cond=False, steps=300, lr=1e-2, seed=
 # GANs
 # --------------------------------------------------------------------------------------
 
-def build_gan(kind, noise_dim=gan.NOISE_DIM):
-    """(D, G, discriminator loss, generator loss) for kind "fc", "ls" or "dc"."""
+def build_gan(kind, noise_dim=gan.NOISE_DIM, init=None):
+    """(D, G, discriminator loss, generator loss) for kind "fc", "ls" or "dc".
+
+    init: "xavier" (`vae.initialize_weights` on D and G) or "default" (PyTorch's init);
+    None: the course's choice, GAN_INIT[kind]."""
     if kind == "fc":
-        return gan.discriminator(), gan.generator(noise_dim), gan.discriminator_loss, gan.generator_loss
-    if kind == "ls":
-        return (gan.discriminator(), gan.generator(noise_dim), gan.ls_discriminator_loss,
-                gan.ls_generator_loss)
-    if kind == "dc":
-        return (gan.build_dc_classifier(), gan.build_dc_generator(noise_dim), gan.discriminator_loss,
-                gan.generator_loss)
-    raise ValueError(f"unknown GAN kind {kind!r}; use one of {GAN_KINDS}")
+        built = gan.discriminator(), gan.generator(noise_dim), gan.discriminator_loss, gan.generator_loss
+    elif kind == "ls":
+        built = (gan.discriminator(), gan.generator(noise_dim), gan.ls_discriminator_loss,
+                 gan.ls_generator_loss)
+    elif kind == "dc":
+        built = (gan.build_dc_classifier(), gan.build_dc_generator(noise_dim), gan.discriminator_loss,
+                 gan.generator_loss)
+    else:
+        raise ValueError(f"unknown GAN kind {kind!r}; use one of {GAN_KINDS}")
+    init = GAN_INIT[kind] if init is None else init
+    if init == "xavier":
+        built[0].apply(vae.initialize_weights)
+        built[1].apply(vae.initialize_weights)
+    elif init != "default":
+        raise ValueError(f'init must be "xavier", "default" or None, not {init!r}')
+    return built
 
 
 def train_gan(kind, device=None, num_epochs=None, data=None, seed=0, show_every=None,
@@ -501,8 +519,64 @@ def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
     return records
 
 
-def run(device=None):
-    """Train and measure every A6 model; return the result records."""
+def gan_records(device, data, classifier, real_feats, real_fd, kinds=GAN_KINDS, other_fds=None):
+    """Train the GANs of `kinds` at the course settings and measure their samples (Frechet
+    distance, mean top-class probability). `real_fd`: the real train-vs-test floor, stored in
+    the details; `other_fds`: {kind: FD} of GANs not rerun, so that the DC-GAN's record can
+    say which GAN scores best when only some are rerun. Returns result records (`run` calls
+    this; it can also be run alone to refresh only these rows)."""
+    device = get_device(device)
+    dev_name = device_name(device)
+    s = settings()
+    records = []
+    x_test = data[2]
+
+    def record(metric, value, unit, seconds, reference=None, details=None):
+        records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
+                                   reference=reference, details=details))
+
+    fds = dict(other_fds or {})
+    for kind in kinds:
+        D, G, history, train_seconds = train_gan(kind, device, data=data, plot=False,
+                                                 verbose=False)
+        with timer() as t:
+            scores = gan_scores(G, classifier, real_feats)
+        fds[kind] = scores["frechet_distance"]
+        details = {"model": GAN_NAMES[kind], "epochs": s["gan_epochs"][kind],
+                   "iterations": history["iterations"], "batch_size": BATCH_SIZE,
+                   "optimizer": "Adam lr 1e-3 betas (0.5, 0.999)", "noise_dim": gan.NOISE_DIM,
+                   "init": ("Xavier-uniform Linear and ConvTranspose2d weights (vae.initialize_weights)"
+                            if GAN_INIT[kind] == "xavier" else "PyTorch default"),
+                   "final_d_loss": round(history["d_loss"][-1], 4),
+                   "final_g_loss": round(history["g_loss"][-1], 4),
+                   "train_seconds": round(train_seconds, 1),
+                   "num_generated": s["num_generated"], "num_real": int(x_test.shape[0]),
+                   "real_train_vs_test_fd": round(real_fd, 3),
+                   "predicted_digit_fractions": scores["predicted_digit_fractions"],
+                   "features": "evaluation classifier, penultimate layer (128-d); G in eval mode"}
+        if kind == "dc" and set(GAN_KINDS) <= set(fds):
+            best = min(fds, key=fds.get)
+            details["best_gan_by_frechet_distance"] = best
+            details["dc_is_best"] = best == "dc"
+            if best != "dc" and not quick_mode():
+                print(f"   NOTE: the DC-GAN does NOT score best by Frechet distance "
+                      f"({ {k: round(v, 2) for k, v in fds.items()} })", flush=True)
+        record(f"{kind}_gan_frechet_distance", scores["frechet_distance"], "feature FD",
+               train_seconds + t.seconds, details=details)
+        record(f"{kind}_gan_mean_top_class_probability", scores["mean_top_class_probability"],
+               "probability", t.seconds,
+               details={"model": GAN_NAMES[kind], "num_generated": s["num_generated"],
+                        "definition": "mean over generated digits of the evaluation "
+                                      "classifier's largest class probability"})
+        print(f"   {kind} GAN: FD {scores['frechet_distance']:.3f}, top-class p "
+              f"{scores['mean_top_class_probability']:.4f} ({train_seconds:.0f} s)", flush=True)
+    return records
+
+
+def classifier_records(device, data):
+    """The evaluation classifier (trained on the first config["num_train"] digits, or loaded from
+    the cache) and the Frechet distance's floor (real training vs test digits). Returns
+    (records, classifier, real_feats, real_fd): what `vae_records` and `gan_records` measure with."""
     device = get_device(device)
     dev_name = device_name(device)
     s = settings()
@@ -512,11 +586,8 @@ def run(device=None):
         records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
                                    reference=reference, details=details))
 
-    data = load_data()
     x_train, y_train, x_test, y_test = data
     sizes = {"num_train": int(x_train.shape[0]), "num_test": int(x_test.shape[0])}
-
-    # 1. The evaluation classifier (trained on the first config["num_train"] digits).
     with timer() as t:
         num_clf = s["classifier"]["num_train"]
         clf_data = data if num_clf == sizes["num_train"] else load_data(num_train=num_clf)
@@ -535,7 +606,6 @@ def run(device=None):
                             "$EECS598_CACHE/a6/ keyed by a hash of the config"})
     print(f"   classifier test accuracy {info['test_accuracy']:.4f}", flush=True)
 
-    # Floor for the Frechet distance: real training digits vs the real test digits.
     with timer() as t:
         n_real = min(s["num_generated"], x_train.shape[0])
         real_fd = mc.frechet_distance(mc.features(classifier, x_train[:n_real]), real_feats)
@@ -543,42 +613,13 @@ def run(device=None):
            details={"what": f"first {n_real} real training digits vs the {sizes['num_test']} "
                             "test digits: the floor a perfect generator would reach",
                     "features": "evaluation classifier, penultimate layer (128-d)"})
+    return records, classifier, real_feats, real_fd
 
-    # 2. VAE and CVAE.
+
+def run(device=None):
+    """Train and measure every A6 model; return the result records."""
+    data = load_data()
+    records, classifier, real_feats, real_fd = classifier_records(device, data)
     records += vae_records(device, data, classifier, real_feats)
-
-    # 3. GANs.
-    fds = {}
-    for kind in GAN_KINDS:
-        D, G, history, train_seconds = train_gan(kind, device, data=data, plot=False,
-                                                 verbose=False)
-        with timer() as t:
-            scores = gan_scores(G, classifier, real_feats)
-        fds[kind] = scores["frechet_distance"]
-        details = {"model": GAN_NAMES[kind], "epochs": s["gan_epochs"][kind],
-                   "iterations": history["iterations"], "batch_size": BATCH_SIZE,
-                   "optimizer": "Adam lr 1e-3 betas (0.5, 0.999)", "noise_dim": gan.NOISE_DIM,
-                   "final_d_loss": round(history["d_loss"][-1], 4),
-                   "final_g_loss": round(history["g_loss"][-1], 4),
-                   "train_seconds": round(train_seconds, 1),
-                   "num_generated": s["num_generated"], "num_real": sizes["num_test"],
-                   "real_train_vs_test_fd": round(real_fd, 3),
-                   "predicted_digit_fractions": scores["predicted_digit_fractions"],
-                   "features": "evaluation classifier, penultimate layer (128-d); G in eval mode"}
-        if kind == "dc":
-            best = min(fds, key=fds.get)
-            details["best_gan_by_frechet_distance"] = best
-            details["dc_is_best"] = best == "dc"
-            if best != "dc" and not quick_mode():
-                print(f"   NOTE: the DC-GAN does NOT score best by Frechet distance "
-                      f"({ {k: round(v, 2) for k, v in fds.items()} })", flush=True)
-        record(f"{kind}_gan_frechet_distance", scores["frechet_distance"], "feature FD",
-               train_seconds + t.seconds, details=details)
-        record(f"{kind}_gan_mean_top_class_probability", scores["mean_top_class_probability"],
-               "probability", t.seconds,
-               details={"model": GAN_NAMES[kind], "num_generated": s["num_generated"],
-                        "definition": "mean over generated digits of the evaluation "
-                                      "classifier's largest class probability"})
-        print(f"   {kind} GAN: FD {scores['frechet_distance']:.3f}, top-class p "
-              f"{scores['mean_top_class_probability']:.4f} ({train_seconds:.0f} s)", flush=True)
+    records += gan_records(device, data, classifier, real_feats, real_fd)
     return records

@@ -87,7 +87,7 @@ def generator(noise_dim=NOISE_DIM):
 
 
 def discriminator_loss(logits_real, logits_fake):
-    """Computes the discriminator loss described above.
+    """Computes the discriminator loss of the vanilla GAN (Goodfellow et al.).
 
     Inputs:
     - logits_real: PyTorch Tensor of shape (N,) or (N, 1) giving scores for the real data.
@@ -109,7 +109,7 @@ def discriminator_loss(logits_real, logits_fake):
 
 
 def generator_loss(logits_fake):
-    """Computes the generator loss described above.
+    """Computes the non-saturating generator loss of the vanilla GAN (Goodfellow et al.).
 
     Inputs:
     - logits_fake: PyTorch Tensor of shape (N,) or (N, 1) giving scores for the fake data.
@@ -294,8 +294,8 @@ def run_a_gan(D, G, D_solver, G_solver, discriminator_loss, generator_loss, load
     - D, G: PyTorch models for the discriminator and generator
     - D_solver, G_solver: torch.optim Optimizers to use for training the
       discriminator and generator.
-    - discriminator_loss, generator_loss: Functions to use for computing the generator and
-      discriminator loss, respectively.
+    - discriminator_loss, generator_loss: Functions to use for computing the discriminator and
+      generator loss, respectively.
     - loader_train: iterable of (x, y) batches of real images in [0, 1] (y is ignored);
       batches whose size is not `batch_size` are skipped, as in the course (a ValueError if
       a whole epoch has none).

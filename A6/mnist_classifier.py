@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from eecs598.utils import evaluating
+
 ARCHITECTURE_VERSION = "cnn32bn-64bn-fc128-v2"
 FEATURE_DIM = 128
 
@@ -73,10 +75,6 @@ def cache_path(config):
     return cache_dir() / "a6" / f"mnist_classifier-{config_key(config)}.pt"
 
 
-def _device(model):
-    return next(model.parameters()).device
-
-
 def prepare_images(images, value_range=(0.0, 1.0)):
     """Images of shape (N, 784) or (N, 1, 28, 28) with values in `value_range` -> the
     classifier's input: (N, 1, 28, 28) float in [0, 1]. GAN samples use value_range=(-1, 1)."""
@@ -99,8 +97,10 @@ def train_mnist_classifier(x_train, y_train, epochs=3, batch_size=128, lr=3e-3, 
     from eecs598.utils import get_device
 
     device = get_device(device)
-    torch.manual_seed(seed)
-    model = MnistClassifier().to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded init; the global RNG is left alone
+        torch.manual_seed(seed)
+        model = MnistClassifier()
+    model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     order_gen = torch.Generator().manual_seed(seed)
     n = x_train.shape[0]
@@ -134,13 +134,12 @@ def train_mnist_classifier(x_train, y_train, epochs=3, batch_size=128, lr=3e-3, 
     return model, losses
 
 
-@torch.no_grad()
 def _in_batches(model, fn, images, value_range, batch_size):
-    """[fn(x) for each batch x of prepared `images` on the model's device], model in eval mode."""
-    model.eval()
-    device = _device(model)
-    return [fn(prepare_images(images[start:start + batch_size], value_range).to(device))
-            for start in range(0, images.shape[0], batch_size)]
+    """[fn(x) for each batch x of prepared `images` on the model's device], model in eval mode
+    (its mode is restored afterwards)."""
+    with evaluating(model) as (device, _):
+        return [fn(prepare_images(images[start:start + batch_size], value_range).to(device))
+                for start in range(0, images.shape[0], batch_size)]
 
 
 def predict_logits(model, images, value_range=(0.0, 1.0), batch_size=1000):

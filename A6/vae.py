@@ -246,7 +246,8 @@ def train_vae(model, train_loader, num_epochs=10, cond=False, optimizer=None, lr
     - train_loader: iterable of (x, y) batches, x of shape (N, 1, 28, 28) in [0, 1];
       iterated once per epoch (a DataLoader, or a list of batches).
     - optimizer: used if given; otherwise ONE Adam(lr) is created for the whole run.
-    - device: where to train; default: the device of the model's parameters.
+    - device: where to train; default: the device of the model's parameters. Batches are
+      moved there and cast to the dtype of the model's parameters.
     - epoch_callback: optional f(epoch, model, history), called after every epoch
       (e.g. to show samples during training).
 
@@ -261,6 +262,7 @@ def train_vae(model, train_loader, num_epochs=10, cond=False, optimizer=None, lr
                         "(it re-created the optimizer every epoch)")
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
+    dtype = next(model.parameters()).dtype  # batches follow the model's dtype
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = {"epoch_loss": [], "batch_loss": [], "optimizer": optimizer}
@@ -268,7 +270,7 @@ def train_vae(model, train_loader, num_epochs=10, cond=False, optimizer=None, lr
         model.train()
         total, count = 0.0, 0
         for data, labels in train_loader:
-            data = data.to(device)
+            data = data.to(device, dtype)
             if cond:
                 x_hat, mu, logvar = model(data, one_hot(labels.to(device), num_classes).to(data.dtype))
             else:

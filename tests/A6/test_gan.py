@@ -295,3 +295,31 @@ def test_image_grid_shape_and_range():
 def test_no_hard_coded_cuda():
     source = inspect.getsource(gan)
     assert not re.search(r"\.cuda\(|['\"]cuda", source), "gan.py must not hard-code CUDA"
+
+
+def _xavier_std(module):
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+    return (2.0 / (fan_in + fan_out)) ** 0.5
+
+
+def _default_linear_std(module):  # U(+-1/sqrt(fan_in)): std 1/sqrt(3 fan_in)
+    return 1.0 / (3 * module.weight.shape[1]) ** 0.5
+
+
+@pytest.mark.parametrize("kind", ["fc", "ls", "dc"])
+def test_experiments_build_gan_inits_as_the_course(kind):
+    """The course applies initialize_weights (Xavier-uniform Linear and ConvTranspose2d weights)
+    to the DC-GAN's D and G only; the FC GANs keep PyTorch's default. Standard deviations of
+    the large weight matrices within 3% of the formula's."""
+    import experiments
+
+    torch.manual_seed(0)
+    D, G, _, _ = experiments.build_gan(kind)
+    layers = [m for net in (D, G) for m in net.modules()
+              if isinstance(m, (nn.Linear, nn.ConvTranspose2d)) and m.weight.numel() >= 50_000]
+    assert len(layers) >= 3
+    for m in layers:
+        expected = _xavier_std(m) if kind == "dc" else _default_linear_std(m)
+        assert abs(m.weight.std().item() / expected - 1) < 0.03, (kind, m)
+    with pytest.raises(ValueError):
+        experiments.build_gan(kind, init="kaiming")

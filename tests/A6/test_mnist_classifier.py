@@ -185,3 +185,29 @@ def test_features_and_logits_match_the_separate_helpers():
     feats, logits = mc.features_and_logits(model, x, value_range=(-1, 1), batch_size=3)
     assert_close(feats, mc.features(model, x, value_range=(-1, 1)), 1e-6, "features")
     assert_close(logits, mc.predict_logits(model, x, value_range=(-1, 1)), 1e-5, "logits")
+
+
+def test_training_is_seeded_and_leaves_the_global_generator_alone():
+    """Two trainings with the same seed give the same model, whatever the global generator's
+    state, and the global generator is where it was (the cached-or-trained classifier must not
+    change a notebook's later random draws)."""
+    x = torch.rand(32, 1, 28, 28)
+    y = torch.randint(0, 10, (32,))
+    models = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        state = torch.get_rng_state()
+        model, _ = mc.train_mnist_classifier(x, y, epochs=1, batch_size=16, seed=5, verbose=False)
+        assert torch.equal(torch.get_rng_state(), state)
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_measures_restore_the_model_mode():
+    model = mc.MnistClassifier().train()
+    mc.features(model, torch.rand(3, 784))
+    assert model.training
+    model.eval()
+    mc.predict_logits(model, torch.rand(3, 784))
+    assert not model.training

@@ -7,6 +7,7 @@ reparametrization statistics. Synthetic tensors throughout; one optional test us
 first 512 MNIST digits and skips without the data.
 """
 import inspect
+import math
 import re
 
 import pytest
@@ -451,3 +452,13 @@ def test_generate_leaves_the_global_random_state_and_the_mode_alone():
     noise = gan.sample_noise(5, 8)
     G.eval()
     assert_close(first, G(noise).detach(), 1e-5, "generate vs G on seeded noise")
+
+
+def test_train_vae_casts_batches_to_the_model_dtype():
+    """float32 batches train a float64 model (as every other A6 helper casts its inputs)."""
+    x, y = _synthetic_digits(32)
+    torch.manual_seed(0)
+    model = vae.CVAE(784).double()
+    history = vae.train_vae(model, [(x.float(), y)], num_epochs=1, cond=True, verbose=False)
+    assert len(history["batch_loss"]) == 1 and math.isfinite(history["batch_loss"][0])
+    assert all(p.dtype == torch.float64 for p in model.parameters())
