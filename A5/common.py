@@ -18,7 +18,8 @@ Differences from the reference solutions (on purpose):
 * `nms` is written from scratch and returns exactly what `torchvision.ops.nms` returns (same
   stable descending sort, same float IoU formula, suppression when IoU > threshold compared in
   double precision as the C++ kernel does). The reference's NMS disagreed on 18.8% of boxes;
-* `class_spec_nms` runs `nms` per class (no torchvision, no coordinate-offset trick);
+* `class_spec_nms` is one greedy pass in which a box suppresses only boxes of its own class,
+  which equals `nms` per class (no torchvision, no coordinate-offset trick);
 * `train_detector` has warmup, gradient clipping, checkpoint/resume and a time limit, never
   hard-codes CUDA, and reads the losses back only when it logs (a detector's own forward pass
   may still synchronize: the RPN's proposals go through NMS and data-dependent shapes);

@@ -159,8 +159,9 @@ def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, g
          r = x2 - x, b = y2 - y;
       2. m = max(l, t, r, b) is in the level's size range  4s < m <= 8s, with the lower bound of
          the finest level set to 0 and the upper bound of the coarsest level set to infinity
-         (p3: (0, 64], p4: (64, 128], p5: (128, inf) for strides 8/16/32; half-open as in the paper,
-         so no distance falls between two levels).
+         (p3: (0, 64], p4: (64, 128], p5: (128, inf) for strides 8/16/32). Half-open, so every
+         distance belongs to exactly one level; the paper writes closed ranges
+         (m_{i-1} <= m <= m_i), which give a distance of exactly 64 or 128 to two levels.
     Among several candidate boxes, the one with the smallest area wins; equal areas go to the
     lower GT index. Rows of gt_boxes with class -1 (padding) never match.
 
@@ -298,7 +299,7 @@ class FCOS(nn.Module):
         """`forward` from FPN features. `images` is only used for its shape (B, 3, H, W): a
         "meta" tensor works, which lets training run on precomputed backbone features."""
         ### BEGIN SOLUTION
-        ### HINT: pred_net -> per-level predictions; get_fpn_location_coords; no gt_boxes: return self.inference(...). Training: per image fcos_match_locations_to_gt and fcos_get_deltas_from_locations, concatenate levels (_cat_across_fpn_levels), update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
+        ### HINT: pred_net -> per-level predictions; get_fpn_location_coords; no gt_boxes: return self.inference(...). Training: per image fcos_match_locations_to_gt and fcos_get_deltas_from_locations, concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
         any_feat = next(iter(feats_per_fpn_level.values()))
         shapes = {level: feat.shape for level, feat in feats_per_fpn_level.items()}
@@ -330,7 +331,8 @@ class FCOS(nn.Module):
 
         num_images = gt_boxes.shape[0]
         fg = matched_boxes[:, :, 4] != -1  # (B, L)
-        self._normalizer.mul_(0.9).add_(0.1 * fg.sum() / num_images)  # on the device: no sync
+        if self.training:  # a loss computed in eval mode (validation) leaves the normalizer alone
+            self._normalizer.mul_(0.9).add_(0.1 * fg.sum() / num_images)  # on the device: no sync
 
         gt_classes = matched_boxes[:, :, 4].long()
         cls_targets = F.one_hot(gt_classes + 1, self.num_classes + 1)[:, :, 1:].to(pred_cls.dtype)

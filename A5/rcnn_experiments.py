@@ -144,7 +144,8 @@ class _RPNOnly(nn.Module):
         self.backbone, self.rpn = detector.backbone, detector.rpn
 
     def forward(self, images, gt_boxes):
-        out = self.rpn(self.backbone(images), self.backbone.fpn_strides, gt_boxes)
+        out = self.rpn(self.backbone(images), self.backbone.fpn_strides, gt_boxes,
+                       image_size=tuple(images.shape[-2:]))
         return {k: out[k] for k in ("loss_rpn_obj", "loss_rpn_box")}
 
 

@@ -21,8 +21,11 @@ Differences from the reference solutions (on purpose):
   and `post_nms_topk` is applied;
 * the second stage pools the proposals MIXED WITH the GT boxes during training (the reference
   pooled the raw proposals), each box from the FPN level chosen by its size
-  (k = floor(5 + log2(sqrt(area) / 224)) clamped to 3..5, the FPN paper's rule with k0 = 5 for
-  224-pixel images), with a from-scratch `roi_align`;
+  (k = floor(5 + log2(sqrt(area) / 224)) clamped to 3..5, the rule of the course's
+  `mix_gt_with_proposals`; the FPN paper's k0 is 4, for images of about 800 pixels), with a
+  from-scratch `roi_align`. On the 224-pixel crops boxes under 112 pixels (square root of the
+  area) pool from p3, those from 112 to 224 from p4, and only boxes as large as the image from
+  p5, so p5 serves the RPN almost alone;
 * the classifier stem has ReLUs, and an optional class-specific box regression (on by default;
   `box_regression=False` gives the course's classification-only second stage);
 * inference scores every (proposal, class) pair above the threshold (as torchvision's ROI heads)
@@ -259,7 +262,9 @@ def assign_fpn_levels(boxes: torch.Tensor, k0: int = 5, canonical_size: float = 
                       min_level: int = 3, max_level: int = 5) -> torch.Tensor:
     """FPN level of each box: floor(k0 + log2(sqrt(area) / canonical_size)) clamped to [min, max].
 
-    With k0 = 5 and 224-pixel images a 224-pixel box goes to p5, 112 to p4, 56 and below to p3.
+    With k0 = 5 and canonical size 224, sqrt(area) < 112 goes to p3 (56-112 gives level 3, smaller
+    boxes are clamped up to it), 112 to 224 to p4, and 224 or more (a box as large as a 224-pixel
+    image) to p5.
     boxes: (N, 4) -> (N,) long levels.
     """
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
@@ -277,6 +282,10 @@ def mix_gt_with_proposals(proposals_per_fpn_level, gt_boxes: torch.Tensor):
     Returns:
         the same structure (new lists) where image b's GT boxes are appended to the level
         `assign_fpn_levels` gives them.
+
+    The level a GT box is filed under is the course's API. `FasterRCNN.forward` then merges each
+    image's levels and `roi_features` assigns every box (proposal or GT) its level again by the
+    same rule, so where a box is filed does not change which map it is pooled from.
     """
     mixed = {level: list(props) for level, props in proposals_per_fpn_level.items()}
     for b, gtb in enumerate(gt_boxes):
@@ -417,7 +426,9 @@ class RPN(nn.Module):
         self.fg_fraction = fg_fraction
         self.min_size = min_size
 
-    def forward(self, feats_per_fpn_level, strides_per_fpn_level, gt_boxes=None):
+    def forward(self, feats_per_fpn_level, strides_per_fpn_level, gt_boxes=None, image_size=None):
+        """image_size: (H, W) of the input images, the canvas proposals are clipped to; None:
+        the p3 map's size times its stride (the same for inputs whose sides are multiples of 8)."""
         num_images = feats_per_fpn_level["p3"].shape[0]
         pred_obj_logits, pred_boxreg_deltas = self.pred_net(feats_per_fpn_level)
         p3 = feats_per_fpn_level["p3"]
@@ -429,7 +440,8 @@ class RPN(nn.Module):
         anchors_per_fpn_level = generate_fpn_anchors(locations, strides_per_fpn_level,
                                                      self.anchor_stride_scale,
                                                      self.anchor_aspect_ratios)
-        image_size = (p3.shape[2] * strides_per_fpn_level["p3"], p3.shape[3] * strides_per_fpn_level["p3"])
+        if image_size is None:
+            image_size = (p3.shape[2] * strides_per_fpn_level["p3"], p3.shape[3] * strides_per_fpn_level["p3"])
         output_dict = {"proposals": self.predict_proposals(
             anchors_per_fpn_level, pred_obj_logits, pred_boxreg_deltas, image_size)}
         if not self.training:
@@ -562,7 +574,7 @@ class FasterRCNN(nn.Module):
                 test_nms_thresh=None):
         feats_per_fpn_level = self.backbone(images)
         output_dict = self.rpn(feats_per_fpn_level, self.backbone.fpn_strides,
-                               gt_boxes if self.training else None)
+                               gt_boxes if self.training else None, image_size=tuple(images.shape[-2:]))
         proposals_per_fpn_level = output_dict["proposals"]
         if self.training:
             proposals_per_fpn_level = mix_gt_with_proposals(proposals_per_fpn_level, gt_boxes)
@@ -615,7 +627,8 @@ class FasterRCNN(nn.Module):
         for one image.
         """
         feats = self.backbone(images)
-        proposals_per_fpn_level = self.rpn(feats, self.backbone.fpn_strides, None)["proposals"]
+        proposals_per_fpn_level = self.rpn(feats, self.backbone.fpn_strides, None,
+                                           image_size=tuple(images.shape[-2:]))["proposals"]
         proposals = [torch.cat([proposals_per_fpn_level[level][b] for level in proposals_per_fpn_level])
                      for b in range(images.shape[0])]
         return self._detect(images, feats, proposals, test_score_thresh, test_nms_thresh)

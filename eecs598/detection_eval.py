@@ -1,11 +1,12 @@
 """PASCAL VOC detection metrics, from scratch: per-class AP at an IoU threshold and their mean.
 
-Protocol (the official VOC devkit's, `VOCevaldet.m` / `voc_eval.py`):
+Protocol (the official VOC devkit's, `VOCevaldet.m` / its Python port `voc_eval.py`):
 * detections of one class from all images are sorted by decreasing score (stable: equal scores
   keep their input order, image by image);
 * each detection, highest score first, is compared with the ground-truth (GT) boxes of its class
   in its image; it takes the GT box of highest IoU. If that IoU > `iou_threshold` (strictly, as
-  VOC): a difficult GT box makes the detection "ignored" (neither TP nor FP); an unmatched GT box
+  `voc_eval.py`; the MATLAB `VOCevaldet.m` uses >=, which differs only at an IoU of exactly the
+  threshold): a difficult GT box makes the detection "ignored" (neither TP nor FP); an unmatched GT box
   becomes matched and the detection is a true positive; an already matched GT box makes the
   detection a false positive (duplicate). IoU <= threshold (or no GT): false positive;
 * recall = TP / (number of non-difficult GT boxes of the class), precision = TP / (TP + FP);
@@ -24,7 +25,7 @@ Differences from other tools, on purpose and documented:
   0.6000000000000001 and 0.7000000000000001 such a recall misses. The two differ only when a
   class's recall lands exactly on 0.3, 0.6 or 0.7;
 * pycocotools (COCOeval) matches each detection to the best *still unmatched* GT with
-  IoU >= threshold (VOC: the best GT overall, strict >), interpolates precision at 101 recall
+  IoU >= threshold (here: the best GT overall, strict >), interpolates precision at 101 recall
   points (VOC: all points), and caps detections per image with `maxDets`. On realistic
   detections the two agree within a fraction of an AP point (see tests/eecs598 and `coco_map`).
 

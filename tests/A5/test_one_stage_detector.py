@@ -278,6 +278,21 @@ def test_fcos_losses_on_background_only_images(small_fcos):
     assert_close(losses["loss_cls"].double(), ref, 1e-5, "loss_cls")
 
 
+def test_fcos_eval_mode_losses_leave_the_normalizer_alone(small_fcos):
+    """A loss computed in eval mode (a validation loss) uses the normalizer but does not update
+    it; in training mode the same call moves it (0.9 * old + 0.1 * foreground per image)."""
+    torch.manual_seed(2)
+    images = torch.randn(1, 3, 96, 128)
+    gt = torch.tensor([[[10.0, 10.0, 60.0, 70.0, 3.0]]])
+    try:
+        _, _, old, new = _losses_with_head_outputs(small_fcos.eval(), images, gt)
+        assert new == old == 150.0
+        _, _, old, new = _losses_with_head_outputs(small_fcos.train(), images, gt)
+        assert new != old
+    finally:
+        small_fcos.train()
+
+
 def test_fcos_loss_decreases_on_tiny_overfit():
     """Frozen random backbone, 2 images of 96x96 with 3 boxes: 40 Adam steps lower the total loss by 30%.
 

@@ -341,6 +341,30 @@ def test_post_nms_topk_respected():
             assert (p[:, 0] >= 0).all() and (p[:, 2] <= 224).all() and (p[:, 2] > p[:, 0]).all()
 
 
+def test_rpn_clips_proposals_to_the_input_image():
+    """A 100 x 100 input gives a 13 x 13 p3 map (stride 8: a 104-pixel canvas); proposals are
+    clipped to the image's 100 pixels, in the detector and in detect_batch."""
+    torch.manual_seed(3)
+    det = _detector().eval()
+    images = torch.randn(2, 3, 100, 100)
+    spans = []
+    real_rpn_forward = det.rpn.forward
+
+    def spy(*args, **kwargs):
+        out = real_rpn_forward(*args, **kwargs)
+        spans.append(max(p[:, 2:].max().item() for per_image in out["proposals"].values()
+                         for p in per_image if len(p)))
+        return out
+
+    det.rpn.forward = spy
+    with torch.no_grad():
+        det.rpn(det.backbone(images), det.backbone.fpn_strides)  # no image size: the p3 canvas
+        det(images[:1], test_score_thresh=0.0)
+        det.detect_batch(images, test_score_thresh=0.0)
+    assert spans[0] > 100 and spans[0] <= 104
+    assert spans[1] <= 100 and spans[2] <= 100
+
+
 def test_faster_rcnn_inference_outputs_valid():
     torch.manual_seed(2)
     det = _detector().eval()

@@ -386,6 +386,31 @@ def test_voc_transform_on_synthetic_image(isolated_data):
     assert torch.all(gt[1:] == -1)
 
 
+def test_voc_transform_scales_and_crops_a_portrait_image(isolated_data):
+    """A 300 x 500 (w x h) image: the shorter side is scaled to 224 (x 224/300; 500 -> 373 rows)
+    and the centre crop drops (373 - 224) // 2 = 74 rows at the top. A red rectangle drawn where
+    its box says must land where the mapped box says."""
+    from PIL import Image, ImageDraw
+    folder = isolated_data / "voc2007"
+    (folder / "img").mkdir(parents=True)
+    img = Image.new("RGB", (300, 500), (255, 255, 255))
+    ImageDraw.Draw(img).rectangle([60, 150, 199, 399], fill=(255, 0, 0))  # pixels 60..199 x 150..399
+    img.save(folder / "img" / "p.png")
+    boxes = [{"name": "dog", "xyxy": [60.0, 150.0, 200.0, 400.0]}]
+    (folder / "voc07_train.json").write_text(json.dumps([["img/p.png", boxes]]))
+    _, image, gt = VOC2007Detection("train", image_size=224, max_boxes=2)[0]
+    x1, x2 = 60 * 224 / 300, 200 * 224 / 300  # 44.8, 149.3
+    y1, y2 = 150 * 373 / 500 - 74, min(400 * 373 / 500 - 74, 224)  # 37.9, 224 (clipped from 224.4)
+    assert torch.allclose(gt[0], torch.tensor([x1, y1, x2, y2, 11.0]), atol=1e-4)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1)
+    rgb = image.reshape(3, -1) * std + torch.tensor([0.485, 0.456, 0.406]).view(3, 1)
+    red = ((rgb[0] > 0.9) & (rgb[1] < 0.1)).reshape(224, 224)
+    rows, cols = red.nonzero().unbind(1)
+    # bilinear resizing blurs the edges by about a pixel
+    assert abs(cols.min() - x1) <= 1.5 and abs(cols.max() + 1 - x2) <= 1.5
+    assert abs(rows.min() - y1) <= 1.5 and rows.max() == 223
+
+
 @pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
 def test_voc_real_copy():
     ds = VOC2007Detection("val", num_images=5)

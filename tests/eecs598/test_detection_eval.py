@@ -60,7 +60,7 @@ def test_score_order_not_input_order():
 
 
 def test_iou_threshold_is_strict_and_classes_separate():
-    # IoU([0,0,4,1], [0,0,2,1]) = 2/4 = 0.5 exactly: not > 0.5 -> FP (VOC uses ovmax > 0.5)
+    # IoU([0,0,4,1], [0,0,2,1]) = 2/4 = 0.5 exactly: not > 0.5 -> FP (voc_eval.py: ovmax > 0.5)
     gts = [_gt([[0, 0, 4, 1]], [0])]
     r = de.evaluate_detections([_det([[0, 0, 2, 1]], [0], [0.9])], gts, 1)
     assert r["ap_per_class"][0] == 0.0
