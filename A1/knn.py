@@ -95,11 +95,12 @@ def compute_distances_no_loops(x_train, x_test):
     num_train, num_test = x_train.shape[0], x_test.shape[0]
     dtype = _float_dtype(x_train, x_test)
     ### BEGIN SOLUTION
-    ### HINT: (a * a).sum(1) is (num_train,), (b * b).sum(1) is (num_test,), a @ b.T is (num_train, num_test).
+    ### HINT: the squared norms of the rows of a (num_train,) and b (num_test,), and a @ b.T (num_train, num_test).
     a = x_train.reshape(num_train, -1).to(dtype)
     b = x_test.reshape(num_test, -1).to(dtype)
-    a_sq = (a * a).sum(dim=1)
-    b_sq = (b * b).sum(dim=1)
+    # einsum sums the products row by row without a (num_train, D) temporary like (a * a)
+    a_sq = torch.einsum("ij,ij->i", a, a)
+    b_sq = torch.einsum("ij,ij->i", b, b)
     dists = torch.addmm(a_sq[:, None], a, b.T, beta=1, alpha=-2)  # ||a||^2 - 2 a.b
     dists += b_sq[None, :]
     dists.clamp_(min=0)

@@ -26,6 +26,12 @@ _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_ba
 _SHUFFLE_SEED = 0
 
 
+def _jpeg_order():
+    """What the JPEG copy's decoded order depends on besides the zip's content (part of its
+    cache key, so that a change rebuilds the cached tensors)."""
+    return f"classes in the order {','.join(CLASSES)}, names sorted, then torch.randperm seeded {_SHUFFLE_SEED}"
+
+
 def _decode_batches(read_member):
     """Decode the pickled python batches; `read_member(name)` returns a file's bytes."""
     out = {}
@@ -118,7 +124,8 @@ def load_cifar10_uint8():
         path = store.local_path("cifar10", name)
         if path is not None:
             store.verify_file(path, store.REGISTRY["cifar10"].files[name])
-            data = store.cached_tensors(f"cifar10-{Path(name).stem}", lambda: decode(path), path)
+            data = store.cached_tensors(f"cifar10-{Path(name).stem}", lambda: decode(path), path,
+                                        version=_jpeg_order() if decode is _decode_jpeg_zip else None)
             return {**data, "source": source}
     try:
         path = store.fetch("cifar10", "cifar-10-python.tar.gz")
@@ -161,7 +168,9 @@ def preprocess_cifar10(cuda=None, show_examples=True, bias_trick=False, flatten=
     2. move to `device` (None: CUDA if `cuda` is true or, when `cuda` is None, if available;
        else CPU) and cast to `dtype`;
     3. optionally show a grid of examples;
-    4. subtract the per-channel mean RGB of the training images from train and test;
+    4. subtract the per-channel mean RGB of the `num_train` training images (computed before
+       the validation split, so it includes the validation images, as in the course) from
+       all of them and from the test images;
     5. optionally flatten each image to 3072 values and append a ones column (bias trick, D=3073);
     6. split the tail `validation_ratio` of the training set off as validation.
 

@@ -203,22 +203,29 @@ def _verified_stamp(path: Path) -> Path:
     return cache_dir() / "verified" / f"{key}.json"
 
 
-def verify_file(path, spec: RemoteFile):
+def _fingerprint(path: Path, spec: RemoteFile) -> dict:
+    """What a verified stamp records: the file's size and mtime, and the checksums it passed
+    (a stamp written under other expected checksums does not count)."""
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime": stat.st_mtime_ns,
+            "expected": [spec.size, spec.sha256, spec.content_md5, spec.md5]}
+
+
+def verify_file(path, spec: RemoteFile, remember=True):
     """Raise DataError unless `path` matches the checksums in `spec` (a truncated file fails too).
 
-    A successful check is remembered in the cache (keyed by path, size and mtime), so large
-    files are hashed once, not at every load.
+    A successful check is remembered in the cache (keyed by path, size, mtime and the expected
+    checksums), so large files are hashed once, not at every load; `remember=False` skips that.
     """
     path = Path(path)
-    stat = path.stat()
-    fingerprint = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
     stamp = _verified_stamp(path)
     try:
-        if json.loads(stamp.read_text()) == fingerprint:
+        if json.loads(stamp.read_text()) == _fingerprint(path, spec):
             return
     except (OSError, ValueError):
         pass
 
+    stat = path.stat()
     checks = []
     if spec.size is not None and stat.st_size != spec.size and spec.content_md5 is None:
         raise DataError(f"{path}: size {stat.st_size} bytes, expected {spec.size} "
@@ -239,8 +246,14 @@ def verify_file(path, spec: RemoteFile):
                                             + ("delete it and fetch it again." if spec.urls else
                                                "replace it with the right copy (it has no download URL)."))
             raise DataError(f"{path}: {what} mismatch: expected {expected}, found {found}. {advice}")
+    if remember:
+        _remember_verified(path, spec)
+
+
+def _remember_verified(path: Path, spec: RemoteFile):
+    stamp = _verified_stamp(path)
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(fingerprint))
+    stamp.write_text(json.dumps(_fingerprint(path, spec)))
 
 
 def _download(url: str, dest: Path, spec: RemoteFile):
@@ -257,8 +270,9 @@ def _download(url: str, dest: Path, spec: RemoteFile):
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
-        verify_file(tmp, spec)  # raises on mismatch; the bad file is removed below
+        verify_file(tmp, spec, remember=False)  # raises on mismatch; the bad file is removed below
         tmp.replace(dest)
+        _remember_verified(dest, spec)  # the final file's stamp, so the next fetch does not re-hash it
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -316,17 +330,21 @@ def fetch(dataset: str, name: str, download: bool = True) -> Path:
     raise DataError(_missing_message(dataset, spec, "download failed: " + "; ".join(errors)))
 
 
-def cached_tensors(key: str, build, *sources):
+def cached_tensors(key: str, build, *sources, version=None):
     """Load tensors saved under ``<cache>/<key>.pt``, or build them with `build()` and save.
 
     The cache entry is tied to the content (size and sha256) of the files `sources`: when one
     changes, the entry is rebuilt; a copy of the same files elsewhere or with new timestamps
-    (a fresh checkout of the data, a re-mounted data root) reuses it. Writes go through a
-    temporary file, so an interrupted write never leaves a half-written cache entry.
+    (a fresh checkout of the data, a re-mounted data root) reuses it. `version` (a string):
+    what else the built tensors depend on (a decoder's settings, such as a shuffling seed);
+    an entry built under another version is rebuilt. Writes go through a temporary file, so an
+    interrupted write never leaves a half-written cache entry.
     """
     import torch
 
     identity = [[Path(s).stat().st_size, file_digest(s, "sha256")] for s in sources]
+    if version is not None:
+        identity.append(["version", str(version)])
     path = cache_dir() / f"{key}.pt"
     if path.exists():
         try:

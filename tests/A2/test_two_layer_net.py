@@ -212,7 +212,9 @@ def test_find_best_net_returns_the_best_of_a_tiny_grid():
 
     best_net, best_stat, best_val = tln.find_best_net(data, lambda: grid, num_iters=40,
                                                       batch_size=30, std=0.1)
-    # Brute force: train every configuration the same way (TwoLayerNet seeds itself).
+    # Brute force: train every configuration the same way (TwoLayerNet seeds itself). The
+    # training is the code under test (its own tests check it); what this checks
+    # independently is the search: every configuration tried, and the best one kept.
     runs = []
     for lr in grid[0]:
         for hs in grid[1]:

@@ -91,6 +91,10 @@ def test_download_verifies_and_keeps_good_file(isolated_data, monkeypatch, tmp_p
     assert path == store.cache_dir() / "downloads" / "toy" / "blob.bin"
     assert path.read_bytes() == source.read_bytes()
     assert not list(isolated_data.iterdir()), "downloads must never go into the data root"
+    # the stamp is the final file's (one stamp, no orphan of the temporary file): not hashed again
+    assert len(list((store.cache_dir() / "verified").iterdir())) == 1
+    monkeypatch.setattr(store, "file_digest", lambda *a, **k: pytest.fail("hashed again"))
+    assert store.fetch("toy", "blob.bin") == path
 
 
 def test_download_with_bad_checksum_keeps_nothing(isolated_data, monkeypatch, tmp_path):
@@ -153,6 +157,18 @@ def test_verification_is_remembered_and_redone_when_file_changes(isolated_data, 
         store.fetch("toy", "blob.bin")
 
 
+def test_a_verification_counts_only_for_the_checksums_it_was_made_against(isolated_data, monkeypatch):
+    """A file verified against one registry checksum is checked again when the registry
+    expects another (a stamp keyed by path, size and mtime alone would let it through)."""
+    (isolated_data / "toy").mkdir()
+    (isolated_data / "toy" / "blob.bin").write_bytes(b"abc")
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", sha256=hashlib.sha256(b"abc").hexdigest())])
+    store.fetch("toy", "blob.bin")
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", sha256="2" * 64)])
+    with pytest.raises(DataError, match="mismatch"):
+        store.fetch("toy", "blob.bin")
+
+
 def test_tensor_cache_follows_the_sources_content_not_their_path_or_timestamps(isolated_data, tmp_path):
     """A copy of the sources elsewhere, with new timestamps, reuses the entry (a re-mounted data
     root does not rebuild minutes of features); a change of content, even of the same size and
@@ -178,6 +194,10 @@ def test_tensor_cache_follows_the_sources_content_not_their_path_or_timestamps(i
     os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert torch.equal(store.cached_tensors("toy", build, copy)["x"], torch.tensor([2, 3, 4]))
     assert len(builds) == 2
+    # what else the tensors depend on (a decoder's seed): another version rebuilds, the same reuses
+    assert torch.equal(store.cached_tensors("toy", build, copy, version="seed 1")["x"], torch.tensor([3, 4, 5]))
+    assert torch.equal(store.cached_tensors("toy", build, copy, version="seed 1")["x"], torch.tensor([3, 4, 5]))
+    assert len(builds) == 3
 
 
 # ---------------------------------------------------------------- CIFAR-10 archives
@@ -295,11 +315,36 @@ def test_cifar10_subsets_are_deterministic_prefixes():
 
 @requires_cifar
 def test_cifar_cache_goes_to_cache_not_data_root(tmp_path, monkeypatch):
-    root = Path(os.environ["EECS598_DATA"])
-    before = sorted(p.name for p in root.rglob("*") if p.parent == root / "cifar10")
-    cifar10(num_train=10, num_test=10)
-    assert sorted(p.name for p in root.rglob("*") if p.parent == root / "cifar10") == before
-    assert list(store.cache_dir().glob("cifar10-*.pt"))
+    """The decoded tensors go to $EECS598_CACHE, never into the (possibly read-only) data root,
+    and a second load reads them back without decoding. The decoders are stubbed, so the real
+    copy is only located and verified, not decoded."""
+    root = store.data_root() / "cifar10"
+    before = sorted(p.name for p in root.iterdir())
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    decoded = []
+
+    def fake_decode(path):
+        decoded.append(path)
+        x, y = torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(20) % 10
+        return {"x_train": x, "y_train": y, "x_test": x[:10], "y_test": y[:10]}
+
+    for name in ("_decode_jpeg_zip", "_decode_tarball", "_decode_folder"):
+        monkeypatch.setattr(cifar_mod, name, fake_decode)
+    first, second = cifar_mod.load_cifar10_uint8(), cifar_mod.load_cifar10_uint8()
+    assert len(decoded) == 1 and torch.equal(first["y_train"], second["y_train"])
+    assert len(list((tmp_path / "cache").glob("cifar10-*.pt"))) == 1
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_jpeg_copy_order_is_pinned():
+    """The JPEG copy is shuffled with torch.randperm under a fixed seed, and every CIFAR figure
+    in results/ was measured on that order. If a torch release changes randperm, this fails
+    (and the seed is part of the decoded tensors' cache key, so changing it rebuilds them)."""
+    perm = lambda n: torch.randperm(n, generator=torch.Generator().manual_seed(cifar_mod._SHUFFLE_SEED))
+    assert cifar_mod._SHUFFLE_SEED == 0
+    assert perm(50000)[:8].tolist() == [36044, 49165, 37807, 11341, 6091, 16904, 36293, 28026]
+    assert perm(10000)[:8].tolist() == [6044, 2890, 9399, 1917, 4919, 1729, 429, 7532]
+    assert "seeded 0" in cifar_mod._jpeg_order()
 
 
 @requires_cifar
