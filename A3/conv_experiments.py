@@ -70,9 +70,10 @@ def one_minute_deepconvnet(data, device, dtype=DTYPE, time_limit=None, verbose=F
     `solver.train(time_limit=60)` (quick mode: 3 s). `time_limit=float("inf")` trains all 10
     epochs (what the CPU can check of the GPU target).
 
-    The Solver keeps the parameters with the best validation accuracy; the test accuracy is
-    measured on those. Returns a dict: solver, val_acc, test_acc, seconds (training),
-    iterations, epochs (completed), finished (all 10 epochs within the limit).
+    The Solver keeps the parameters with the best validation accuracy (and the batch-norm
+    running statistics of that check); the test accuracy is measured on those. Returns a dict:
+    solver, val_acc, test_acc, seconds (training), iterations, epochs (completed), finished
+    (all 10 epochs within the limit).
     """
     eecs598.reset_seed(seed)
     time_limit = eecs598.pick(full=60, quick=3) if time_limit is None else time_limit
@@ -264,7 +265,7 @@ def run(device=None, parts=PARTS):
                    "lr_decay": solver.lr_decay, "batch_size": solver.batch_size, "num_epochs": solver.num_epochs,
                    "time_limit_s": one["time_limit"], "iterations_done": one["iterations"],
                    "epochs_done": one["epochs"], "finished_all_epochs": one["finished"],
-                   "val": "best accuracy check (the Solver keeps those params); test on those params"}
+                   "val": "best accuracy check (the Solver keeps those params and batch-norm statistics); test on those"}
         record("one_minute_deepconvnet_val_accuracy", 100 * one["val_acc"], "%", one["seconds"],
                REFERENCE["one_minute_val"], **details)
         record("one_minute_deepconvnet_test_accuracy", 100 * one["test_acc"], "%", one["seconds"],

@@ -17,6 +17,9 @@ Model contract
   being the score of class ``c`` for ``X[i]``. With labels (training time) it returns
   ``(loss, grads)``: a scalar tensor (or number) and a dict with the keys of
   ``model.params`` whose values are gradients shaped like the parameters.
+* optional ``model.bn_params``: a list of dicts (one per batch-norm layer) whose tensor
+  values (``running_mean``, ``running_var``) are state that test-time scores depend on. The
+  Solver keeps them with the best params and puts them back with them.
 
 Update rules
 ------------
@@ -79,6 +82,7 @@ class Solver:
     Attributes after ``train()``: ``loss_history`` (one float per iteration),
     ``train_acc_history`` / ``val_acc_history`` (one float fraction per accuracy check),
     ``best_val_acc``, ``best_params`` (clones of the params with the best val accuracy),
+    ``best_bn_state`` (clones of the batch-norm running statistics at that check, if any),
     ``epoch`` (completed epochs), ``optim_configs`` (per-parameter update-rule state).
     """
 
@@ -123,6 +127,7 @@ class Solver:
         self.epoch = 0
         self.best_val_acc = 0
         self.best_params = {}
+        self.best_bn_state = []
         self.loss_history = []
         self.train_acc_history = []
         self.val_acc_history = []
@@ -167,7 +172,8 @@ class Solver:
         ``model_params`` (dict of tensors), ``model_class`` and ``update_rule`` (names),
         ``optim_config``, ``optim_configs``, ``lr_decay``, ``batch_size``,
         ``num_train_samples``, ``num_val_samples``, ``epoch``, ``loss_history``,
-        ``train_acc_history``, ``val_acc_history``, ``best_val_acc``.
+        ``train_acc_history``, ``val_acc_history``, ``best_val_acc``, ``bn_state`` (the
+        batch-norm running statistics, see `_bn_state`).
         """
         if self.checkpoint_name is None:
             return
@@ -186,6 +192,7 @@ class Solver:
             "train_acc_history": self.train_acc_history,
             "val_acc_history": self.val_acc_history,
             "best_val_acc": self.best_val_acc,
+            "bn_state": self._bn_state(),
         }
         filename = "%s_epoch_%d.pkl" % (self.checkpoint_name, self.epoch)
         if iteration is not None:
@@ -264,7 +271,14 @@ class Solver:
         if val_acc > self.best_val_acc or not self.best_params:
             self.best_val_acc = val_acc
             self.best_params = {k: v.clone() for k, v in self.model.params.items()}
+            self.best_bn_state = self._bn_state()
         self._save_checkpoint(iteration)
+
+    def _bn_state(self):
+        """Clones of the tensors in ``model.bn_params`` (batch-norm running statistics): one
+        dict per layer; [] for a model without batch norm."""
+        return [{k: v.clone() for k, v in layer.items() if torch.is_tensor(v)}
+                for layer in getattr(self.model, "bn_params", None) or []]
 
     def train(self, time_limit=None, return_best_params=True):
         """Run ``num_epochs * max(N_train // batch_size, 1)`` iterations of ``_step``.
@@ -283,7 +297,8 @@ class Solver:
         was just checked; its checkpoint is ``<name>_epoch_<e>_iter_<t>.pkl``), so the
         params trained since the last check can be the best.
         return_best_params: if True, the best-val params are put back into
-        ``model.params`` at the end.
+        ``model.params`` at the end, and the batch-norm running statistics of that check into
+        ``model.bn_params``.
         """
         num_train = self.X_train.shape[0]
         iterations_per_epoch = max(num_train // self.batch_size, 1)
@@ -330,3 +345,6 @@ class Solver:
         if return_best_params and self.best_params:
             for k, v in self.best_params.items():
                 self.model.params[k] = v.clone()
+            # and the running statistics the best params were checked with
+            for layer, saved in zip(getattr(self.model, "bn_params", None) or [], self.best_bn_state):
+                layer.update({k: v.clone() for k, v in saved.items()})

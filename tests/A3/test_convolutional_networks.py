@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import convolutional_networks as cn
+from eecs598 import Solver
 from eecs598.grad import compute_numeric_gradient, rel_error
 from eecs598.testing import assert_close
 
@@ -790,3 +791,24 @@ def test_conv_experiments_resnet_parts_do_not_load_the_course_split(monkeypatch)
 def test_three_layer_convnet_refuses_an_even_filter_size():
     with pytest.raises(ValueError, match="filter_size must be odd"):
         cn.ThreeLayerConvNet(input_dims=(3, 8, 8), filter_size=4)
+
+
+def test_solver_returns_a_batchnorm_net_as_it_was_at_its_best_check():
+    """The Solver puts back the params of the best validation check AND the batch-norm running
+    statistics of that check: the returned net scores best_val_acc on the validation set. In
+    this run (seed 1) the best check (0.70) is the 6th of 7; with the last step's running
+    statistics the best params would score 0.60."""
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(60, 3, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=g)
+    X[torch.arange(60), y, :2, :2] += 1.5  # the class shows in the top-left corner of its channel
+    data = {"X_train": X[:40], "y_train": y[:40], "X_val": X[40:], "y_val": y[40:]}
+    torch.manual_seed(1)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_classes=3, num_filters=[4, 4], max_pools=[0, 1],
+                           batchnorm=True, weight_scale="kaiming", reg=0, dtype=torch.float64)
+    solver = Solver(model, data, update_rule=cn.adam, optim_config={"learning_rate": 5e-2}, batch_size=10,
+                    num_epochs=6, verbose=False)
+    solver.train()
+    history = solver.val_acc_history
+    assert history.index(max(history)) < len(history) - 1, "the test needs a best check before the last"
+    assert solver.check_accuracy(data["X_val"], data["y_val"]) == solver.best_val_acc
