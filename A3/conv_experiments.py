@@ -17,8 +17,9 @@ protocol on CIFAR-10 (40k train / 10k val / 10k test, (N, 3, 32, 32), float32); 
     batchnorm_comparison       the same 6-layer net with and without batch norm, 500 images
     batchnorm_learning_rates   ... and across learning rates
     resnet                     beyond the course: the from-scratch ResNet-9 (resnet_from_scratch.py)
-    run(device)                all of the above as result records; run(device, parts=("resnet_half",))
-                               also the ResNet-9 recipe at half width (about 65 minutes on a 2-core CPU)
+    run(device)                all of the above as result records; run(device, parts=PARTS + ("resnet_half",))
+                               adds the ResNet-9 recipe at half width (about 65 minutes on a 2-core CPU);
+                               parts=("resnet_half",) runs that alone
 """
 import torch
 

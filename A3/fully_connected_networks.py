@@ -220,7 +220,9 @@ class Dropout(object):
         Returns dx, the gradient with respect to the input of Dropout.forward.
         """
         dropout_param, mask = cache
-        mode = dropout_param["mode"]
+        # The mode of the forward pass (a mask exists in train mode only), not dropout_param's
+        # mode now: the caller may have switched the shared dict since.
+        mode = "train" if mask is not None else "test"
 
         dx = None
         if mode == "train":
@@ -658,7 +660,8 @@ def rmsprop(w, dw, config=None):
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("decay_rate", 0.99)
     config.setdefault("epsilon", 1e-8)
-    config.setdefault("cache", torch.zeros_like(w))
+    if "cache" not in config:  # (setdefault would allocate the zeros at every step)
+        config["cache"] = torch.zeros_like(w)
 
     next_w = None
     ### BEGIN SOLUTION
@@ -694,8 +697,9 @@ def adam(w, dw, config=None):
     config.setdefault("beta1", 0.9)
     config.setdefault("beta2", 0.999)
     config.setdefault("epsilon", 1e-8)
-    config.setdefault("m", torch.zeros_like(w))
-    config.setdefault("v", torch.zeros_like(w))
+    if "m" not in config:  # (setdefault would allocate the zeros at every step)
+        config["m"] = torch.zeros_like(w)
+        config["v"] = torch.zeros_like(w)
     config.setdefault("t", 0)
 
     next_w = None

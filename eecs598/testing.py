@@ -44,3 +44,20 @@ def box_iou_reference(boxes1, boxes2):
             union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
             out[m, n] = inter / union if union > 0 else float("nan")
     return out
+
+
+def autograd_or_nn_uses(module):
+    """Names in `module`'s source that would make it lean on autograd or torch.nn: attributes
+    and imports under torch.nn / torch.autograd, and anything with requires_grad. The
+    from-scratch assignment files must give an empty list. (A tensor's `.backward()` cannot be
+    told apart from a layer's by name; tests catch it by computing gradients under
+    `torch.no_grad()` / `torch.inference_mode()`, where it fails.)"""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(module))
+    names = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    imports = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               for alias in node.names} | {node.module for node in ast.walk(tree)
+                                           if isinstance(node, ast.ImportFrom) and node.module}
+    return sorted(n for n in names | imports if n.startswith(("torch.nn", "torch.autograd")) or "requires_grad" in n)

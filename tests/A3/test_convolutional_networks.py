@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import convolutional_networks as cn
 from eecs598 import Solver
 from eecs598.grad import compute_numeric_gradient, rel_error
-from eecs598.testing import assert_close
+from eecs598.testing import assert_close, autograd_or_nn_uses
 
 DT = torch.float64
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -143,6 +143,8 @@ POOL_CASES = [
     (2, 2, 9, 10, 2, 3, 3),
     (3, 2, 7, 7, 2, 2, 2),
     (2, 3, 6, 8, 3, 3, 2),
+    (2, 3, 8, 8, 4, 4, 4),  # non-overlapping windows wider than 2 (ResNet's global pool: 4 x 4)
+    (2, 2, 11, 10, 5, 5, 5),  # ... and sizes the window does not divide
 ]
 POOL_IDS = ["{}x{}_win{}x{}_s{}".format(*c[2:]) for c in POOL_CASES]
 
@@ -812,3 +814,19 @@ def test_solver_returns_a_batchnorm_net_as_it_was_at_its_best_check():
     history = solver.val_acc_history
     assert history.index(max(history)) < len(history) - 1, "the test needs a best check before the last"
     assert solver.check_accuracy(data["X_val"], data["y_val"]) == solver.best_val_acc
+
+
+def test_conv_nets_train_without_autograd():
+    """From scratch: a DeepConvNet with batch norm gives its gradients with autograd switched
+    off, and neither convolutional_networks.py nor resnet_from_scratch.py uses torch.nn or
+    autograd (the reference solutions wrapped torch.nn + autograd)."""
+    import resnet_from_scratch
+
+    torch.manual_seed(0)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_classes=3, num_filters=[4, 4], max_pools=[0, 1],
+                           batchnorm=True, dtype=torch.float64)
+    with torch.inference_mode():
+        _, grads = model.loss(torch.randn(5, 3, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0]))
+    assert set(grads) == set(model.params) and all(torch.isfinite(g).all() for g in grads.values())
+    assert autograd_or_nn_uses(cn) == []
+    assert autograd_or_nn_uses(resnet_from_scratch) == []
