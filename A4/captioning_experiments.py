@@ -7,8 +7,11 @@ Data: the offline Flickr8k subset (`eecs598.data.text.caption_dataset("flickr8k-
 real photos with 5 captions each. The FIRST 100 image names in sorted order are held out
 (500 reference captions); the other 900 train. A validation slice for model selection is carved
 from the 900 training images (the last `num_val` = 150 names); the held-out images are never
-used for any choice. Images are resized to 224 x 224 (ImageNet's resolution; the photos' longer
-side is at most 200 px, and each whole photo is squashed to the square, no crop).
+used for any choice. Images are resized to 224 x 224 (ImageNet's resolution; each whole photo
+is squashed to the square, no crop). The shared copy is meant to hold photos downscaled to a
+longer side of at most 200 px, but 323 of them (sorted names 677-999, so the whole validation
+slice and none of the held-out images) are 500 px: `load_data` first shrinks those to 200 px
+(MAX_SIDE), so validation and held-out images reach the encoder alike.
 
 CPU protocol (full mode): the ImageNet encoder (EfficientNet-Lite0 by default) is FROZEN and
 its "head" features (the 1280-channel map its ImageNet classifier pools; (N, 1280, 7, 7) at
@@ -68,7 +71,12 @@ from eecs598.utils import device_name, timer
 
 ASSIGNMENT = "A4"
 DATASET = "flickr8k-1k"
-IMAGE_SIZE = 224  # ImageNet resolution; the photos' longer side is <= 200 px (squashed to a square)
+IMAGE_SIZE = 224  # ImageNet resolution (each photo squashed to a square)
+# Photos with a longer side above this are first shrunk to it (aspect kept): the shared copy's
+# documented size. 677 of its photos are <= 200 px, 323 (sorted names 677-999: the whole
+# validation slice, none of the held-out images) are 500 px. None: no shrinking (the rows
+# measured before 2026-11-29, sixteenth session).
+MAX_SIDE = 200
 BACKBONE = "efficientnet_lite0"  # the headline encoder (offline ImageNet weights)
 FEATURE = "head"  # EfficientNet-Lite0's 1280-channel pre-pooling features (7 x 7 at 224 px)
 # The feature map each backbone's runs use: "head" exists for EfficientNet-Lite0 only; the course's
@@ -166,11 +174,12 @@ def crop_views(cell_type=None):
 
 
 # ---------------------------------------------------------------------------------------------
-def load_data(name=DATASET, image_size=None):
-    """`caption_dataset` (first 100 names held out); quick mode keeps 80 train / 20 held-out images
-    at 112 x 112 (a smoke run: 4 x 4 feature maps, four times less encoder work)."""
+def load_data(name=DATASET, image_size=None, max_side=MAX_SIDE):
+    """`caption_dataset` (first 100 names held out; photos shrunk to a longer side of at most
+    `max_side` first); quick mode keeps 80 train / 20 held-out images at 112 x 112 (a smoke run:
+    4 x 4 feature maps, four times less encoder work)."""
     image_size = eecs598.pick(full=IMAGE_SIZE, quick=112) if image_size is None else image_size
-    data = text_data.caption_dataset(name, image_size=image_size, length=CAPTION_LENGTH)
+    data = text_data.caption_dataset(name, image_size=image_size, length=CAPTION_LENGTH, max_side=max_side)
     if eecs598.quick_mode():
         data = _subset(data, "train", 80)
         data = _subset(data, "test", 20)
@@ -306,10 +315,12 @@ def split_tag(data):
 
 def feature_cache_key(data, name=DATASET, backbone=BACKBONE, feature=None):
     """The cache name of `extract_features`' tensors: dataset, backbone, feature map, image size
-    and `split_tag(data)`, e.g. flickr8k-1k_efficientnet_lite0_224px_head_features_heldout100-<hash>."""
+    (and the photos' shrinking, data["max_side"]) and `split_tag(data)`, e.g.
+    flickr8k-1k_efficientnet_lite0_224px_max200_head_features_heldout100-<hash>."""
     feature = feature_for(backbone) if feature is None else feature
     size = data["train_images"].shape[-1]
-    return f"{name}_{backbone}_{size}px_{feature}_features_{split_tag(data)}"
+    shrink = "" if data.get("max_side") is None else f"_max{data['max_side']}"
+    return f"{name}_{backbone}_{size}px{shrink}_{feature}_features_{split_tag(data)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -846,7 +857,8 @@ def _setup(device, backbone):
     feature = feature_for(backbone)
     common = {"backbone": f"{backbone} (ImageNet, frozen; {feature} features {tuple(feats['train'].shape[1:])})",
               "feature": feature,
-              "image_size": int(data["train_images"].shape[-1]), "vocab_size": len(data["vocab"]["idx_to_token"]),
+              "image_size": int(data["train_images"].shape[-1]), "max_side": data.get("max_side"),
+              "vocab_size": len(data["vocab"]["idx_to_token"]),
               "num_train_images": len(data["train_names"]), "num_heldout_images": len(data["test_names"]),
               "references_per_image": 5, "decoding": "greedy",
               "bleu": "corpus BLEU, eecs598.bleu (== nltk corpus_bleu), lower-case, punctuation removed",
@@ -922,7 +934,9 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
         record(f"captioning_bleu{n}_consensus_baseline", base["scores"][f"bleu{n}"], "BLEU", base["seconds"],
                LIBRARY_REFERENCE[f"baseline_bleu{n}"], caption=base["caption"],
                choice="training caption with the highest corpus BLEU-4 on the training images when used for all",
-               train_bleu4=base["train_bleu4"])
+               train_bleu4=base["train_bleu4"],
+               reference_is="the library reference's own consensus-caption baseline (its choice of caption "
+                            "is not stated), not this caption")
 
     hypotheses = {}
     for cell_type in cell_types:

@@ -156,6 +156,10 @@ def test_feature_cache_key_names_the_split():
             ce.feature_cache_key(data, "flickr8k-1k", REGNET)}
     assert len(keys) == 4
     assert ce.feature_cache_key(data, "flickr8k-1k", REGNET).startswith(f"flickr8k-1k_{REGNET}_64px_c5_features_")
+    # photos shrunk before the resize are other features: another key (none without shrinking)
+    shrunk = ce.feature_cache_key(dict(data, max_side=200), "flickr8k-1k", "efficientnet_lite0")
+    assert shrunk.startswith("flickr8k-1k_efficientnet_lite0_64px_max200_head_features_heldout4-")
+    assert ce.feature_cache_key(dict(data, max_side=None), "flickr8k-1k", "efficientnet_lite0") == key
 
 
 def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path):

@@ -551,6 +551,32 @@ def test_caption_dataset_image_cache_serves_any_split(isolated_data, monkeypatch
     assert len(loads) == 2 and data["train_images"][1, :, 4, 4].tolist() == [0, 0, 200]
 
 
+def test_caption_dataset_max_side_shrinks_only_larger_photos_first(isolated_data):
+    """max_side: a 40 x 20 photo is shrunk to 20 x 10 before the resize, a 12 x 10 one is not.
+    The large photo is a 1-pixel checkerboard, so the two resampling paths give about the same
+    mean but not the same pixels; the cached tensors are separate."""
+    from PIL import Image
+
+    from eecs598.data import caption_dataset
+
+    folder = isolated_data / "toycaps"
+    (folder / "Images").mkdir(parents=True)
+    board = Image.new("L", (40, 20))
+    board.putdata([255 * ((x + y) % 2) for y in range(20) for x in range(40)])
+    board.convert("RGB").save(folder / "Images" / "a_big.png")
+    Image.new("RGB", (12, 10), (90, 0, 0)).save(folder / "Images" / "b_small.png")
+    (folder / "captions.txt").write_text("image,caption\na_big.png,a board\nb_small.png,a red square\n")
+    plain = caption_dataset("toycaps", image_size=8, num_heldout=1)
+    shrunk = caption_dataset("toycaps", image_size=8, num_heldout=1, max_side=20)
+    assert plain["max_side"] is None and shrunk["max_side"] == 20 and "20 px" in shrunk["source"]
+    assert torch.equal(plain["train_images"], shrunk["train_images"])  # b_small: 12 px, not shrunk
+    big_plain, big_shrunk = plain["test_images"][0].float(), shrunk["test_images"][0].float()
+    assert abs(big_plain.mean() - big_shrunk.mean()) < 20
+    assert not torch.equal(big_plain, big_shrunk)
+    assert sorted(p.name for p in store.cache_dir().glob("toycaps_images_8*.pt")) == [
+        "toycaps_images_8.pt", "toycaps_images_8_max20.pt"]
+
+
 def test_caption_loaders_are_exported():
     """The package exports every loader the assignments' READMEs name (A4: eecs598.data.caption_dataset)."""
     import eecs598.data
