@@ -9,9 +9,10 @@ real photos with 5 captions each. The FIRST 100 image names in sorted order are 
 from the 900 training images (the last `num_val` = 150 names); the held-out images are never
 used for any choice. Images are resized to 224 x 224 (ImageNet's resolution; each whole photo
 is squashed to the square, no crop). The shared copy is meant to hold photos downscaled to a
-longer side of at most 200 px, but 323 of them (sorted names 677-999, so the whole validation
-slice and none of the held-out images) are 500 px: `load_data` first shrinks those to 200 px
-(MAX_SIDE), so validation and held-out images reach the encoder alike.
+longer side of at most 200 px (and JPEG quality 75), but 323 of them (sorted names 677-999, so
+the whole validation slice and none of the held-out images) are 500 px: `load_data` first
+shrinks those to 200 px and re-encodes them at quality 75 (MAX_SIDE), so validation and
+held-out images reach the encoder alike.
 
 CPU protocol (full mode): the ImageNet encoder (EfficientNet-Lite0 by default) is FROZEN and
 its "head" features (the 1280-channel map its ImageNet classifier pools; (N, 1280, 7, 7) at
@@ -315,11 +316,11 @@ def split_tag(data):
 
 def feature_cache_key(data, name=DATASET, backbone=BACKBONE, feature=None):
     """The cache name of `extract_features`' tensors: dataset, backbone, feature map, image size
-    (and the photos' shrinking, data["max_side"]) and `split_tag(data)`, e.g.
-    flickr8k-1k_efficientnet_lite0_224px_max200_head_features_heldout100-<hash>."""
+    (and the photos' shrinking, data["shrink"]) and `split_tag(data)`, e.g.
+    flickr8k-1k_efficientnet_lite0_224px_max200q75_head_features_heldout100-<hash>."""
     feature = feature_for(backbone) if feature is None else feature
     size = data["train_images"].shape[-1]
-    shrink = "" if data.get("max_side") is None else f"_max{data['max_side']}"
+    shrink = "" if data.get("shrink") is None else f"_{data['shrink']}"
     return f"{name}_{backbone}_{size}px{shrink}_{feature}_features_{split_tag(data)}"
 
 
@@ -487,6 +488,62 @@ def repeated_bigram_count(hypotheses):
     """How many captions (lists of words) contain some bigram more than once (a decoding loop such as
     "a man in a blue shirt and a blue shirt")."""
     return sum(len(set(zip(w, w[1:]))) < max(len(w) - 1, 0) for w in hypotheses)
+
+
+# ---------------------------------------------------------------------------------------------
+def source_longer_sides(data, name=DATASET):
+    """The longer side in pixels of each photo FILE of `data` (training images, then held-out),
+    read from the image headers: what the copy holds, before any shrinking by `load_data`."""
+    from PIL import Image
+
+    paths = {p.name: p for p, _ in eecs598.data.caption_folder(name)}
+    sides = []
+    for n in data["train_names"] + data["test_names"]:
+        with Image.open(paths[n]) as im:
+            sides.append(max(im.size))
+    return torch.tensor(sides)
+
+
+def linear_probe_accuracy(x, labels, folds=5, weight_decay=1e-2, steps=200, seed=0):
+    """Cross-validated accuracy of a linear logistic classifier (L2 penalty `weight_decay`,
+    full-batch L-BFGS) predicting the boolean `labels` (N,) from `x` (N, D), each fold's
+    features standardized with its training part's statistics; the folds come from a seeded
+    permutation. Chance is max(mean(labels), 1 - mean(labels))."""
+    x, labels = x.double(), labels.double()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    right = 0
+    for k in range(folds):
+        test = order[k::folds]
+        train = torch.cat([order[j::folds] for j in range(folds) if j != k])
+        mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
+        xt, xv = (x[train] - mean) / std, (x[test] - mean) / std
+        w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(xt @ w + b, labels[train]) + weight_decay * (w * w).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            opt.step(closure)
+        with torch.no_grad():
+            right += int(((xv @ w + b > 0).double() == labels[test]).sum())
+    return right / len(x)
+
+
+def source_size_probe(data, feats, max_side=200, name=DATASET):
+    """Can the features tell photos whose file is larger than `max_side` from the others? The
+    `linear_probe_accuracy` of the spatially pooled features (training and held-out images)
+    against "longer side > max_side". Near chance: the encoder sees the two kinds alike.
+    Returns dict(accuracy, chance, num_larger, num_images)."""
+    larger = source_longer_sides(data, name) > max_side
+    pooled = torch.cat([feats["train"], feats["test"]]).mean(dim=(2, 3))
+    share = larger.double().mean().item()
+    return {"accuracy": linear_probe_accuracy(pooled, larger), "chance": max(share, 1 - share),
+            "num_larger": int(larger.sum()), "num_images": len(larger)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -857,7 +914,7 @@ def _setup(device, backbone):
     feature = feature_for(backbone)
     common = {"backbone": f"{backbone} (ImageNet, frozen; {feature} features {tuple(feats['train'].shape[1:])})",
               "feature": feature,
-              "image_size": int(data["train_images"].shape[-1]), "max_side": data.get("max_side"),
+              "image_size": int(data["train_images"].shape[-1]), "shrink": data.get("shrink"),
               "vocab_size": len(data["vocab"]["idx_to_token"]),
               "num_train_images": len(data["train_names"]), "num_heldout_images": len(data["test_names"]),
               "references_per_image": 5, "decoding": "greedy",
@@ -937,6 +994,13 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
                train_bleu4=base["train_bleu4"],
                reference_is="the library reference's own consensus-caption baseline (its choice of caption "
                             "is not stated), not this caption")
+    with timer() as t:
+        probe = source_size_probe(data, feats)
+    record("captioning_source_size_probe", probe["accuracy"], "fraction", t.seconds, None,
+           chance=probe["chance"], num_larger=probe["num_larger"], num_images=probe["num_images"],
+           what="5-fold accuracy of a linear probe on the pooled features predicting whether the photo file's "
+                "longer side exceeds 200 px (323 of the copy's 1,000 do); near chance = the encoder sees the "
+                "two kinds alike (without the shrinking of load_data: 0.986, chance 0.677)")
 
     hypotheses = {}
     for cell_type in cell_types:

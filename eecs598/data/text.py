@@ -1,5 +1,6 @@
 """Small text datasets: the Transformer's arithmetic set and image-caption collections."""
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -124,13 +125,19 @@ def encode_captions(token_lists, token_to_idx, length=17):
     return out
 
 
+# A photo shrunk by `load_images_uint8(max_side=...)` is saved and decoded again as JPEG of this
+# quality, as the shared Flickr8k copy's downscaled photos were (their quantization tables are
+# the IJG tables of quality 75), so that it reaches the encoder as they do.
+SHRINK_JPEG_QUALITY = 75
+
+
 def load_images_uint8(paths, size=112, max_side=None):
     """uint8 (N, 3, size, size): each image converted to RGB and resized (bicubic, whole image
     squashed to a square, no crop: captions describe the whole picture).
 
     max_side: if given, an image whose longer side exceeds it is first shrunk (aspect kept,
-    PIL's thumbnail, bicubic) to that longer side, so that every image reaches the final resize
-    from (at most) the same resolution."""
+    PIL's thumbnail, bicubic) to that longer side and re-encoded as JPEG (SHRINK_JPEG_QUALITY),
+    so that every image reaches the final resize as the copy's downscaled photos do."""
     import numpy as np
     import torch
     from PIL import Image
@@ -141,6 +148,9 @@ def load_images_uint8(paths, size=112, max_side=None):
             im = im.convert("RGB")
             if max_side is not None and max(im.size) > max_side:
                 im.thumbnail((max_side, max_side), Image.BICUBIC)
+                buffer = io.BytesIO()
+                im.save(buffer, format="JPEG", quality=SHRINK_JPEG_QUALITY)
+                im = Image.open(buffer).convert("RGB")
             im = im.resize((size, size), Image.BICUBIC)
             out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     return out
@@ -155,14 +165,16 @@ def caption_dataset(name="flickr8k-1k", image_size=112, length=18, min_count=2, 
     only (tokenized with `eecs598.bleu.tokenize`: lower-case, punctuation removed; words seen
     fewer than `min_count` times -> <UNK>). Captions are padded/cut to `length` tokens
     (default 18 = <START> + at most 16 words + <END>; the course's coco.pt uses 17).
-    max_side: shrink larger photos to this longer side before resizing (`load_images_uint8`).
+    max_side: shrink larger photos to this longer side (and re-encode them as JPEG) before
+    resizing (`load_images_uint8`).
     Resized images are cached in $EECS598_CACHE.
 
     Returns a dict:
       train_images uint8 (Ni, 3, S, S), train_captions int64 (Nc, length), train_image_idxs
       int64 (Nc,) (which image each caption describes), train_references (per image, the list of
       its tokenized captions), train_names; the same with the prefix test_; vocab
-      {idx_to_token, token_to_idx}; source (a description of the copy used); max_side.
+      {idx_to_token, token_to_idx}; source (a description of the copy used); max_side; shrink
+      (None, or a tag of the shrinking, e.g. "max200q75", for cache keys of derived tensors).
     """
     import torch
 
@@ -175,17 +187,19 @@ def caption_dataset(name="flickr8k-1k", image_size=112, length=18, min_count=2, 
     # ALL images in sorted-name order, whatever the split: the split below only indexes this
     # tensor, so the key needs no num_heldout (a cache of per-split tensors would, see A4's
     # captioning_experiments.feature_cache_key).
-    suffix = "" if max_side is None else f"_max{max_side}"
+    shrink = None if max_side is None else f"max{max_side}q{SHRINK_JPEG_QUALITY}"
+    suffix = "" if shrink is None else f"_{shrink}"
     images = store.cached_tensors(f"{name}_images_{image_size}{suffix}",
                                   lambda: load_images_uint8(paths, image_size, max_side),
                                   *caption_folder_files(items))
     refs = [[tokenize(c) for c in caps] for _, caps in items]
     split = {"test": range(num_heldout), "train": range(num_heldout, len(items))}
     vocab = build_vocab([t for i in split["train"] for t in refs[i]], min_count=min_count)
-    shrink = "" if max_side is None else f", photos first shrunk to a longer side of at most {max_side} px"
-    data = {"vocab": vocab, "max_side": max_side,
+    shrunk = "" if max_side is None else (f", photos first shrunk to a longer side of at most {max_side} px "
+                                          f"(JPEG quality {SHRINK_JPEG_QUALITY})")
+    data = {"vocab": vocab, "max_side": max_side, "shrink": shrink,
             "source": f"{name} ({len(items)} Flickr8k images, {sum(len(r) for r in refs)} captions; "
-                      f"first {num_heldout} image names held out; images {image_size}x{image_size}{shrink})"}
+                      f"first {num_heldout} image names held out; images {image_size}x{image_size}{shrunk})"}
     for key, idx in split.items():
         idx = list(idx)
         caps, owner = [], []

@@ -157,9 +157,9 @@ def test_feature_cache_key_names_the_split():
     assert len(keys) == 4
     assert ce.feature_cache_key(data, "flickr8k-1k", REGNET).startswith(f"flickr8k-1k_{REGNET}_64px_c5_features_")
     # photos shrunk before the resize are other features: another key (none without shrinking)
-    shrunk = ce.feature_cache_key(dict(data, max_side=200), "flickr8k-1k", "efficientnet_lite0")
-    assert shrunk.startswith("flickr8k-1k_efficientnet_lite0_64px_max200_head_features_heldout4-")
-    assert ce.feature_cache_key(dict(data, max_side=None), "flickr8k-1k", "efficientnet_lite0") == key
+    shrunk = ce.feature_cache_key(dict(data, shrink="max200q75"), "flickr8k-1k", "efficientnet_lite0")
+    assert shrunk.startswith("flickr8k-1k_efficientnet_lite0_64px_max200q75_head_features_heldout4-")
+    assert ce.feature_cache_key(dict(data, shrink=None), "flickr8k-1k", "efficientnet_lite0") == key
 
 
 def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path):
@@ -589,3 +589,15 @@ def test_run_writes_the_loss_check_rows_only_when_asked(calls, monkeypatch, loss
     assert (checks <= metrics) == loss_checks and bool(checks & metrics) == loss_checks
     assert {"captioning_train_loss_floor", "captioning_bleu4_rnn", "captioning_bleu4_consensus_baseline"} <= metrics
     assert all(r["details"]["threads"] == torch.get_num_threads() == 1 for r in rows)
+
+
+def test_linear_probe_reads_a_linear_signal_and_not_noise():
+    """Labels that a direction of the features encodes: accuracy ~1; labels independent of the
+    features: about chance (here 0.7), not above it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 20, generator=g)
+    signal = x[:, 3] + 0.5 * x[:, 7] > 0.3
+    assert ce.linear_probe_accuracy(x, signal) > 0.9  # (the L2 penalty blurs the boundary a little)
+    noise = torch.rand(300, generator=g) < 0.3
+    chance = max(noise.double().mean().item(), 1 - noise.double().mean().item())
+    assert ce.linear_probe_accuracy(x, noise) < chance + 0.05

@@ -552,9 +552,9 @@ def test_caption_dataset_image_cache_serves_any_split(isolated_data, monkeypatch
 
 
 def test_caption_dataset_max_side_shrinks_only_larger_photos_first(isolated_data):
-    """max_side: a 40 x 20 photo is shrunk to 20 x 10 before the resize, a 12 x 10 one is not.
-    The large photo is a 1-pixel checkerboard, so the two resampling paths give about the same
-    mean but not the same pixels; the cached tensors are separate."""
+    """max_side: a 40 x 20 photo is shrunk to 20 x 10 (and re-encoded as JPEG) before the
+    resize, a 12 x 10 one is not. The large photo is a 1-pixel checkerboard, so the two paths
+    give about the same mean but not the same pixels; the cached tensors are separate."""
     from PIL import Image
 
     from eecs598.data import caption_dataset
@@ -569,12 +569,13 @@ def test_caption_dataset_max_side_shrinks_only_larger_photos_first(isolated_data
     plain = caption_dataset("toycaps", image_size=8, num_heldout=1)
     shrunk = caption_dataset("toycaps", image_size=8, num_heldout=1, max_side=20)
     assert plain["max_side"] is None and shrunk["max_side"] == 20 and "20 px" in shrunk["source"]
+    assert plain["shrink"] is None and shrunk["shrink"] == "max20q75"
     assert torch.equal(plain["train_images"], shrunk["train_images"])  # b_small: 12 px, not shrunk
     big_plain, big_shrunk = plain["test_images"][0].float(), shrunk["test_images"][0].float()
     assert abs(big_plain.mean() - big_shrunk.mean()) < 20
     assert not torch.equal(big_plain, big_shrunk)
     assert sorted(p.name for p in store.cache_dir().glob("toycaps_images_8*.pt")) == [
-        "toycaps_images_8.pt", "toycaps_images_8_max20.pt"]
+        "toycaps_images_8.pt", "toycaps_images_8_max20q75.pt"]
 
 
 def test_caption_loaders_are_exported():
