@@ -493,10 +493,13 @@ def repeated_bigram_count(hypotheses):
 # ---------------------------------------------------------------------------------------------
 def source_longer_sides(data, name=DATASET):
     """The longer side in pixels of each photo FILE of `data` (training images, then held-out),
-    read from the image headers: what the copy holds, before any shrinking by `load_data`."""
+    read from the image headers: what the copy holds, before any shrinking by `load_data`.
+    None if some image of `data` is not in the dataset folder `name`."""
     from PIL import Image
 
     paths = {p.name: p for p, _ in eecs598.data.caption_folder(name)}
+    if not set(data["train_names"] + data["test_names"]) <= set(paths):
+        return None
     sides = []
     for n in data["train_names"] + data["test_names"]:
         with Image.open(paths[n]) as im:
@@ -538,8 +541,12 @@ def source_size_probe(data, feats, max_side=200, name=DATASET):
     """Can the features tell photos whose file is larger than `max_side` from the others? The
     `linear_probe_accuracy` of the spatially pooled features (training and held-out images)
     against "longer side > max_side". Near chance: the encoder sees the two kinds alike.
-    Returns dict(accuracy, chance, num_larger, num_images)."""
-    larger = source_longer_sides(data, name) > max_side
+    Returns dict(accuracy, chance, num_larger, num_images), or None when the images of `data` are
+    not the dataset folder's."""
+    sides = source_longer_sides(data, name)
+    if sides is None:
+        return None
+    larger = sides > max_side
     pooled = torch.cat([feats["train"], feats["test"]]).mean(dim=(2, 3))
     share = larger.double().mean().item()
     return {"accuracy": linear_probe_accuracy(pooled, larger), "chance": max(share, 1 - share),
@@ -996,11 +1003,12 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
                             "is not stated), not this caption")
     with timer() as t:
         probe = source_size_probe(data, feats)
-    record("captioning_source_size_probe", probe["accuracy"], "fraction", t.seconds, None,
-           chance=probe["chance"], num_larger=probe["num_larger"], num_images=probe["num_images"],
-           what="5-fold accuracy of a linear probe on the pooled features predicting whether the photo file's "
-                "longer side exceeds 200 px (323 of the copy's 1,000 do); near chance = the encoder sees the "
-                "two kinds alike (without the shrinking of load_data: 0.986, chance 0.677)")
+    if probe is not None:
+        record("captioning_source_size_probe", probe["accuracy"], "fraction", t.seconds, None,
+               chance=probe["chance"], num_larger=probe["num_larger"], num_images=probe["num_images"],
+               what="5-fold accuracy of a linear probe on the pooled features predicting whether the photo "
+                    "file's longer side exceeds 200 px (323 of the copy's 1,000 do); near chance = the encoder "
+                    "sees the two kinds alike (without the shrinking of load_data: 0.986, chance 0.677)")
 
     hypotheses = {}
     for cell_type in cell_types:
