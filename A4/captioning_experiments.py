@@ -73,10 +73,11 @@ from eecs598.utils import device_name, timer
 ASSIGNMENT = "A4"
 DATASET = "flickr8k-1k"
 IMAGE_SIZE = 224  # ImageNet resolution (each photo squashed to a square)
-# Photos with a longer side above this are first shrunk to it (aspect kept): the shared copy's
-# documented size. 677 of its photos are <= 200 px, 323 (sorted names 677-999: the whole
-# validation slice, none of the held-out images) are 500 px. None: no shrinking (the rows
-# measured before 2026-11-29, sixteenth session).
+# Photos with a longer side above this are first shrunk to it (aspect kept) and re-encoded as
+# JPEG quality 75 (text_data.SHRINK_JPEG_QUALITY): the shared copy's documented treatment. 677
+# of its photos are <= 200 px, 323 (sorted names 677-999: the whole validation slice, none of
+# the held-out images) are 400-500 px. None: no shrinking (the rows measured before
+# 2026-11-29, sixteenth session).
 MAX_SIDE = 200
 BACKBONE = "efficientnet_lite0"  # the headline encoder (offline ImageNet weights)
 FEATURE = "head"  # EfficientNet-Lite0's 1280-channel pre-pooling features (7 x 7 at 224 px)
