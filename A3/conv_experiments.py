@@ -259,8 +259,7 @@ def run(device=None, parts=PARTS):
     if "one_minute" in parts:
         one = one_minute_deepconvnet(data, device)
         solver, model = one["solver"], one["solver"].model
-        filters = [model.params[f"W{i}"].shape[0] for i in range(1, model.num_layers)]
-        details = {"model": f"DeepConvNet({filters}, max_pools={model.max_pools}, kaiming, "
+        details = {"model": f"DeepConvNet({model.num_filters}, max_pools={model.max_pools}, kaiming, "
                             f"reg {model.reg:g}, {'batch norm' if model.batchnorm else 'no batch norm'})",
                    "update_rule": solver.update_rule.__name__, "learning_rate": solver.optim_config["learning_rate"],
                    "lr_decay": solver.lr_decay, "batch_size": solver.batch_size, "num_epochs": solver.num_epochs,

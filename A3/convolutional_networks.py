@@ -1087,6 +1087,11 @@ class DeepConvNet(object):
             msg = 'param "%s" has dtype %r; should be %r' % (k, param.dtype, dtype)
             assert param.dtype == dtype, msg
 
+    @property
+    def num_filters(self):
+        """The filter count of each conv layer, read off the weights (also after `load`)."""
+        return [self.params[f"W{i}"].shape[0] for i in range(1, self.num_layers)]
+
     _SAVED = ("reg", "dtype", "params", "num_layers", "max_pools", "batchnorm", "bn_params")
 
     def save(self, path):

@@ -10,7 +10,7 @@ from the 900 training images (the last `num_val` = 150 names); the held-out imag
 used for any choice. Images are resized to 224 x 224 (ImageNet's resolution; each whole photo
 is squashed to the square, no crop). The shared copy is meant to hold photos downscaled to a
 longer side of at most 200 px (and JPEG quality 75), but 323 of them (sorted names 677-999, so
-the whole validation slice and none of the held-out images) are 500 px: `load_data` first
+the whole validation slice and none of the held-out images) are 400-500 px: `load_data` first
 shrinks those to 200 px and re-encodes them at quality 75 (MAX_SIDE), so validation and
 held-out images reach the encoder alike.
 
@@ -538,7 +538,7 @@ def linear_probe_accuracy(x, labels, folds=5, weight_decay=1e-2, steps=200, seed
     return right / len(x)
 
 
-def source_size_probe(data, feats, max_side=200, name=DATASET):
+def source_size_probe(data, feats, max_side=MAX_SIDE, name=DATASET):
     """Can the features tell photos whose file is larger than `max_side` from the others? The
     `linear_probe_accuracy` of the spatially pooled features (training and held-out images)
     against "longer side > max_side". Near chance: the encoder sees the two kinds alike.
@@ -1007,9 +1007,9 @@ def run(device=None, cell_types=CELL_TYPES, backbone=BACKBONE, verbose=True, los
     if probe is not None:
         record("captioning_source_size_probe", probe["accuracy"], "fraction", t.seconds, None,
                chance=probe["chance"], num_larger=probe["num_larger"], num_images=probe["num_images"],
-               what="5-fold accuracy of a linear probe on the pooled features predicting whether the photo "
-                    "file's longer side exceeds 200 px (323 of the copy's 1,000 do); near chance = the encoder "
-                    "sees the two kinds alike (without the shrinking of load_data: 0.986, chance 0.677)")
+               what=f"5-fold accuracy of a linear probe on the pooled features predicting whether the photo "
+                    f"file's longer side exceeds {MAX_SIDE} px; near chance = the encoder sees the two kinds "
+                    f"alike (A4/README.md: before load_data shrank the larger photos, the probe read them)")
 
     hypotheses = {}
     for cell_type in cell_types:

@@ -419,20 +419,28 @@ def get_classifier(device=None, data=None, verbose=True):
                             data=data)
 
 
+def _recorder(records, device):
+    """record(metric, value, unit, seconds, reference=None, details=None): appends an A6 result
+    record (data MNIST, device `device`) to `records`."""
+    dev_name = device_name(device)
+
+    def record(metric, value, unit, seconds, reference=None, details=None):
+        records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
+                                   reference=reference, details=details))
+
+    return record
+
+
 def vae_records(device, data, classifier, real_feats, models=("vae", "cvae")):
     """Train the VAE and/or the CVAE (`models`) at the course settings and measure them:
     train and test loss, Frechet distance of samples, CVAE conditional accuracy. Returns
     result records (`run` calls this; it can also be run alone to refresh only these rows)."""
     device = get_device(device)
-    dev_name = device_name(device)
     s = settings()
     records = []
+    record = _recorder(records, device)
     x_train, y_train, x_test, y_test = data
     sizes = {"num_train": int(x_train.shape[0]), "num_test": int(x_test.shape[0])}
-
-    def record(metric, value, unit, seconds, reference=None, details=None):
-        records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
-                                   reference=reference, details=details))
 
     for cond, name, reference, target in ((False, "vae", VAE_REFERENCE, VAE_TARGET),
                                           (True, "cvae", CVAE_REFERENCE, CVAE_TARGET)):
@@ -526,14 +534,10 @@ def gan_records(device, data, classifier, real_feats, real_fd, kinds=GAN_KINDS, 
     say which GAN scores best when only some are rerun. Returns result records (`run` calls
     this; it can also be run alone to refresh only these rows)."""
     device = get_device(device)
-    dev_name = device_name(device)
     s = settings()
     records = []
+    record = _recorder(records, device)
     x_test = data[2]
-
-    def record(metric, value, unit, seconds, reference=None, details=None):
-        records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
-                                   reference=reference, details=details))
 
     fds = dict(other_fds or {})
     for kind in kinds:
@@ -578,13 +582,9 @@ def classifier_records(device, data):
     the cache) and the Frechet distance's floor (real training vs test digits). Returns
     (records, classifier, real_feats, real_fd): what `vae_records` and `gan_records` measure with."""
     device = get_device(device)
-    dev_name = device_name(device)
     s = settings()
     records = []
-
-    def record(metric, value, unit, seconds, reference=None, details=None):
-        records.append(make_record(ASSIGNMENT, metric, value, unit, DATA, dev_name, seconds,
-                                   reference=reference, details=details))
+    record = _recorder(records, device)
 
     x_train, y_train, x_test, y_test = data
     sizes = {"num_train": int(x_train.shape[0]), "num_test": int(x_test.shape[0])}

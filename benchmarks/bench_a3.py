@@ -245,8 +245,7 @@ def training_step(device, N, repeats):
         opt.step()
 
     t = compare({"ours": ours, "torch": theirs}, device, repeats)
-    filters = [model.params[f"W{i}"].shape[0] for i in range(1, model.num_layers)]
-    return t["ours"], t["torch"], (f"DeepConvNet {filters}, pools {model.max_pools}, "
+    return t["ours"], t["torch"], (f"DeepConvNet {model.num_filters}, pools {model.max_pools}, "
                                    f"{'batch norm, ' if model.batchnorm else ''}batch {N}, Adam")
 
 
