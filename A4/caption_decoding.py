@@ -1,8 +1,9 @@
 """
 Decoding a CaptioningRNN from precomputed encoder features, for any cell type: greedy captions,
-beam search, greedy ensembles, and their corpus BLEU. No solution code here; the greedy decoder
-students write is `CaptioningRNN.sample_features`, and `decoder_start` / `decoder_step` repeat its
-arithmetic one step at a time, so that beam search and ensembles can drive it.
+beam search, greedy ensembles, and their corpus BLEU. The greedy decoder students write is
+`CaptioningRNN.sample_features`; `decoder_start` / `decoder_step` repeat its arithmetic one step
+at a time, so that beam search and ensembles can drive it (in the student copy they are stubs
+too: fill them in once `sample_features` works, from the same steps).
 
     greedy_captions           greedy captions (lists of words), batched; attention weights for attn
     decoder_start/_step       the decoder state before the first word; one step (log-probabilities, new state)
@@ -39,16 +40,21 @@ def decoder_start(model, features):
     """The decoder state of a CaptioningRNN before its first word, from encoder features
     (N, C, Hf, Wf): a dict with h (N, H), c (N, H; zeros for rnn/lstm, unused by rnn) and A (the
     attention memory (N, H, Hf, Wf) for attn, else None), as in `sample_features`."""
+    ### BEGIN SOLUTION
+    ### HINT: the state your sample_features starts from, as a dict with keys h, c and A.
     init = model._initial(features)
     if model.cell_type == "attn":
         h = init.mean(dim=(2, 3))
         return {"h": h, "c": h, "A": init}
     return {"h": init, "c": torch.zeros_like(init), "A": None}
+    ### END SOLUTION
 
 
 def decoder_step(model, state, word):
     """One decoding step: the previous words (N,) int64 and the state -> (log-probabilities of the
     next word (N, V) float32, the new state). The same arithmetic as `sample_features`."""
+    ### BEGIN SOLUTION
+    ### HINT: one iteration of your sample_features' loop; return log-probabilities, not the argmax.
     x = model.word_embed(word)
     h, c, A = state["h"], state["c"], state["A"]
     if model.cell_type == "rnn":
@@ -60,6 +66,7 @@ def decoder_step(model, state, word):
         h, c = model.core.step_forward(x, h, c, attn)
     scores = model.output_scores(h, dropout=False)
     return torch.log_softmax(scores.float(), dim=1), {"h": h, "c": c, "A": A}
+    ### END SOLUTION
 
 
 def _select(state, rows):

@@ -493,6 +493,7 @@ def test_make_student_on_fake_repo(fake_repo, tmp_path):
     assert find_leaks(fake_repo, out) == []
     assert check_notebooks(out) == []
     assert import_failures(out) == {}
+    assert has_solution_regions(fake_repo) and not has_solution_regions(out)
     code, output = run_copy_tests(out, "A9")
     assert_fails_cleanly(code, output, "fake A9")
     # ...and the same tests pass on the original, so the failures come from the stubs.
@@ -550,9 +551,17 @@ def test_refuses_to_overwrite_the_repository(fake_repo):
 # (b), (c) the real repository
 # ---------------------------------------------------------------------------------------
 
+def has_solution_regions(root):
+    """True for the staff repository; False for a student copy (no solution regions left), where
+    a student's finished work would make the copy's tests pass and these checks mean nothing."""
+    return any(BEGIN in path.read_text(encoding="utf-8") for path in assignment_files(root))
+
+
 @pytest.fixture(scope="module")
 def student_copy(tmp_path_factory):
     """The student copy of this repository, built once with the command-line tool."""
+    if not has_solution_regions(ROOT):
+        pytest.skip("this is a student copy: the checks of the copy made from the solutions do not apply")
     out = tmp_path_factory.mktemp("student") / "copy"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--root", str(ROOT), "--out", str(out)],
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)

@@ -9,11 +9,8 @@ from eecs598.testing import assert_close
 
 
 class LinearSoftmax:
-    """scores = X @ W + b, softmax cross-entropy; gradient derived by hand.
-
-    loss = -mean_i log softmax(s_i)[y_i];  dL/ds = (softmax(s) - onehot(y)) / N;
-    dW = X^T dL/ds;  db = sum_i dL/ds_i.
-    """
+    """scores = X @ W + b, softmax cross-entropy; the gradient comes from torch autograd (not
+    derived by hand: the student copy ships this file, and A2 asks students to derive it)."""
 
     def __init__(self, D, C, std=1e-2, seed=0):
         g = torch.Generator().manual_seed(seed)
@@ -21,17 +18,12 @@ class LinearSoftmax:
                        "b": torch.zeros(C, dtype=torch.float64)}
 
     def loss(self, X, y=None):
-        scores = X @ self.params["W"] + self.params["b"]
         if y is None:
-            return scores
-        N = X.shape[0]
-        shifted = scores - scores.max(dim=1, keepdim=True).values
-        log_probs = shifted - shifted.exp().sum(dim=1, keepdim=True).log()
-        loss = -log_probs[torch.arange(N), y].mean()
-        dscores = log_probs.exp()
-        dscores[torch.arange(N), y] -= 1
-        dscores /= N
-        return loss, {"W": X.t() @ dscores, "b": dscores.sum(dim=0)}
+            return X @ self.params["W"] + self.params["b"]
+        W, b = (self.params[k].detach().requires_grad_() for k in ("W", "b"))
+        loss = torch.nn.functional.cross_entropy(X @ W + b, y)
+        dW, db = torch.autograd.grad(loss, (W, b))
+        return loss.detach(), {"W": dW, "b": db}
 
 
 def blobs(n_per_class, C=3, D=2, seed=0, spread=0.3):
