@@ -605,6 +605,7 @@ def sgd(w, dw, config=None):
     config.setdefault("learning_rate", 1e-2)
     next_w = None
     ### BEGIN SOLUTION
+    ### HINT: one step against the gradient, scaled by the learning rate.
     next_w = w - config["learning_rate"] * dw
     ### END SOLUTION
     return next_w, config
@@ -665,6 +666,7 @@ def rmsprop(w, dw, config=None):
 
     next_w = None
     ### BEGIN SOLUTION
+    ### HINT: update the moving average of dw**2 in config["cache"], then step by dw / (sqrt(cache) + epsilon).
     cache = config["decay_rate"] * config["cache"] + (1 - config["decay_rate"]) * dw * dw
     next_w = w - config["learning_rate"] * dw / (cache.sqrt() + config["epsilon"])
     config["cache"] = cache

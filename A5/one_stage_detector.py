@@ -134,6 +134,7 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none")
         reduction: "none" | "sum" | "mean".
     """
     ### BEGIN SOLUTION
+    ### HINT: the formula above, elementwise; compute -log(p_t) with the stable form, then apply `reduction`.
     p = torch.sigmoid(inputs)
     ce = inputs.clamp(min=0) - inputs * targets + torch.log1p(torch.exp(-inputs.abs()))
     p_t = p * targets + (1 - p) * (1 - targets)
@@ -174,6 +175,7 @@ def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, g
     """
     matched_gt_boxes = {}
     ### BEGIN SOLUTION
+    ### HINT: per level: which GT boxes contain each location (rule 1) and fit the level's size range (rule 2); of those, the smallest area.
     gt_boxes = gt_boxes[gt_boxes[:, 4] != -1]
     smallest, largest = min(strides_per_fpn_level.values()), max(strides_per_fpn_level.values())
     areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])  # (N,)
@@ -212,6 +214,7 @@ def fcos_get_deltas_from_locations(locations, gt_boxes, stride):
         deltas (N, 4) = (x - x1, y - y1, x2 - x, y2 - y) / stride; background rows are -1.
     """
     ### BEGIN SOLUTION
+    ### HINT: distances from (x, y) to the four edges, divided by the stride; background rows (-1) stay -1.
     x, y = locations[:, 0], locations[:, 1]
     deltas = torch.stack([x - gt_boxes[:, 0], y - gt_boxes[:, 1],
                           gt_boxes[:, 2] - x, gt_boxes[:, 3] - y], dim=1) / stride
@@ -227,6 +230,7 @@ def fcos_apply_deltas_to_locations(deltas, locations, stride):
     side), so any prediction decodes to a valid box with x1 <= x <= x2 and y1 <= y <= y2.
     """
     ### BEGIN SOLUTION
+    ### HINT: clamp the deltas at 0, scale by the stride, subtract from / add to (x, y).
     d = deltas.clamp(min=0) * stride
     x, y = locations[:, 0], locations[:, 1]
     output_boxes = torch.stack([x - d[:, 0], y - d[:, 1], x + d[:, 2], y + d[:, 3]], dim=1)
@@ -240,6 +244,7 @@ def fcos_make_centerness_targets(deltas):
     Returns (N,); background rows (deltas all -1) get -1.
     """
     ### BEGIN SOLUTION
+    ### HINT: the formula in the docstring per row; guard the division; background rows get -1.
     l, t, r, b = deltas.unbind(dim=1)
     ratio = (torch.minimum(l, r) * torch.minimum(t, b)) / (torch.maximum(l, r) * torch.maximum(t, b)).clamp(min=1e-12)
     centerness = torch.sqrt(ratio.clamp(min=0))
@@ -369,6 +374,7 @@ class FCOS(nn.Module):
         height, width = images.shape[-2:]
         strides = self.backbone.fpn_strides
         ### BEGIN SOLUTION
+        ### HINT: per level: scores, threshold, top-k, decode with fcos_apply_deltas_to_locations, clip; then class_spec_nms over all levels.
         boxes_all, classes_all, scores_all = [], [], []
         for level, locations in locations_per_fpn_level.items():
             cls_logits = pred_cls_logits[level][0].float()  # (L, C)
