@@ -21,7 +21,9 @@ RESULTS_DIR ?=
 $(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || { $(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_C) || $(PY) -m pip install -q torch; }
+	$(PY) -c "import torch" 2>/dev/null || { $(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_C) || { \
+	  echo "warning: could not install $(TORCH_SPEC) $(PIP_C); installing the newest torch" >&2; \
+	  $(PY) -m pip install -q torch; }; }
 	$(PY) -m pip install -q -r requirements.txt $(PIP_C) || { \
 	  echo "warning: could not install the versions in $(CONSTRAINTS); installing the newest within range" >&2; \
 	  $(PY) -m pip install -q -r requirements.txt; }
@@ -53,4 +55,4 @@ student: venv
 	$(PY) tools/make_student.py --out build/student $(if $(UPTO),--upto $(UPTO))
 
 bench: venv
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))

@@ -93,7 +93,7 @@ def main(argv=None):
         one_speedup = loops["two_loops_s"] / loops["one_loop_s"]
         loop_data = f"random normal {loop_size} x {loop_size} inputs of shape 3x32x32, float32"
         loop_details = {**{k: round(v, 6) for k, v in loops.items()}, "size": loop_size,
-                        "repeats": args.repeats, "loop_repeats": args.loop_repeats,
+                        "repeats": args.loop_repeats,  # all three versions are timed --loop-repeats times
                         "statistic": "median", "cpu_threads": threads}
         is_reference_setup = tag == "cpu" and loop_size == 500
         records.append(make_record(

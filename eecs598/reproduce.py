@@ -55,6 +55,9 @@ def main(argv=None):
     from .utils import get_device, quick_mode
 
     device = get_device(args.device)
+    if not assignment_dirs():
+        parser.error(f"no assignment folder (A<n>/experiments.py) under {REPO_ROOT}: run it from a checkout of "
+                     f"the repository (installed with `pip install -e .`, as `make` does)")
     folders = [f for f in assignment_dirs() if not args.only or f.name in args.only]
     if args.only and len(folders) != len(args.only):
         missing = set(args.only) - {f.name for f in folders}

@@ -9,6 +9,7 @@ from the merged file.
 import contextlib
 import datetime as _dt
 import json
+import os
 from pathlib import Path
 
 from .utils import quick_mode
@@ -22,11 +23,16 @@ FIELDS = ("assignment", "metric", "value", "unit", "reference", "data", "device"
           "seconds", "date", "mode", "details")
 
 
+MODES = ("full", "quick")  # the modes RESULTS.md shows (render_markdown)
+
+
 def make_record(assignment, metric, value, unit, data, device, seconds, reference=None,
                 details=None, mode=None):
     """Build one result record; `mode` defaults to the current mode ("quick"/"full")."""
     if not metric.replace("_", "").isalnum() or metric.lower() != metric:
         raise ValueError(f"metric must be snake_case, got {metric!r}")
+    if mode not in (None, *MODES):
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return {
         "assignment": assignment, "metric": metric,
         "value": value if isinstance(value, (bool, int, str)) or value is None else float(value),
@@ -34,6 +40,23 @@ def make_record(assignment, metric, value, unit, data, device, seconds, referenc
         "seconds": round(float(seconds), 3), "date": _dt.date.today().isoformat(),
         "mode": mode or ("quick" if quick_mode() else "full"), "details": details or {},
     }
+
+
+def _json_default(value):
+    """JSON for the numbers a record's details may hold besides Python's own: a 0-d tensor or
+    numpy scalar becomes its Python number, a tensor or array its nested list."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r}")
+
+
+def _write_atomically(path, text):
+    """Write `text` to `path` through a temporary file in the same folder and a rename, so that
+    a run killed mid-write leaves the old file, not a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _key(record):
@@ -67,7 +90,7 @@ def merge_records(path, records):
         merged.update({_key(r): r for r in records})
         rows = sorted(merged.values(), key=lambda r: (r["assignment"], r["mode"], r["metric"]))
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(rows, indent=2) + "\n")
+        _write_atomically(path, json.dumps(rows, indent=2, default=_json_default) + "\n")
     return rows
 
 
@@ -104,5 +127,5 @@ def write_results(results_dir, records):
     results_dir = Path(results_dir)
     with _locked(results_dir / "RESULTS.md"):
         rows = merge_records(results_dir / "results.json", records)
-        (results_dir / "RESULTS.md").write_text(render_markdown(rows))
+        _write_atomically(results_dir / "RESULTS.md", render_markdown(rows))
     return rows

@@ -64,3 +64,13 @@ def test_figures_dir_goes_only_to_a_run_that_takes_it(tmp_path):
     run_experiments(with_figures, "cpu", None)
     assert calls == [("plain", "cpu"), ("figures", "cpu", tmp_path), ("figures", "cpu", None)]
 
+
+
+def test_reproduce_without_assignment_folders_fails_clearly(monkeypatch, capsys):
+    """An install that is not a checkout (no A<n>/experiments.py beside the package) must not
+    exit 0 having run nothing."""
+    from eecs598 import reproduce
+    monkeypatch.setattr(reproduce, "assignment_dirs", lambda root=None: [])
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main([])
+    assert exit_info.value.code == 2 and "no assignment folder" in capsys.readouterr().err

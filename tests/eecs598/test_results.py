@@ -1,0 +1,44 @@
+"""eecs598.results: records, merging into results.json, and RESULTS.md."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eecs598.results import load_records, make_record, render_markdown, write_results
+
+
+def _record(metric, value, mode="full", **details):
+    return make_record("A9", metric, value, "%", data="toy", device="cpu", seconds=1.0, mode=mode,
+                       details=details)
+
+
+def test_merge_replaces_same_key_and_keeps_the_rest(tmp_path):
+    write_results(tmp_path, [_record("a", 1.0), _record("b", 2.0), _record("a", 5.0, mode="quick")])
+    rows = write_results(tmp_path, [_record("a", 3.0)])
+    got = {(r["metric"], r["mode"]): r["value"] for r in rows}
+    assert got == {("a", "full"): 3.0, ("b", "full"): 2.0, ("a", "quick"): 5.0}
+    assert load_records(tmp_path / "results.json") == rows
+    assert (tmp_path / "RESULTS.md").read_text() == render_markdown(rows)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["RESULTS.md", "results.json"]
+
+
+def test_tensor_and_numpy_details_are_written_as_numbers(tmp_path):
+    write_results(tmp_path, [_record("a", torch.tensor(0.5), curve=torch.tensor([1.0, 2.0]),
+                                     count=np.int64(3), best=torch.tensor(7))])
+    (row,) = json.loads((tmp_path / "results.json").read_text())
+    assert row["value"] == 0.5 and row["details"] == {"curve": [1.0, 2.0], "count": 3, "best": 7}
+
+
+def test_unserializable_detail_fails_before_the_file_changes(tmp_path):
+    write_results(tmp_path, [_record("a", 1.0)])
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(TypeError, match="object is not JSON serializable"):
+        write_results(tmp_path, [_record("b", 1.0, thing=object())])
+    assert (tmp_path / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize("mode", ["gpu", "Full", ""])
+def test_unknown_mode_is_refused(mode):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        _record("a", 1.0, mode=mode)
