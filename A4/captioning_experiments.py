@@ -1194,7 +1194,8 @@ def seed_study(cell_types=CELL_TYPES, seeds=(1, 2), device=None, verbose=False, 
         from eecs598.results import load_records, write_results
         headline = load_records(Path(results_dir) / "results.json")
         write_results(results_dir, seed_records(out, data["source"], device_name(eecs598.get_device(device)),
-                                                len(data["train_names"]), headline, backbone))
+                                                len(data["train_names"]), headline, backbone,
+                                                shrink=data.get("shrink")))
     return out
 
 
@@ -1221,14 +1222,15 @@ def _mean(values):
     return sum(values) / len(values) if values else None
 
 
-def seed_records(study, source, device, num_train_images, headline_records=(), backbone=BACKBONE):
+def seed_records(study, source, device, num_train_images, headline_records=(), backbone=BACKBONE, shrink=None):
     """Result records captioning_bleu4_seed_mean_<cell_type> of a `seed_study` output `study`
     ({cell_type: {seed: entry}}): value = mean held-out greedy BLEU-4 over the seeds; details
     seeds (per seed, the study's entry), means (bleu4, beam_bleu4, val_model_bleu4; 4 decimals),
     sd_bleu4 (sample standard deviation, n - 1; None for one seed), protocol, how, decoding;
     seconds = the seeds' training seconds summed. Seed 0, when not in the study, comes from
     `headline_records` (records of `run`: captioning_bleu4_<cell_type> and its bleu1 / beam rows,
-    same mode, same data copy and backbone), with a note saying so."""
+    same mode, same data copy and backbone), with a note saying so. `shrink`: the data's
+    data["shrink"] (how `load_data` shrank the larger photos), recorded in the details."""
     mode = "quick" if eecs598.quick_mode() else "full"
     rows = {r["metric"]: r for r in headline_records if r["assignment"] == ASSIGNMENT and r["mode"] == mode}
     records = []
@@ -1262,5 +1264,5 @@ def seed_records(study, source, device, num_train_images, headline_records=(), b
             details={"seeds": {str(k): seeds[k] for k in order},
                      "means": {k: None if v is None else round(v, 4) for k, v in means.items()},
                      "sd_bleu4": sd, "protocol": protocol, "how": how,
-                     "decoding": f"greedy (beam_bleu4: beam {BEAM_SIZE})"}))
+                     "decoding": f"greedy (beam_bleu4: beam {BEAM_SIZE})", "shrink": shrink}))
     return records

@@ -203,7 +203,7 @@ def test_full_mode_feature_cache_differs_per_split(calls, monkeypatch, tmp_path)
 # ---------------------------------------------------------------------------------------------
 SEED_KEYS = {"bleu4", "bleu1", "beam_bleu4", "val_model_bleu4", "best_epoch", "teacher_best_epoch",
              "repeated_bigram_captions", "seconds", "threads"}
-DETAIL_KEYS = {"seeds", "means", "sd_bleu4", "protocol", "how", "decoding"}
+DETAIL_KEYS = {"seeds", "means", "sd_bleu4", "protocol", "how", "decoding", "shrink"}
 
 
 def _study_entry(bleu4, beam, val, epoch, seconds):
@@ -249,6 +249,9 @@ def test_seed_records_mean_sd_and_layout():
     lstm = by_metric["captioning_bleu4_seed_mean_lstm"]  # no lstm headline rows: its seeds only
     assert list(lstm["details"]["seeds"]) == ["1"] and lstm["details"]["sd_bleu4"] is None
     assert lstm["value"] == 0.113
+    assert d["shrink"] is None
+    (shrunk,) = ce.seed_records({"lstm": study["lstm"]}, "fake data", "cpu", 900, shrink="max200q75")
+    assert shrunk["details"]["shrink"] == "max200q75"
 
 
 def test_seed_records_ignore_headline_rows_of_another_copy_or_backbone():
