@@ -9,7 +9,7 @@ Writes, under the repository's `.gpu/` folder (ignored by git; delete it when do
     .gpu/cifar10/     cifar10/cifar10-jpeg.zip (A3)
 
 and checks each planned call against the device tool's 64 MiB limit on what travels (the
-repository's tracked files plus the carried folders). The validation images do not fit beside
+repository's files that git does not ignore, plus the carried folders). The validation images do not fit beside
 the training images and the wheel, which is why A5 evaluates here (A5/gpu_handoff.py).
 """
 import argparse
@@ -30,7 +30,10 @@ def folder_bytes(path):
 
 
 def tracked_bytes():
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    """Bytes of what the device tool copies besides the carried folders: tracked files and the
+    untracked ones git does not ignore."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout
     return sum((ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file())
 
 
