@@ -1030,6 +1030,14 @@ class DeepConvNet(object):
         self.params = {}
         self.num_layers = len(num_filters) + 1
         self.max_pools = list(max_pools)
+        bad = [i for i in self.max_pools if not 0 <= i < len(num_filters)]
+        if bad:
+            raise ValueError(f"max_pools {self.max_pools}: indices {bad} are not macro layers "
+                             f"0..{len(num_filters) - 1}")
+        smallest = min(input_dims[1:]) // 2 ** len(set(self.max_pools))
+        if smallest < 1:
+            raise ValueError(f"{len(set(self.max_pools))} poolings shrink the {input_dims[1]}x{input_dims[2]} "
+                             f"input to nothing")
         self.batchnorm = batchnorm
         self.reg = reg
         self.dtype = dtype

@@ -463,6 +463,15 @@ def test_deep_convnet_params_and_kaiming():
     assert abs(w.std().item() / math.sqrt(1 / (32 * 8 * 8)) - 1) < 0.1
 
 
+def test_deep_convnet_rejects_pools_it_cannot_apply():
+    with pytest.raises(ValueError, match="not macro layers"):
+        cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 4], max_pools=[0, 2])
+    with pytest.raises(ValueError, match="to nothing"):
+        cn.DeepConvNet(input_dims=(3, 4, 8), num_filters=[4, 4, 4], max_pools=[0, 1, 2])
+    model = cn.DeepConvNet(input_dims=(3, 4, 8), num_filters=[4, 4], max_pools=[0, 1])
+    assert model.params["W3"].shape == (4 * 1 * 2, 10)
+
+
 def test_deep_convnet_initial_loss_and_bn_modes():
     torch.manual_seed(17)
     model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 4], max_pools=[0, 1], batchnorm=True,
