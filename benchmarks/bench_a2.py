@@ -1,6 +1,6 @@
 """A2 benchmarks: naive vs vectorized losses, and our hand-written gradients vs torch autograd.
 
-    python benchmarks/bench_a2.py [--repeats 5] [--devices cpu cuda] [--json out.json]
+    python benchmarks/bench_a2.py [--repeats 5] [--devices cpu cuda] [--threads N] [--json out.json]
 
 For every device (CPU, and CUDA when available) this measures, as the median of `--repeats`
 timed runs after one warm-up run:
@@ -13,11 +13,11 @@ timed runs after one warm-up run:
 3. the same comparison for the two-layer net's `nn_forward_backward` (batch 1,000, hidden 256).
 
 Inputs are synthetic N(0, 1) tensors of the stated shapes (timing does not depend on the
-values). Quick mode (EECS598_QUICK=1) shrinks the shapes. `--json PATH` writes the figures as
-result records (eecs598.results.make_record) to PATH.
+values). Quick mode (EECS598_QUICK=1) shrinks the shapes. CPU records give the torch thread count
+(`cpu_threads`; `--threads N` sets it). `--json PATH` merges the figures as result records
+(eecs598.results.make_record) into PATH, replacing rows of the same metric.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +29,7 @@ for p in (ROOT, ROOT / "A2"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from eecs598.results import make_record  # noqa: E402
+from eecs598.results import make_record, merge_records  # noqa: E402
 from eecs598.utils import device_name, median_time, pick  # noqa: E402
 
 import linear_classifier as lc  # noqa: E402
@@ -70,9 +70,11 @@ def bench_device(device, repeats, data_note):
     records, lines = [], []
     gen = torch.Generator().manual_seed(0)
 
+    threads = {"cpu_threads": torch.get_num_threads()} if dev == "cpu" else {}
+
     def record(metric, value, unit, seconds, details):
         records.append(make_record("A2", f"{metric}_{dev}", value, unit, data_note, name,
-                                   seconds, details=details))
+                                   seconds, details={**details, **threads}))
 
     # 1. naive vs vectorized on the course's check batch
     n_check = pick(full=128, quick=32)
@@ -132,8 +134,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=pick(full=5, quick=2), help="timed runs per figure (median)")
     parser.add_argument("--devices", nargs="*", default=None,
                         help="devices to benchmark (default: cpu, plus cuda when available)")
-    parser.add_argument("--json", metavar="PATH", help="write the result records to PATH (JSON list)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", metavar="PATH", help="merge the result records into PATH (JSON list)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     data_note = "synthetic N(0,1) inputs of CIFAR-10 shapes"
@@ -145,9 +150,8 @@ def main(argv=None):
         for line in lines:
             print(line, flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
-        print(f"wrote {len(records)} records to {args.json}")
+        merge_records(args.json, records)
+        print(f"merged {len(records)} records into {args.json}")
     return records
 
 

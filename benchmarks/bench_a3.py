@@ -20,8 +20,9 @@ On CUDA both sides run float32 in one precision, `--fp32 ieee` (default) or `tf3
 PyTorch runs cuDNN convolutions in TF32 but matrix products (which our conv is made of) in
 full float32, which would compare precisions rather than code.
 Quick mode (EECS598_QUICK=1) shrinks the batch to 16 and the repeats to 3.
-With --json, the figures are written as result records (eecs598.results.make_record,
-assignment "A3"), which benchmarks/run_all.py merges into results/. CPU metric names carry
+With --json PATH, the figures are merged as result records (eecs598.results.make_record,
+assignment "A3") into PATH, replacing rows of the same metric; benchmarks/run_all.py merges them
+into results/. CPU metric names carry
 the thread count (bench_conv_fwd_bwd_ratio_vs_torch_cpu_1thread, ..._cpu_2threads), since
 the ratios depend on it.
 
@@ -49,7 +50,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import eecs598  # noqa: E402
-from eecs598.results import make_record  # noqa: E402
+from eecs598.results import make_record, merge_records  # noqa: E402
 from eecs598.utils import device_name, fp32_precision  # noqa: E402
 
 DATA = "synthetic random tensors"
@@ -256,7 +257,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     parser.add_argument("--batch", type=int, default=None, help="batch size N (default 128; quick mode 16)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="write result records to this JSON file")
+    parser.add_argument("--json", default=None, help="merge the result records into this JSON file")
     parser.add_argument("--fp32", choices=("ieee", "tf32"), default="ieee",
                         help="CUDA float32 precision of both sides' matmuls and convolutions (default ieee)")
     parser.add_argument("--runs", type=int, default=1,
@@ -275,7 +276,7 @@ def main(argv=None):
         for name in devices:
             records += _benchmark_device(torch.device(name), N, repeats, args.fp32)
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=2) + "\n")
+        merge_records(args.json, records)
     return records
 
 
@@ -366,7 +367,7 @@ def _median_of_processes(argv, runs, json_path):
     for r in records:
         print(f"   {r['metric']:55s} {r['value']:8.2f}   runs {', '.join(f'{v:.2f}' for v in r['details']['runs'])}")
     if json_path:
-        Path(json_path).write_text(json.dumps(records, indent=2) + "\n")
+        merge_records(json_path, records)
     return records
 
 

@@ -55,6 +55,16 @@ def test_benchmark_scripts_run_in_quick_mode(tmp_path, script, assignment):
     _check_records(records, assignment)
 
 
+def test_bench_a2_records_its_thread_count_and_merges_into_an_existing_file(tmp_path):
+    kept = {"assignment": "A1", "metric": "kept_row", "value": 1.0, "unit": "x", "mode": "quick",
+            "data": "d", "device": "cpu"}
+    (tmp_path / "bench_a2.json").write_text(json.dumps([kept]))
+    records, _ = _run("bench_a2", "--devices", "cpu", "--threads", "1", "--repeats", "1", tmp_path=tmp_path)
+    assert kept in records
+    _check_records([r for r in records if r != kept], "A2")
+    assert all(r["details"]["cpu_threads"] == 1 for r in records if r != kept)
+
+
 def test_bench_a3_names_its_cpu_rows_by_thread_count_and_records_the_median_process(tmp_path):
     records, stdout = _run("bench_a3", "--device", "cpu", "--threads", "1", "--runs", "3", tmp_path=tmp_path)
     _check_records(records, "A3")
