@@ -6,10 +6,10 @@ folder); all of them are checked before anything is written, and one
 FileNotFoundError names every missing file.
 
 Names: pass ``uniquename`` and ``umid``; otherwise they are read from the environment
-variables ``EECS598_UNIQUENAME`` / ``EECS598_UMID``; otherwise, only when standard input
-is an interactive terminal, they are asked for with ``input()``. Without any of these
-(a headless run, e.g. CI or a notebook kernel with no terminal) a ValueError says what
-to pass.
+variables ``EECS598_UNIQUENAME`` / ``EECS598_UMID``; otherwise they are asked for with
+``input()`` when someone can answer: on an interactive terminal, or in a Jupyter / Colab
+notebook (as in the course). Without any of these (a headless run: CI, nbval, a script with
+no terminal, a kernel whose frontend takes no input) a ValueError says what to pass.
 
 Numbering: this project's A4 is sequence models (captioning + Transformers) and A5 is
 detection; the zip name uses this project's number.
@@ -136,26 +136,51 @@ def _make_submission(assignment_path, file_list, assignment_no, uniquename=None,
     return zip_path
 
 
+_MISSING_NAMES = (
+    "Missing uniquename and/or umid: pass them, e.g. "
+    "make_a1_submission(path, uniquename='justincj', umid='12345678'), or set the "
+    "environment variables %s and %s (nowhere to prompt for them)." % (UNIQUENAME_ENV, UMID_ENV))
+
+
+def _in_notebook_kernel():
+    """True inside a Jupyter / Colab kernel, whose frontend may answer ``input()``."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
+
+
+def _can_prompt():
+    try:
+        if sys.stdin is not None and sys.stdin.isatty():
+            return True
+    except (AttributeError, ValueError):
+        pass
+    return _in_notebook_kernel()
+
+
+def _ask(question):
+    """``input(question)``; a kernel run without a frontend stdin (nbval, nbclient) -> ValueError."""
+    try:
+        return input(question)
+    except Exception as error:
+        if type(error).__name__ == "StdinNotImplementedError":  # ipykernel, allow_stdin=False
+            raise ValueError(_MISSING_NAMES) from error
+        raise
+
+
 def _get_user_info(uniquename=None, umid=None):
-    """Resolve (uniquename, umid): arguments, then env variables, then input() on a terminal only."""
+    """Resolve (uniquename, umid): arguments, then env variables, then input() where someone can answer."""
     if uniquename is None:
         uniquename = os.environ.get(UNIQUENAME_ENV) or None
     if umid is None:
         umid = os.environ.get(UMID_ENV) or None
     if uniquename is None or umid is None:
-        try:
-            interactive = sys.stdin is not None and sys.stdin.isatty()
-        except (AttributeError, ValueError):
-            interactive = False
-        if not interactive:
-            raise ValueError(
-                "Missing uniquename and/or umid: pass them, e.g. "
-                "make_a1_submission(path, uniquename='justincj', umid='12345678'), or set the "
-                "environment variables %s and %s (no terminal to prompt on)." % (UNIQUENAME_ENV, UMID_ENV))
+        if not _can_prompt():
+            raise ValueError(_MISSING_NAMES)
         if uniquename is None:
-            uniquename = input("Enter your uniquename (e.g. justincj): ")
+            uniquename = _ask("Enter your uniquename (e.g. justincj): ")
         if umid is None:
-            umid = input("Enter your umid (e.g. 12345678): ")
+            umid = _ask("Enter your umid (e.g. 12345678): ")
     uniquename, umid = str(uniquename).strip(), str(umid).strip()
     for what, value in (("uniquename", uniquename), ("umid", umid)):
         if not value or any(c in value for c in "/\\:") or value in {".", ".."}:

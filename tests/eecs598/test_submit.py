@@ -101,6 +101,48 @@ def test_prompts_on_a_terminal(tmp_path, monkeypatch):
     assert (tmp_path / "promptname_11112222_A1.zip").is_file()
 
 
+class _FakeKernelShell:
+    kernel = object()
+
+
+def _fake_ipython(monkeypatch, shell):
+    fake = type(sys)("IPython")
+    fake.get_ipython = lambda: shell
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+
+
+def test_prompts_in_a_notebook_kernel(tmp_path, monkeypatch):
+    """Jupyter / Colab: stdin is no terminal, but the frontend answers input(), as in the course."""
+    populate(tmp_path, SUBMISSION_FILES["A3"])
+    _fake_ipython(monkeypatch, _FakeKernelShell())
+    answers = iter(["nbname", "33334444"])
+    monkeypatch.setattr(builtins, "input", lambda prompt="": next(answers))
+    submit.make_a3_submission(tmp_path)
+    assert (tmp_path / "nbname_33334444_A3.zip").is_file()
+
+
+def test_kernel_without_a_frontend_stdin_raises_the_clear_error(tmp_path, monkeypatch):
+    class StdinNotImplementedError(RuntimeError):  # what ipykernel raises when allow_stdin is False
+        pass
+
+    def no_stdin(prompt=""):
+        raise StdinNotImplementedError("raw_input was called, but this frontend does not support input requests.")
+
+    populate(tmp_path, SUBMISSION_FILES["A1"])
+    _fake_ipython(monkeypatch, _FakeKernelShell())
+    monkeypatch.setattr(builtins, "input", no_stdin)
+    with pytest.raises(ValueError, match=submit.UNIQUENAME_ENV):
+        submit.make_a1_submission(tmp_path)
+    assert not list(tmp_path.glob("*.zip"))
+
+
+def test_plain_ipython_without_a_kernel_does_not_prompt(tmp_path, monkeypatch):
+    populate(tmp_path, SUBMISSION_FILES["A1"])
+    _fake_ipython(monkeypatch, None)  # IPython imported, no shell running (the autouse input() would fail)
+    with pytest.raises(ValueError, match="uniquename"):
+        submit.make_a1_submission(tmp_path)
+
+
 def test_rejects_path_like_names(tmp_path):
     populate(tmp_path, SUBMISSION_FILES["A1"])
     with pytest.raises(ValueError):
