@@ -18,9 +18,19 @@ RESULTS_DIR ?=
 
 .PHONY: venv test test-unit test-notebooks reproduce student bench constraints
 
-$(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS)
+# What an install depends on beyond the files below: the torch spec and the constraints in use.
+# Recorded in $(VENV)/.install-id, which changes (forcing a reinstall) only when these change,
+# e.g. after a `make test` without CONSTRAINTS, a `make test CONSTRAINTS=constraints.txt`.
+INSTALL_ID := torch=$(TORCH_SPEC) constraints=$(CONSTRAINTS) $(if $(CONSTRAINTS),$(shell cksum < $(CONSTRAINTS)))
+
+.PHONY: FORCE
+$(VENV)/.install-id: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(INSTALL_ID)' | cmp -s - $@ || echo '$(INSTALL_ID)' > $@
+
+$(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS) $(VENV)/.install-id
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip $(PIP_C) || $(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || { $(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_C) || { \
 	  echo "warning: could not install $(TORCH_SPEC) $(PIP_C); installing the newest torch" >&2; \
 	  $(PY) -m pip install -q torch; }; }
@@ -31,7 +41,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS)
 
 ## Rewrite constraints.txt (its comment lines kept) from the venv, after a green `make test`.
 constraints: venv
-	{ grep '^#' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -e '^torch=' -e '^py-spy'; } > constraints.txt.new
+	{ grep '^#' constraints.txt; $(PY) -m pip freeze --all --exclude-editable | grep -v -i -e '^torch=' -e '^py-spy' -e '^setuptools=' -e '^wheel='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 venv: $(VENV)/.installed
