@@ -47,17 +47,53 @@ def box_iou_reference(boxes1, boxes2):
 
 
 def autograd_or_nn_uses(module):
-    """Names in `module`'s source that would make it lean on autograd or torch.nn: attributes
-    and imports under torch.nn / torch.autograd, and anything with requires_grad. The
-    from-scratch assignment files must give an empty list. (A tensor's `.backward()` cannot be
-    told apart from a layer's by name; tests catch it by computing gradients under
-    `torch.no_grad()` / `torch.inference_mode()`, where it fails.)"""
+    """Names in `module`'s source that would make it lean on autograd or torch.nn: attributes,
+    names and imports under torch.nn / torch.autograd, with import aliases resolved (`from
+    torch import nn; nn.Linear` gives `torch.nn.Linear`, `import torch as T; T.autograd.grad`
+    gives `torch.autograd.grad`), and anything with requires_grad. The from-scratch assignment
+    files must give an empty list. (A tensor's `.backward()` cannot be told apart from a
+    layer's by name; tests catch it by computing gradients under `torch.no_grad()` /
+    `torch.inference_mode()`, where it fails.)"""
     import ast
     import inspect
 
     tree = ast.parse(inspect.getsource(module))
-    names = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
-    imports = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-               for alias in node.names} | {node.module for node in ast.walk(tree)
-                                           if isinstance(node, ast.ImportFrom) and node.module}
-    return sorted(n for n in names | imports if n.startswith(("torch.nn", "torch.autograd")) or "requires_grad" in n)
+    aliases = {}  # local name -> the dotted module or object it stands for
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                imported.add(alias.name)
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module)
+            for alias in node.names:
+                imported.add(f"{node.module}.{alias.name}")
+                aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def resolved(dotted):
+        head, dot, rest = dotted.partition(".")
+        return aliases.get(head, head) + dot + rest
+
+    used = {resolved(ast.unparse(node)) for node in ast.walk(tree)
+            if isinstance(node, (ast.Attribute, ast.Name))
+            and all(isinstance(part, (ast.Attribute, ast.Name)) for part in _chain(node))}
+    raw = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+
+    def flagged(name):
+        return any(name == root or name.startswith(root + ".") for root in ("torch.nn", "torch.autograd"))
+
+    return sorted({n for n in used | imported if flagged(n)} | {n for n in raw | used if "requires_grad" in n})
+
+
+def _chain(node):
+    """The nodes of an attribute chain `a.b.c`, outermost first (stops at the first node that
+    is neither an Attribute nor a Name, which is then the last item)."""
+    import ast
+
+    nodes = [node]
+    while isinstance(node, ast.Attribute):
+        node = node.value
+        nodes.append(node)
+    return nodes

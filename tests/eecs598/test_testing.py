@@ -1,0 +1,36 @@
+"""eecs598.testing.autograd_or_nn_uses: the check the A3 tests use to keep the from-scratch
+layers off torch.nn and autograd must see through import aliases."""
+import importlib.util
+
+import pytest
+
+from eecs598.testing import autograd_or_nn_uses
+
+
+def load_module(tmp_path, source, name="probe_module"):
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("import torch\ndef f(x):\n    return torch.nn.functional.relu(x)\n", "torch.nn.functional.relu"),
+    ("from torch import nn\ndef f(x):\n    return nn.Linear(3, 3)(x)\n", "torch.nn.Linear"),
+    ("import torch.nn as tnn\ndef f(x):\n    return tnn.Conv2d(1, 1, 3)(x)\n", "torch.nn.Conv2d"),
+    ("import torch as T\ndef f(y, x):\n    return T.autograd.grad(y, x)\n", "torch.autograd.grad"),
+    ("from torch import autograd\ndef f(y, x):\n    return autograd.grad(y, x)\n", "torch.autograd.grad"),
+    ("from torch.nn import functional as F\ndef f(x):\n    return F.conv2d(x, x)\n", "torch.nn.functional.conv2d"),
+    ("import torch\ndef f(x):\n    return x.requires_grad_()\n", "x.requires_grad_"),
+])
+def test_flags_torch_nn_and_autograd_under_any_alias(tmp_path, source, expected):
+    assert expected in autograd_or_nn_uses(load_module(tmp_path, source))
+
+
+def test_plain_tensor_code_gives_nothing(tmp_path):
+    source = ("import torch\nimport numpy as np\nfrom torch import Tensor\n"
+              "nnz = 3\n"
+              "def f(x: Tensor):\n    return torch.matmul(x, x).clamp(min=0) + nnz + np.pi\n")
+    assert autograd_or_nn_uses(load_module(tmp_path, source)) == []
