@@ -32,16 +32,30 @@ def _jpeg_order():
     return f"classes in the order {','.join(CLASSES)}, names sorted, then torch.randperm seeded {_SHUFFLE_SEED}"
 
 
-def _decode_batches(read_member):
-    """Decode the pickled python batches; `read_member(name)` returns a file's bytes."""
+def _decode_batches(read_member, where):
+    """Decode the pickled python batches; `read_member(name)` returns a file's bytes, and
+    `where` (the archive or folder) names them in errors: a batch that does not unpickle, or
+    splits without 50,000 / 10,000 images, raise DataError."""
     out = {}
     for split, names in _BATCHES.items():
         xs, ys = [], []
         for name in names:
-            batch = pickle.loads(read_member(name), encoding="latin1")
-            xs.append(torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-            ys.append(torch.as_tensor(batch["labels"], dtype=torch.int64))
+            try:
+                batch = pickle.loads(read_member(name), encoding="latin1")
+                x = torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32)
+                y = torch.as_tensor(batch["labels"], dtype=torch.int64)
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise store.DataError(f"{where}: {name} is not a readable CIFAR-10 batch "
+                                      f"({type(e).__name__}: {e}); the file is truncated or corrupt") from e
+            if len(x) != len(y):
+                raise store.DataError(f"{where}: {name} holds {len(x)} images but {len(y)} labels")
+            xs.append(x)
+            ys.append(y)
         out[f"x_{split}"], out[f"y_{split}"] = torch.cat(xs), torch.cat(ys)
+        expected = TRAIN_SIZE if split == "train" else TEST_SIZE
+        if len(out[f"x_{split}"]) != expected:
+            raise store.DataError(f"{where}: the {split} batches hold {len(out[f'x_{split}'])} "
+                                  f"images, not CIFAR-10's {expected}")
     return out
 
 
@@ -50,7 +64,7 @@ def _decode_folder(folder: Path):
     if missing:
         raise store.DataError(f"{folder} is not an extracted CIFAR-10 python archive: "
                               f"missing {', '.join(missing)}")
-    return _decode_batches(lambda name: (folder / name).read_bytes())
+    return _decode_batches(lambda name: (folder / name).read_bytes(), folder)
 
 
 def _decode_tarball(path: Path):
@@ -61,7 +75,7 @@ def _decode_tarball(path: Path):
             if missing:
                 raise store.DataError(f"{path}: not the CIFAR-10 python archive "
                                       f"(missing {', '.join(missing)})")
-            return _decode_batches(lambda name: tar.extractfile(members[name]).read())
+            return _decode_batches(lambda name: tar.extractfile(members[name]).read(), path)
     except (tarfile.TarError, EOFError, OSError) as e:
         raise store.DataError(f"{path}: unreadable or truncated tar.gz archive ({e})") from e
 

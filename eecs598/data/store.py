@@ -232,7 +232,7 @@ def verify_file(path, spec: RemoteFile, remember=True):
                         "(truncated or wrong file)")
     if spec.sha256:
         checks.append(("sha256", spec.sha256, file_digest(path, "sha256")))
-    elif spec.content_md5 and path.suffix == ".gz":
+    elif spec.content_md5 and spec.name.endswith(".gz"):  # path may be a download's .part file
         try:
             found = file_digest(path, "md5", gunzip=True)
         except (OSError, EOFError, gzip.BadGzipFile) as e:

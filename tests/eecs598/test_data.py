@@ -269,9 +269,11 @@ def _cifar_tarball(path, n_per_batch=3, truncate=False):
     path.write_bytes(raw[: len(raw) // 2] if truncate else raw)
 
 
-def test_official_tarball_layout_decodes(tmp_path):
+def test_official_tarball_layout_decodes(tmp_path, monkeypatch):
     path = tmp_path / "cifar-10-python.tar.gz"
     _cifar_tarball(path)
+    monkeypatch.setattr(cifar_mod, "TRAIN_SIZE", 15)
+    monkeypatch.setattr(cifar_mod, "TEST_SIZE", 3)
     data = cifar_mod._decode_tarball(path)
     assert data["x_train"].shape == (15, 3, 32, 32) and data["x_test"].shape == (3, 3, 32, 32)
     assert data["y_train"].tolist() == [0, 1, 2] * 5
@@ -282,6 +284,24 @@ def test_truncated_tarball_is_rejected(tmp_path):
     _cifar_tarball(path, truncate=True)
     with pytest.raises(DataError, match="truncated"):
         cifar_mod._decode_tarball(path)
+
+
+def test_tarball_with_the_wrong_number_of_images_is_rejected(tmp_path):
+    path = tmp_path / "cifar-10-python.tar.gz"
+    _cifar_tarball(path)  # 15 training images, not 50,000
+    with pytest.raises(DataError, match="train batches hold 15 images, not CIFAR-10's 50000"):
+        cifar_mod._decode_tarball(path)
+
+
+def test_extracted_folder_with_a_truncated_batch_names_it(tmp_path):
+    import pickle
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        blob = pickle.dumps({"data": torch.zeros(2, 3072, dtype=torch.uint8).numpy(), "labels": [0, 1]})
+        (folder / name).write_bytes(blob[:-10] if name == "data_batch_3" else blob)
+    with pytest.raises(DataError, match="data_batch_3 is not a readable CIFAR-10 batch"):
+        cifar_mod._decode_folder(folder)
 
 
 def test_extracted_folder_missing_batches_is_rejected(tmp_path):
@@ -396,6 +416,22 @@ def test_mnist_with_wrong_content_is_rejected(isolated_data):
         (isolated_data / "mnist" / name).write_bytes(gzip.compress(_idx_bytes(x)))
     with pytest.raises(DataError, match="md5 of the decompressed content"):
         mnist()
+
+
+def test_content_md5_applies_to_a_download_in_progress(tmp_path, monkeypatch):
+    """A .gz registered by the md5 of its content verifies by that content under any name,
+    including the temporary `<name>.XXXX.part` a download is checked as (a mirror may serve
+    the same content compressed differently)."""
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    content = b"same content, compressed twice"
+    spec = store.RemoteFile("x-ubyte.gz", urls=(), md5=hashlib.md5(gzip.compress(content, 9)).hexdigest(),
+                            content_md5=hashlib.md5(content).hexdigest())
+    part = tmp_path / "x-ubyte.gz.abc123.part"
+    part.write_bytes(gzip.compress(content, 1))  # other bytes, same content
+    store.verify_file(part, spec, remember=False)
+    part.write_bytes(gzip.compress(b"other content"))
+    with pytest.raises(DataError, match="md5 of the decompressed content"):
+        store.verify_file(part, spec, remember=False)
 
 
 @requires_mnist
