@@ -59,8 +59,8 @@ def main(argv=None):
         parser.error(f"no assignment folder (A<n>/experiments.py) under {REPO_ROOT}: run it from a checkout of "
                      f"the repository (installed with `pip install -e .`, as `make` does)")
     folders = [f for f in assignment_dirs() if not args.only or f.name in args.only]
-    if args.only and len(folders) != len(args.only):
-        missing = set(args.only) - {f.name for f in folders}
+    missing = set(args.only or ()) - {f.name for f in folders}
+    if missing:
         parser.error(f"no experiments.py for: {', '.join(sorted(missing))}")
     for folder in folders:
         start = time.perf_counter()

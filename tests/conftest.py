@@ -1,7 +1,10 @@
 """Shared test set-up: make every assignment folder importable (`import knn`, ...).
 
-Assignment module names are unique across folders. Tests import them by name, so the
-same tests grade the solution repo and a stubbed student copy (tests/ is copied with it).
+Assignment module names are unique across folders, except `experiments.py` (each folder
+has one, which `eecs598.reproduce.load_experiments` loads by path; `import experiments` would
+reach whichever folder comes first on sys.path, so tests never do it). Tests import the other
+modules by name, so the same tests grade the solution repo and a stubbed student copy (tests/
+is copied with it).
 """
 import sys
 from pathlib import Path
