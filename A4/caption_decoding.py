@@ -19,12 +19,12 @@ import torch
 
 import rnn_lstm_captioning as rlc
 from eecs598.bleu import bleu_scores
+from eecs598.utils import in_eval_mode
 
 
-@torch.no_grad()
+@in_eval_mode
 def greedy_captions(model, feats, idx_to_word, max_length, batch_size=200):
     """Greedy captions (lists of words) and, for attn, attention weights (N, T, Hf, Wf)."""
-    model.eval()
     words, weights = [], []
     device = next(model.parameters()).device
     for i in range(0, len(feats), batch_size):
@@ -82,14 +82,13 @@ def _ban(logp, banned):
     return logp
 
 
-@torch.no_grad()
+@in_eval_mode
 def beam_search(model, features, beam_size=3, max_length=16, banned=()):
     """Beam-search captions from encoder features (N, C, Hf, Wf) for a CaptioningRNN of any
     cell type: keeps the `beam_size` partial captions with the highest summed log-probability;
     a caption that emitted <END> keeps its score and is padded with <NULL>. `banned`: token
     indices never emitted. Returns word indices (N, max_length) of the best beam (beam_size=1 is
     greedy decoding)."""
-    model.eval()
     N, B = features.shape[0], beam_size
     state = _select(decoder_start(model, features), torch.arange(N, device=features.device).repeat_interleave(B))
     word = torch.full((N * B,), model._start, dtype=torch.long, device=features.device)
@@ -117,7 +116,7 @@ def beam_search(model, features, beam_size=3, max_length=16, banned=()):
     return out
 
 
-@torch.no_grad()
+@in_eval_mode
 def ensemble_greedy(models, features, max_length=16, banned=()):
     """Greedy captions of an ensemble: at every step each CaptioningRNN (any mix of cell types,
     one vocabulary) gives its next-word distribution for the words chosen so far, and the word
@@ -126,8 +125,6 @@ def ensemble_greedy(models, features, max_length=16, banned=()):
     model twice, given the photos and their mirror images: test-time flip averaging).
     `banned`: token indices never emitted. One model and no ban: the captions of
     `sample_features`. Returns (N, max_length) int64."""
-    for m in models:
-        m.eval()
     first = models[0]
     views = list(features) if isinstance(features, (list, tuple)) else [features] * len(models)
     if len(views) != len(models):

@@ -61,9 +61,10 @@ class ImageEncoder(nn.Module):
         self.cnn = build_backbone(backbone, pretrained=pretrained, with_head=feature == "head")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if verbose:
+        if verbose:  # in eval mode: a training-mode pass would overwrite the pretrained BN statistics
             size = 224 if feature == "head" else 112
-            dummy = self(torch.zeros(2, 3, size, size, dtype=torch.uint8))
+            with evaluating(self):
+                dummy = self(torch.zeros(2, 3, size, size, dtype=torch.uint8))
             print(f"ImageEncoder ({backbone}, {feature}, pretrained={pretrained}): a (2, 3, {size}, {size}) "
                   f"batch gives features of shape {tuple(dummy.shape)}")
 

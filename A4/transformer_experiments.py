@@ -29,7 +29,7 @@ import torch
 import arithmetic_transformer as at
 import eecs598
 from eecs598.results import make_record
-from eecs598.utils import device_name, timer
+from eecs598.utils import device_name, in_eval_mode, timer
 
 ASSIGNMENT = "A4"
 DATA = "arithmetic/two_digit_op.json (the course's 5,000 two-digit add/subtract expressions)"
@@ -208,7 +208,7 @@ def selection_run(device, cfg=None, eval_every=20, verbose=False, splits=None):
     return res
 
 
-@torch.no_grad()
+@in_eval_mode
 def attention_maps(model, pair, index, cfg, device=None):
     """Greedy-decode expression `index` of `pair` and collect the attention weights of that
     last decoding step: a dict with "question" / "answer" token strings (the answer as
@@ -217,7 +217,6 @@ def attention_maps(model, pair, index, cfg, device=None):
     device = eecs598.get_device(device)
     q, qp, a, ap = (t[index:index + 1].to(device) for t in make_dataset(pair, cfg).tensors())
     tokens, _ = at.inference(model, q, qp, ap, a.shape[1])
-    model.eval()
     model.decode(model.encode(q, qp), tokens[:, :-1], ap)  # refresh the weights on the decoded prefix
     return {"question": [at.VOCAB[int(t)] for t in q[0]],
             "answer": [at.VOCAB[int(t)] for t in tokens[0]],

@@ -16,10 +16,11 @@ cross-check the two on the same inputs):
   r sums, per hypothesis, the reference length closest to the hypothesis length (ties -> the
   shorter reference); BP = 0 when c = 0;
 * BLEU-N = BP * exp(sum_n w_n log p_n) with w_n = 1/N; it is 0 when any p_n (n <= N) is 0
-  (NLTK's unsmoothed score is then ~1e-77 or exactly 0).
+  (NLTK's unsmoothed score is then a tiny positive number, e.g. 1e-154 to 1e-231, or exactly 0).
 
-Tokenization (``tokenize``): lower-case, every character that is not a letter, digit or space
-becomes a space (so punctuation is dropped and "t-shirt" -> "t shirt"), split on whitespace.
+Tokenization (``tokenize``): lower-case, every character other than the ASCII letters a-z,
+digits and spaces becomes a space (so punctuation is dropped, "t-shirt" -> "t shirt", and an
+accented letter splits a word), split on whitespace.
 The captioning data (`eecs598.data.text`) uses the same function to build its vocabulary, so
 hypotheses decoded from word indices and references read from captions.txt are tokenized alike.
 """
@@ -115,19 +116,26 @@ def consensus_caption(list_of_references, candidates, max_n=4):
     highest when the SAME candidate is the hypothesis for every entry of `list_of_references`.
 
     Use the training images' references and the training captions as candidates; the winner is
-    then scored on held-out images. Vectorized over images with per-n-gram arrays of the largest
-    reference count per image. Returns (best candidate tokens, its BLEU on these references).
+    then scored on held-out images. Vectorized over images: each n-gram keeps an array of its
+    largest reference count in every image where it occurs (only those images, so memory grows
+    with the references' n-grams, not n-grams x images). Returns (best candidate tokens, its
+    BLEU on these references).
     """
     import numpy as np
 
     num = len(list_of_references)
-    max_count = {}  # n-gram -> (num,) array: the largest count in any reference of each image
+    per_image = {}  # n-gram -> {image index: the largest count in any of its references}
     for i, refs in enumerate(list_of_references):
         for ref in refs:
             for n in range(1, max_n + 1):
                 for gram, k in ngram_counts(ref, n).items():
-                    arr = max_count.setdefault(gram, np.zeros(num, dtype=np.int64))
-                    arr[i] = max(arr[i], k)
+                    counts = per_image.setdefault(gram, {})
+                    counts[i] = max(counts.get(i, 0), k)
+    # Clipped matches of a candidate n-gram seen k times: sum over images of min(count, k);
+    # which image holds which count does not matter, so the counts alone are kept.
+    max_count = {gram: np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+                 for gram, counts in per_image.items()}
+    del per_image
     ref_lengths = [sorted({len(r) for r in refs}) for refs in list_of_references]
     r_cache = {}
     best, best_score = None, -1.0

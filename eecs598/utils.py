@@ -111,6 +111,27 @@ def evaluating(model, seed=None):
         model.train(was_training)
 
 
+def in_eval_mode(fn):
+    """Decorator for evaluation helpers whose first argument is a model (an nn.Module) or a list
+    of models: the call runs with them in eval mode and without gradients, and each model's
+    mode is restored afterwards (as `evaluating` does for a block)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        models = list(model) if isinstance(model, (list, tuple)) else [model]
+        modes = [m.training for m in models]
+        try:
+            for m in models:
+                m.eval()
+            with torch.no_grad():
+                return fn(model, *args, **kwargs)
+        finally:
+            for m, mode in zip(models, modes):
+                m.train(mode)
+    return wrapper
+
+
 @contextmanager
 def timer():
     """Context manager measuring wall time; CUDA work is synchronized at both ends.

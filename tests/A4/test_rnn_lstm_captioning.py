@@ -293,6 +293,20 @@ def test_image_encoder_pretrained_weights_load():
     assert enc.backbone_name == "efficientnet_lite0" and enc.out_channels == 320
 
 
+def test_image_encoder_verbose_check_leaves_batch_norm_statistics_alone(capsys):
+    """The shape check that `verbose=True` prints runs in eval mode without gradients: a
+    training-mode pass would overwrite the (pretrained) running statistics."""
+    torch.manual_seed(0)
+    quiet = rlc.ImageEncoder(pretrained=False, verbose=False)
+    torch.manual_seed(0)
+    loud = rlc.ImageEncoder(pretrained=False, verbose=True)
+    assert "gives features of shape (2, 320, 4, 4)" in capsys.readouterr().out
+    assert loud.training
+    quiet_buffers = dict(quiet.named_buffers())
+    for name, buf in loud.named_buffers():
+        assert torch.equal(buf, quiet_buffers[name]), name
+
+
 def test_image_encoder_head_feature_is_what_the_classifier_pools():
     """feature="head": the 1280-channel map whose spatial mean, through the ImageNet classifier's
     final linear layer, gives the logits of the whole EfficientNetLite0 (reference: its forward)."""

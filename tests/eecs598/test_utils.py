@@ -85,3 +85,25 @@ def test_evaluating_a_model_without_parameters_and_restoring_after_an_error():
         with evaluating(model):
             1 / 0
     assert model.training
+
+
+def test_in_eval_mode_restores_each_models_mode_even_after_an_error():
+    from eecs598.utils import in_eval_mode
+
+    seen = []
+
+    @in_eval_mode
+    def probe(models, fail=False):
+        for m in (models if isinstance(models, list) else [models]):
+            seen.append((m.training, torch.is_grad_enabled()))
+        if fail:
+            raise RuntimeError("boom")
+        return "done"
+
+    a, b = torch.nn.Dropout(0.5), torch.nn.Dropout(0.5).eval()
+    assert probe(a) == "done" and a.training
+    assert probe([a, b]) == "done" and a.training and not b.training
+    with pytest.raises(RuntimeError):
+        probe([a, b], fail=True)
+    assert a.training and not b.training
+    assert seen and all(mode == (False, False) for mode in seen)
