@@ -23,7 +23,8 @@ from eecs598.utils import device_name, get_device, pick, quick_mode, timer
 ASSIGNMENT = "A1"
 K_CHOICES = [1, 3, 5, 8, 10, 12, 15, 20, 50, 100]
 
-# Figures of the reference solutions (official CIFAR-10 python archive, CPU), COURSE_API §4.
+# Figures of the reference solutions (official CIFAR-10 python archive, CPU);
+# ../shared/COURSE_API.md, section 4.
 REFERENCE = {
     "knn_test_accuracy_subset_k1": 27.40,
     "knn_test_accuracy_subset_k5": 27.80,

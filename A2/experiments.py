@@ -33,7 +33,7 @@ import two_layer_net as tln
 
 ASSIGNMENT = "A2"
 
-# The reference solutions' figures (COURSE_API.md section 4); the "val" ones are the best
+# The reference solutions' figures (../shared/COURSE_API.md, section 4); the "val" ones are the best
 # validation accuracies of their searches, the "test" ones the test accuracy of that model.
 REFERENCES = {
     "svm_val_accuracy": 38.38, "svm_test_accuracy": 38.99,

@@ -35,7 +35,7 @@ from eecs598.utils import device_name, timer
 ASSIGNMENT = "A3"
 DTYPE = torch.float32
 
-# Figures of the reference solutions (COURSE_API section 4), CUDA, in %.
+# Figures of the reference solutions (../shared/COURSE_API.md, section 4), CUDA, in %.
 REFERENCE = {
     "one_minute_val": 72.81,
     "one_minute_test": 72.09,

@@ -27,7 +27,7 @@ from eecs598.utils import device_name, timer
 ASSIGNMENT = "A3"
 DTYPE = torch.float32
 
-# Figures of the reference solutions (COURSE_API section 4), float64 on CUDA.
+# Figures of the reference solutions (../shared/COURSE_API.md, section 4), float64 on CUDA.
 REFERENCE = {
     "two_layer_val": 51.75,
     "three_layer_overfit_epochs": 7,

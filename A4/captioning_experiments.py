@@ -96,7 +96,8 @@ CROP_RATIO = (3 / 4, 4 / 3)
 CROP_SEED = 1000  # apart from the training seeds (0, 1, 2)
 BEAM_SIZE = 3  # the beam-search extra (the headline figures are greedy)
 
-# The course's loss targets (COURSE_API section 5): summed over time, averaged over the batch.
+# The course's loss targets (../shared/COURSE_API.md, section 5): summed over time, averaged over
+# the batch.
 LOSS_TARGETS = {"rnn": {"overfit": 0.5, "full": 2.0}, "lstm": {"overfit": 4.0, "full": 1.8},
                 "attn": {"overfit": 9.0, "full": 0.5}}
 # The course's reference figures (coco.pt, one caption per image; last-batch losses of the full runs).

@@ -34,8 +34,8 @@ from eecs598.utils import device_name, in_eval_mode, timer
 ASSIGNMENT = "A4"
 DATA = "arithmetic/two_digit_op.json (the course's 5,000 two-digit add/subtract expressions)"
 
-# Figures of the reference solutions (COURSE_API section 4) and of an independent library
-# reference (torch.nn.Transformer, emb 64, 4 heads, 2+2 layers, AdamW, 168 epochs, same split).
+# Figures of the reference solutions (../shared/COURSE_API.md, section 4) and of an independent
+# library reference (torch.nn.Transformer, emb 64, 4 heads, 2+2 layers, AdamW, 168 epochs, same split).
 REFERENCE = {
     "token_accuracy": 73.83,          # reference solution, teacher forced, 256 of the 500
     "library_exact_match": 82.8,      # torch.nn.Transformer, greedy, all 500

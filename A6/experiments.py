@@ -35,7 +35,8 @@ from eecs598.utils import device_name, evaluating, get_device, pick, quick_mode,
 
 ASSIGNMENT = "A6"
 DATA = "MNIST (official IDX files, from the data root; project loader eecs598.data.mnist)"
-# Course reference solutions (COURSE_API section 4): loss of the LAST BATCH of epoch 10.
+# Course reference solutions (../shared/COURSE_API.md, section 4): loss of the LAST BATCH of
+# epoch 10.
 VAE_REFERENCE = 110.66
 CVAE_REFERENCE = 103.66
 VAE_TARGET, CVAE_TARGET = 110.0, 104.0
