@@ -255,17 +255,19 @@ def half_width_settings():
     return dict(eecs598.pick(full={**settings(), "widths": HALF_WIDTHS}, quick=settings()))
 
 
-def predict(model, X, tta=True, batch=1000):
-    """Class scores (N, C) in test mode; with tta, the mean of the softmax of x and of its mirror."""
-    outs = []
+def predict(model, X, tta=True, batch=1000, with_plain=False):
+    """Class probabilities (N, C) in test mode; with tta, the mean of the softmax of x and of its
+    mirror. with_plain: return (scores, plain), plain being x's own softmax (without the mirror),
+    from the same forward passes."""
+    outs, plains = [], []
     with torch.no_grad():
         for i in range(0, X.shape[0], batch):
             xb = X[i:i + batch]
-            s = model.loss(xb).softmax(dim=1)
-            if tta:
-                s = 0.5 * (s + model.loss(xb.flip(3)).softmax(dim=1))
-            outs.append(s)
-    return torch.cat(outs)
+            plain = model.loss(xb).softmax(dim=1)
+            plains.append(plain)
+            outs.append(0.5 * (plain + model.loss(xb.flip(3)).softmax(dim=1)) if tta else plain)
+    scores = torch.cat(outs)
+    return (scores, torch.cat(plains)) if with_plain else scores
 
 
 def train_resnet(model, data, config, seed=0, verbose=False, print_every=50):
@@ -307,9 +309,8 @@ def train_resnet(model, data, config, seed=0, verbose=False, print_every=50):
                     elif step % 10 == 0:
                         losses.append(float(loss))
         with timer() as t_eval:
-            scores = predict(model, data["X_test"], tta=config["tta"], batch=config["eval_batch"])
-            plain = scores if not config["tta"] else predict(model, data["X_test"], tta=False,
-                                                             batch=config["eval_batch"])
+            scores, plain = predict(model, data["X_test"], tta=config["tta"], batch=config["eval_batch"],
+                                    with_plain=True)
     acc = (scores.argmax(dim=1) == data["y_test"]).float().mean().item()
     acc_plain = (plain.argmax(dim=1) == data["y_test"]).float().mean().item()
     return {"test_acc": acc, "test_acc_no_tta": acc_plain, "train_seconds": t_train.seconds,

@@ -17,9 +17,10 @@ Model contract
   being the score of class ``c`` for ``X[i]``. With labels (training time) it returns
   ``(loss, grads)``: a scalar tensor (or number) and a dict with the keys of
   ``model.params`` whose values are gradients shaped like the parameters.
-* optional ``model.bn_params``: a list of dicts (one per batch-norm layer) whose tensor
-  values (``running_mean``, ``running_var``) are state that test-time scores depend on. The
-  Solver keeps them with the best params and puts them back with them.
+* optional ``model.bn_params``: a list of dicts (one per batch-norm layer), or a dict of
+  such dicts keyed by layer name, whose tensor values (``running_mean``, ``running_var``) are
+  state that test-time scores depend on. The Solver keeps them with the best params and puts
+  them back with them.
 
 Update rules
 ------------
@@ -278,7 +279,12 @@ class Solver:
         """Clones of the tensors in ``model.bn_params`` (batch-norm running statistics): one
         dict per layer; [] for a model without batch norm."""
         return [{k: v.clone() for k, v in layer.items() if torch.is_tensor(v)}
-                for layer in getattr(self.model, "bn_params", None) or []]
+                for layer in self._bn_layers()]
+
+    def _bn_layers(self):
+        """The per-layer dicts of ``model.bn_params`` (a list, or a dict keyed by layer name)."""
+        layers = getattr(self.model, "bn_params", None) or []
+        return list(layers.values()) if isinstance(layers, dict) else list(layers)
 
     def train(self, time_limit=None, return_best_params=True):
         """Run ``num_epochs * max(N_train // batch_size, 1)`` iterations of ``_step``.
@@ -346,5 +352,5 @@ class Solver:
             for k, v in self.best_params.items():
                 self.model.params[k] = v.clone()
             # and the running statistics the best params were checked with
-            for layer, saved in zip(getattr(self.model, "bn_params", None) or [], self.best_bn_state):
+            for layer, saved in zip(self._bn_layers(), self.best_bn_state):
                 layer.update({k: v.clone() for k, v in saved.items()})

@@ -312,6 +312,29 @@ def test_spatial_batchnorm_float32_large_mean(offset):
     assert (out.double() - ref).abs().max().item() < 5e-3
 
 
+@pytest.mark.parametrize("offset", [0.0, 3.0, 10.0, 100.0, 1e4])
+def test_spatial_batchnorm_float32_precision_is_torchs(offset):
+    """float32, channel means `offset` standard deviations from zero: forward and backward are
+    as close to the float64 result as torch's own float32 batch norm (within 3x), where the
+    fast sum formulas alone would lose eps_float32 * offset^2."""
+    torch.manual_seed(11)
+    x64 = torch.randn(8, 4, 6, 6, dtype=DT) + offset
+    g64, b64 = torch.rand(4, dtype=DT) + 0.5, torch.randn(4, dtype=DT)
+    dout64 = torch.randn(8, 4, 6, 6, dtype=DT)
+    out64, cache64 = cn.SpatialBatchNorm.forward(x64, g64, b64, {"mode": "train"})
+    truth = (out64, *cn.SpatialBatchNorm.backward(dout64, cache64))
+    out, cache = cn.SpatialBatchNorm.forward(x64.float(), g64.float(), b64.float(), {"mode": "train"})
+    ours = (out, *cn.SpatialBatchNorm.backward(dout64.float(), cache))
+    x, g, b = (t.float().requires_grad_() for t in (x64, g64, b64))
+    ref_out = F.batch_norm(x, None, None, g, b, training=True, eps=1e-5)
+    ref_out.backward(dout64.float())
+    torch_f32 = (ref_out.detach(), x.grad, g.grad, b.grad)
+    for name, o, t, exact in zip(("out", "dx", "dgamma", "dbeta"), ours, torch_f32, truth):
+        assert o.dtype == torch.float32
+        err, torch_err = rel_error(o.double(), exact), rel_error(t.double(), exact)
+        assert err <= 3 * torch_err + 1e-7, f"{name}: {err:.1e} vs torch's {torch_err:.1e}"
+
+
 # ---------------------------------------------------------------------------------------
 # Sandwich layers vs a torch.nn.functional composition
 # ---------------------------------------------------------------------------------------
@@ -714,6 +737,42 @@ def test_resnet9_loss_and_gradients_match_torch_composition():
     test_scores = model.loss(X)  # test mode: running statistics
     assert test_scores.shape == (4, 5) and torch.isfinite(test_scores).all()
     assert all(b["mode"] == "test" for b in model.bn_params.values())
+
+
+def test_resnet9_trains_under_the_solver():
+    """ResNet9 follows the Solver contract: its bn_params (a dict keyed by layer name) come back
+    with the best params."""
+    import resnet_from_scratch as rs
+    torch.manual_seed(0)
+    X = torch.randn(16, 3, 32, 32)
+    y = torch.arange(16) % 10
+    data = {"X_train": X, "y_train": y, "X_val": X[:8], "y_val": y[:8]}
+    model = rs.ResNet9(widths=(4, 4, 4, 4), seed=0)
+    solver = Solver(model, data, optim_config={"learning_rate": 1e-2}, batch_size=8, num_epochs=2,
+                    verbose=False)
+    solver.train()
+    assert len(solver.loss_history) == 4 and len(solver.val_acc_history) == 3
+    assert len(solver.best_bn_state) == len(model.bn_params) == 8
+    assert all("running_mean" in layer for layer in model.bn_params.values())
+
+
+def test_resnet_predict_flip_average_and_plain_scores_from_one_pass():
+    import resnet_from_scratch as rs
+    torch.manual_seed(0)
+    model = rs.ResNet9(widths=(4, 4, 4, 4), seed=0)
+    for layer in model.bn_params.values():  # test mode needs running statistics
+        layer.update(running_mean=torch.zeros(4), running_var=torch.ones(4))
+    X = torch.randn(6, 3, 32, 32)
+    calls = []
+    loss = model.loss
+    model.loss = lambda xb, y=None: calls.append(len(xb)) or loss(xb, y)
+    scores, plain = rs.predict(model, X, tta=True, batch=4, with_plain=True)
+    assert sum(calls) == 2 * len(X)  # x and its mirror, once each
+    model.loss = loss
+    own = model.loss(X).softmax(dim=1)
+    assert_close(plain, own, 1e-6, "plain scores")
+    assert_close(scores, 0.5 * (own + model.loss(X.flip(3)).softmax(dim=1)), 1e-6, "flip average")
+    assert torch.equal(rs.predict(model, X, tta=False, batch=4), plain)
 
 
 def test_resnet_augment_crops_and_flips():

@@ -188,32 +188,35 @@ class StepModelWithBatchNorm(StepModel):
     place, as a real layer updates it); scores do not depend on it, but which value comes back
     with the best params does."""
 
-    def __init__(self):
+    def __init__(self, keyed=False):
         super().__init__()
-        self.bn_params = [{"mode": "train", "running_mean": torch.zeros(3)}]
+        layer = {"mode": "train", "running_mean": torch.zeros(3)}
+        self.bn_params = {"bn1": layer} if keyed else [layer]  # the Solver takes either form
+        self.layer = layer
 
     def loss(self, X, y=None):
         if y is not None:
-            self.bn_params[0]["running_mean"] += 1
+            self.layer["running_mean"] += 1
         return super().loss(X, y)
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["list", "dict"])
 @pytest.mark.parametrize("return_best_params", [True, False])
-def test_batchnorm_running_statistics_come_back_with_the_best_params(return_best_params, tmp_path):
+def test_batchnorm_running_statistics_come_back_with_the_best_params(return_best_params, keyed, tmp_path):
     """The best check is after the 2nd step (val accuracy 0.6, see StepModel); the running mean
     then read 2. Put back with the best params, it must read 2 again, not the last step's 5."""
     idx = torch.arange(10, dtype=torch.float32).view(10, 1)
     data = {"X_train": idx, "y_train": torch.ones(10, dtype=torch.long),
             "X_val": idx, "y_val": torch.ones(10, dtype=torch.long)}
-    model = StepModelWithBatchNorm()
+    model = StepModelWithBatchNorm(keyed)
     solver = Solver(model, data, update_rule=increment_in_place, batch_size=10, num_epochs=5, verbose=False,
                     checkpoint_name=str(tmp_path / "c"))
     solver.train(return_best_params=return_best_params)
     assert solver.best_params["w"].item() == 2.0
     assert torch.equal(solver.best_bn_state[0]["running_mean"], torch.full((3,), 2.0))
     expected = 2.0 if return_best_params else 5.0
-    assert torch.equal(model.bn_params[0]["running_mean"], torch.full((3,), expected))
-    assert model.bn_params[0]["mode"] == "train"  # non-tensor entries are left alone
+    assert torch.equal(model.layer["running_mean"], torch.full((3,), expected))
+    assert model.layer["mode"] == "train"  # non-tensor entries are left alone
     ckpt = torch.load(tmp_path / "c_epoch_3.pkl")
     assert torch.equal(ckpt["bn_state"][0]["running_mean"], torch.full((3,), 3.0))
 
