@@ -368,6 +368,18 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
                 "loss_history": loss_history, "elapsed": clock["before"] + time.time() - t0})
 
     pending, pending_parts = [], []  # detached per-iteration losses not yet synced
+
+    def flush():
+        """Move the pending losses into loss_history (one sync); returns (values, mean parts)."""
+        nonlocal pending, pending_parts
+        values = torch.stack(pending).tolist() if pending else []
+        parts = torch.stack(pending_parts).mean(0).tolist() if pending_parts else []
+        pending, pending_parts = [], []
+        loss_history.extend(values)
+        if not all(math.isfinite(v) for v in values):
+            raise FloatingPointError(f"non-finite loss by iteration {it}: {dict(zip(loss_names, parts))}")
+        return values, parts
+
     t0 = clock["t0"] = time.time()
     last_log_t, last_log_it = t0, start_iter
     it, stopped_early = start_iter, False
@@ -395,13 +407,7 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
 
         out_of_time = time_limit is not None and clock["before"] + time.time() - t0 >= time_limit
         if it % log_period == 0 or it == max_iters or out_of_time:
-            values = torch.stack(pending).tolist()
-            parts = torch.stack(pending_parts).mean(0).tolist()
-            pending, pending_parts = [], []
-            loss_history.extend(values)
-            if not all(math.isfinite(v) for v in values):
-                raise FloatingPointError(f"non-finite loss at iteration {it}: "
-                                         f"{dict(zip(loss_names, parts))}")
+            values, parts = flush()
             if verbose:
                 now = time.time()
                 speed = (it - last_log_it) / max(now - last_log_t, 1e-9)
@@ -410,14 +416,14 @@ def train_detector(detector, train_loader, learning_rate=0.005, weight_decay=1e-
                       f"lr {optimizer.param_groups[0]['lr']:.2e} {speed:.2f} it/s")
                 last_log_t, last_log_it = now, it
         if checkpoint_path is not None and it % checkpoint_period == 0:
+            flush()  # the checkpoint's loss_history covers every iteration up to `it`
             checkpoint(it)
         if out_of_time and it < max_iters:
             stopped_early = True
             if verbose:
                 print(f"Time limit of {time_limit} s reached at iteration {it}")
             break
-    if pending:
-        loss_history.extend(torch.stack(pending).tolist())
+    flush()
     checkpoint(it)
     return {"loss_history": loss_history, "iters": it, "seconds": clock["before"] + time.time() - t0,
             "resumed_at_s": clock["before"], "stopped_early": stopped_early, "lr": optimizer.param_groups[0]["lr"]}
@@ -431,7 +437,8 @@ def _as_loader(dataset_or_loader, batch_size=1):
 
 
 def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thresh=0.5,
-                       device="cpu", max_images=None, return_stats=False, batch_size=1):
+                       device="cpu", max_images=None, return_stats=False, batch_size=1,
+                       keep_images=False):
     """Run a detector in eval mode and collect its detections.
 
     `detector(images, test_score_thresh=..., test_nms_thresh=...)` must return
@@ -444,7 +451,8 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
     Returns:
         list (one per image) of dicts with "image_path", "boxes" (M, 4), "classes" (M,) long,
         "scores" (M,), "gt_boxes" (K, 4) and "gt_classes" (K,) long (padding rows dropped),
-        all CPU tensors. With `return_stats=True`, also a dict with "images_per_s" (model
+        all CPU tensors; with `keep_images`, also "image": the input image (3, H, W) as the
+        loader gave it. With `return_stats=True`, also a dict with "images_per_s" (model
         time only, data loading excluded) and "num_images".
     """
     device = torch.device(device)
@@ -476,6 +484,8 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
                     results.append({"image_path": paths[b], "boxes": boxes.reshape(-1, 4),
                                     "classes": classes.reshape(-1), "scores": scores.reshape(-1),
                                     "gt_boxes": gt[:, :4].float(), "gt_classes": gt[:, 4].long()})
+                    if keep_images:
+                        results[-1]["image"] = images[b].cpu()
             if max_images is not None and len(results) >= max_images:
                 break
     if return_stats:
@@ -555,21 +565,18 @@ def inference_with_detector(detector, test_loader, idx_to_class, score_thresh, n
     The course wrote text files for an external mAP tool when `output_dir` was given; here
     `output_dir` saves the figures as PNG files instead (mAP comes from `evaluate_detector`),
     named `<file_prefix>_<k>.png` for the k-th image. `dtype` is kept for the course's
-    signature and unused (images go to the detector as the dataset gives them). Returns the list of predictions (see `predict_detections`).
+    signature and unused (images go to the detector as the dataset gives them). One pass over
+    `test_loader` (which may shuffle): each image is drawn with its own detections. Returns the
+    list of predictions (see `predict_detections`).
     """
     import matplotlib.pyplot as plt
     from eecs598 import vis
     from eecs598.data.voc import IMAGENET_MEAN, IMAGENET_STD
 
     preds = predict_detections(detector, test_loader, score_thresh, nms_thresh, device,
-                               max_images=max_images)
+                               max_images=max_images, keep_images=True)
+    images = [p.pop("image") for p in preds]
     class_names = [idx_to_class[i] for i in range(len(idx_to_class))]
-    loader = _as_loader(test_loader)
-    images = []
-    for _, batch, _ in loader:
-        images.extend(batch[b] for b in range(batch.shape[0]))
-        if len(images) >= len(preds):
-            break
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     for k, p in enumerate(preds):

@@ -126,8 +126,10 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none")
         p = sigmoid(x),  p_t = p if t = 1 else 1 - p,  alpha_t = alpha if t = 1 else 1 - alpha
         FL = -alpha_t (1 - p_t)^gamma log(p_t)
 
-    Written from the formula with a stable log-sigmoid: -log(p_t) = max(x, 0) - x t + log(1 + e^-|x|)
-    (valid for soft targets t in [0, 1] too). alpha < 0 disables the alpha weighting.
+    Written from the formula with a stable log-sigmoid: the binary cross-entropy
+    max(x, 0) - x t + log(1 + e^-|x|), which is -log(p_t) for t in {0, 1}, stands for -log(p_t)
+    (for soft targets t in [0, 1] it is the BCE, as in torchvision). alpha < 0 disables the
+    alpha weighting.
 
     Args:
         inputs: logits, any shape. targets: same shape, in [0, 1].

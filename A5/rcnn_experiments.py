@@ -145,7 +145,7 @@ class _RPNOnly(nn.Module):
 
     def forward(self, images, gt_boxes):
         out = self.rpn(self.backbone(images), self.backbone.fpn_strides, gt_boxes,
-                       image_size=tuple(images.shape[-2:]))
+                       image_size=tuple(images.shape[-2:]), with_proposals=False)
         return {k: out[k] for k in ("loss_rpn_obj", "loss_rpn_box")}
 
 

@@ -403,7 +403,8 @@ class RPN(nn.Module):
     """Region Proposal Network: prediction head + anchors + matching + losses + proposals.
 
     `forward(feats_per_fpn_level, strides_per_fpn_level, gt_boxes=None)` returns a dict with
-    "proposals" ({"p3": [ (N_b, 4) per image ], ...}, detached) and, in training mode,
+    "proposals" ({"p3": [ (N_b, 4) per image ], ...}, detached; left out with
+    `with_proposals=False`, which skips their decoding, top-k and NMS) and, in training mode,
     "loss_rpn_obj" (BCE with 1/0 targets) and "loss_rpn_box" (L1 on foreground deltas), both
     summed over the sampled anchors and divided by batch_size_per_image * B.
     """
@@ -426,9 +427,11 @@ class RPN(nn.Module):
         self.fg_fraction = fg_fraction
         self.min_size = min_size
 
-    def forward(self, feats_per_fpn_level, strides_per_fpn_level, gt_boxes=None, image_size=None):
+    def forward(self, feats_per_fpn_level, strides_per_fpn_level, gt_boxes=None, image_size=None,
+                with_proposals=True):
         """image_size: (H, W) of the input images, the canvas proposals are clipped to; None:
-        the p3 map's size times its stride (the same for inputs whose sides are multiples of 8)."""
+        the p3 map's size times its stride (the same for inputs whose sides are multiples of 8).
+        with_proposals=False: the losses only (training the RPN alone)."""
         num_images = feats_per_fpn_level["p3"].shape[0]
         pred_obj_logits, pred_boxreg_deltas = self.pred_net(feats_per_fpn_level)
         p3 = feats_per_fpn_level["p3"]
@@ -442,8 +445,10 @@ class RPN(nn.Module):
                                                      self.anchor_aspect_ratios)
         if image_size is None:
             image_size = (p3.shape[2] * strides_per_fpn_level["p3"], p3.shape[3] * strides_per_fpn_level["p3"])
-        output_dict = {"proposals": self.predict_proposals(
-            anchors_per_fpn_level, pred_obj_logits, pred_boxreg_deltas, image_size)}
+        output_dict = {}
+        if with_proposals:
+            output_dict["proposals"] = self.predict_proposals(
+                anchors_per_fpn_level, pred_obj_logits, pred_boxreg_deltas, image_size)
         if not self.training:
             return output_dict
 
@@ -597,8 +602,7 @@ class FasterRCNN(nn.Module):
             fg_idx, bg_idx = sample_rpn_training(matched, self.batch_size_per_image, self.fg_fraction)
             idx = torch.cat([fg_idx, bg_idx])
             sampled_boxes.append(proposals[b][idx])
-            lab = (matched[idx, 4] + 1).long()
-            lab[fg_idx.numel():] = 0
+            lab = (matched[idx, 4] + 1).long()  # background rows are matched to -1: label 0
             labels.append(lab)
             matched_boxes.append(matched[idx, :4])
         hidden = self.stem(self.roi_features(feats_per_fpn_level, sampled_boxes))

@@ -155,7 +155,8 @@ def evaluate_detections(predictions, ground_truths, num_classes, iou_threshold=0
     Returns:
         dict with "map" (mean all-point AP over classes that have GT, in [0, 1]), "map_07"
         (mean 11-point AP), "ap_per_class" and "ap07_per_class" ({name: AP or NaN}),
-        "num_gt_per_class" ({name: non-difficult GT count}), "num_det_per_class",
+        "num_gt_per_class" ({name: non-difficult GT count}), "num_det_per_class" (detections
+        counted as TP or FP: those matched to a difficult box are ignored and left out),
         "pr_curves" ({name: (recall array, precision array)}), "iou_threshold".
     """
     if len(predictions) != len(ground_truths):

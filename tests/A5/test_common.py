@@ -322,6 +322,20 @@ def test_train_detector_runs_and_resumes(tmp_path, capsys):
         assert_close(b, a, 1e-6, "resumed weights vs straight run")
 
 
+def test_train_detector_checkpoints_hold_every_iterations_loss(tmp_path, monkeypatch):
+    """Checkpoints between log lines (period 5, logging every 3) still hold one loss per
+    iteration done, so that a resumed run's history is complete."""
+    saved = []
+    real_save = common._save_checkpoint
+    monkeypatch.setattr(common, "_save_checkpoint", lambda path, state: (
+        saved.append((state["iteration"], len(state["loss_history"]))), real_save(path, state)))
+    loader = torch.utils.data.DataLoader(_ToyDataset(8), batch_size=8, shuffle=False)
+    out = common.train_detector(_ToyDetector(), loader, learning_rate=0.05, max_iters=12, log_period=3,
+                                warmup_iters=3, augment=False, checkpoint_period=5, verbose=False,
+                                checkpoint_path=str(tmp_path / "ckpt.pt"))
+    assert saved == [(5, 5), (10, 10), (12, 12)] and len(out["loss_history"]) == 12
+
+
 def test_predict_and_evaluate_perfect_detector():
     ds = _ToyDataset(3)
     det = _ToyDetector()
@@ -388,6 +402,27 @@ def test_inference_with_detector_draws(tmp_path):
     common.inference_with_detector(det, ds, ds.idx_to_class, 0.3, 0.5, output_dir=str(tmp_path / "named"),
                                    max_images=1, show=False, file_prefix="fcos_detections")
     assert [p.name for p in (tmp_path / "named").iterdir()] == ["fcos_detections_0.png"]
+
+
+def test_inference_with_detector_draws_each_image_with_its_own_detections(monkeypatch):
+    """With a shuffling DataLoader the images drawn are those the detections came from."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from eecs598 import vis
+    from eecs598.data.voc import IMAGENET_MEAN, IMAGENET_STD
+    drawn = []
+    monkeypatch.setattr(vis, "draw_detections", lambda image, *a, **k: drawn.append(image))
+    ds = _ToyDataset(8)
+    det = _ToyDetector()
+    det._gt = ds.gt[0][ds.gt[0][:, 4] >= 0]
+    torch.manual_seed(3)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, shuffle=True)
+    preds = common.inference_with_detector(det, loader, ds.idx_to_class, 0.3, 0.5, max_images=4, show=False)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert len(preds) == 4 and len(drawn) == 8 and "image" not in preds[0]
+    for k, p in enumerate(preds):
+        index = int(p["image_path"][len("img"):-len(".jpg")])
+        assert torch.equal(drawn[2 * k], (ds.images[index] * std + mean).clamp(0, 1)), k
 
 
 def test_lr_schedule_time_aware_steps():

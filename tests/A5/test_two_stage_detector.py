@@ -328,6 +328,23 @@ def test_rpn_targets_are_binary_and_losses_nonnegative(monkeypatch):
     assert det.cls_pred.weight.grad.abs().sum() > 0
 
 
+def test_rpn_losses_without_proposals_are_the_same(monkeypatch):
+    """with_proposals=False (training the RPN alone) skips the proposal step and gives the same
+    losses."""
+    torch.manual_seed(0)
+    det = _detector().train()
+    feats = det.backbone(torch.randn(2, 3, 224, 224))
+    gt = _gt()
+    torch.manual_seed(5)  # the same anchors sampled both times
+    full = det.rpn(feats, det.backbone.fpn_strides, gt)
+    monkeypatch.setattr(det.rpn, "predict_proposals", lambda *a, **k: pytest.fail("proposals computed"))
+    torch.manual_seed(5)
+    losses = det.rpn(feats, det.backbone.fpn_strides, gt, with_proposals=False)
+    assert set(losses) == {"loss_rpn_obj", "loss_rpn_box"}
+    for k in losses:
+        assert torch.equal(losses[k], full[k]), k
+
+
 def test_post_nms_topk_respected():
     torch.manual_seed(1)
     det = _detector().eval()
