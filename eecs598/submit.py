@@ -51,6 +51,7 @@ SUBMISSION_FILES = {
     ],
     "A4": [  # sequence models (the course's A5)
         "rnn_lstm_captioning.py",
+        "caption_decoding.py",  # decoder_start / decoder_step (beam search and ensembles)
         "rnn_lstm_captioning.ipynb",
         "arithmetic_transformer.py",  # the course's transformers.py (renamed: clashes with HF)
         "Transformers.ipynb",

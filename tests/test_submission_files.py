@@ -56,3 +56,15 @@ def test_submitted_file_is_written_by_a_notebook(assignment, name):
         f"saves it into the assignment folder (no code cell names it, calls save/savefig/imsave and "
         f"does without tempfile.TemporaryDirectory); cells naming it: "
         f"{[f'{nb} cell {index}' for nb, index, _ in mentions] or 'none'}")
+
+
+STUDENT_WORK = [(folder.name, path.name) for folder in sorted(ROOT.glob("A[0-9]*")) if folder.name in SUBMISSION_FILES
+                for path in sorted(folder.glob("*.ipynb")) + sorted(
+                    p for p in folder.glob("*.py") if "### BEGIN SOLUTION" in p.read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("assignment,name", STUDENT_WORK, ids=[f"{a}/{n}" for a, n in STUDENT_WORK])
+def test_every_file_with_student_work_is_submitted(assignment, name):
+    """Every notebook, and every .py file with a solution region (stubbed in the student copy),
+    goes into the assignment's zip: work a student must do is work they hand in."""
+    assert name in SUBMISSION_FILES[assignment], f"{assignment}/{name} is not in SUBMISSION_FILES"
