@@ -93,7 +93,9 @@ def overfit(hidden_dims, weight_scale, learning_rate, data, device, num_train=50
     the model, the train/val histories and `epochs` (epochs to 100% train accuracy, or None).
 
     Only the train accuracy matters here; the Solver's validation checks use the first
-    `num_val` validation images (the course used all 10k, which made this check slow on a CPU)."""
+    `num_val` validation images (the course used all 10k, which made this check slow on a CPU).
+    The model keeps its final (overfitted) weights, not the best-validation ones the Solver
+    would put back: it is the overfitted net that the notebook saves and checks."""
     eecs598.reset_seed(seed)
     small = subset(data, num_train, num_val)
     input_dim = small["X_train"].shape[1]
@@ -102,7 +104,7 @@ def overfit(hidden_dims, weight_scale, learning_rate, data, device, num_train=50
     solver = Solver(model, small, num_epochs=num_epochs, batch_size=batch_size, print_every=10,
                     optim_config={"learning_rate": learning_rate}, device=device, verbose=verbose)
     with timer() as t:
-        solver.train()
+        solver.train(return_best_params=False)
     return {"solver": solver, "model": model, "epochs": epochs_to_perfect(solver.train_acc_history),
             "final_train_acc": solver.train_acc_history[-1], "seconds": t.seconds,
             "hidden_dims": list(hidden_dims), "weight_scale": weight_scale,

@@ -588,3 +588,17 @@ def test_create_solver_instance_configuration():
 def test_network_params_are_positive_numbers(getter):
     weight_scale, learning_rate = getter()
     assert weight_scale > 0 and learning_rate > 0
+
+
+def test_overfit_check_keeps_the_final_weights():
+    """fc_experiments.overfit returns the overfitted net (its final weights), which the notebook
+    saves: its accuracy on the training samples is the last check's, whatever validation said."""
+    import fc_experiments
+    torch.manual_seed(0)
+    data = {"X_train": torch.randn(40, 12), "y_train": torch.randint(3, (40,)),
+            "X_val": torch.randn(30, 12), "y_val": torch.randint(3, (30,))}
+    res = fc_experiments.overfit([16], 5e-2, 5e-2, data, "cpu", num_train=40, num_epochs=6,
+                                 batch_size=10, num_val=30, dtype=torch.float64)
+    solver = res["solver"]
+    assert solver.check_accuracy(data["X_train"], data["y_train"]) == res["final_train_acc"]
+    assert res["final_train_acc"] == solver.train_acc_history[-1]
