@@ -18,10 +18,12 @@ RESULTS_DIR ?=
 
 .PHONY: venv test test-unit test-notebooks reproduce student bench constraints
 
-# What an install depends on beyond the files below: the torch spec and the constraints in use.
-# Recorded in $(VENV)/.install-id, which changes (forcing a reinstall) only when these change,
-# e.g. after a `make test` without CONSTRAINTS, a `make test CONSTRAINTS=constraints.txt`.
-INSTALL_ID := torch=$(TORCH_SPEC) constraints=$(CONSTRAINTS) $(if $(CONSTRAINTS),$(shell cksum < $(CONSTRAINTS)))
+# What an install depends on beyond the files below: the constraints in use (their name and
+# content). Recorded in $(VENV)/.install-id, which changes only when they do, so that e.g. a
+# `make test CONSTRAINTS=constraints.txt` after a plain `make test` re-runs the install and pip
+# moves the packages to the pinned versions. (Without constraints pip keeps what is installed
+# if it is within range; TORCH_SPEC only matters when the venv has no torch.)
+INSTALL_ID := constraints=$(CONSTRAINTS) $(if $(CONSTRAINTS),$(shell cksum < $(CONSTRAINTS)))
 
 .PHONY: FORCE
 $(VENV)/.install-id: FORCE

@@ -251,7 +251,8 @@ def training_step(device, N, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--device", nargs="*", default=None,
                         help="devices to benchmark (default: cpu, plus cuda when available)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")

@@ -10,7 +10,8 @@
    random 3x32x32 inputs (the ratio no-loop time / cdist time; < 1 means ours is faster).
 
 Each timing is the median of several repeats (one untimed warm-up first, except for the
-slow loop versions), on the CPU and, when available, on CUDA. `--json PATH` merges the
+two-loop version, the slowest), on the CPU and, when available, on CUDA. In table 1 all three
+versions repeat `--loop-repeats` times; in table 2 both sides repeat `--repeats` times. `--json PATH` merges the
 records (eecs598.results.make_record, assignment "A1", one metric per device, e.g.
 knn_no_loop_speedup_vs_two_loops_cpu) into the JSON list at PATH. Quick mode
 (`--quick` or EECS598_QUICK=1) shrinks the sizes to a smoke run.
@@ -64,8 +65,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes (sets EECS598_QUICK=1)")
     parser.add_argument("--devices", nargs="*", default=["cpu", "cuda"],
                         help="devices to time (cuda is skipped when unavailable)")
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of the fast versions")
-    parser.add_argument("--loop-repeats", type=int, default=3, help="repeats of the loop versions")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats in the no-loops vs cdist table")
+    parser.add_argument("--loop-repeats", type=int, default=3,
+                        help="repeats in the loops table (all three versions)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); on a shared, oversubscribed "
                              "CPU, 1 avoids OpenMP stalls that make small ops orders of magnitude slower")

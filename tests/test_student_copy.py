@@ -544,7 +544,11 @@ def test_refuses_to_overwrite_the_repository(fake_repo):
         make_student(fake_repo, fake_repo)
     with pytest.raises(ValueError, match="refusing"):
         make_student(fake_repo, fake_repo.parent)
+    with pytest.raises(ValueError, match="refusing"):  # inside the repository, outside build/
+        make_student(fake_repo, fake_repo / "A9")
     assert (fake_repo / "A9" / "fake.py").read_text() == FAKE_MODULE
+    make_student(fake_repo, fake_repo / "build" / "student")  # where `make student` writes
+    assert (fake_repo / "build" / "student" / "A9" / "fake.py").is_file()
 
 
 # ---------------------------------------------------------------------------------------

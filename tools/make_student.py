@@ -301,6 +301,9 @@ def make_student(root, out, upto=None):
     out = Path(out).resolve()
     if out == root or out in root.parents:
         raise ValueError(f"refusing to write the student copy over the repository itself: {out}")
+    if root in out.parents and root / "build" not in (out, *out.parents):
+        # e.g. --out A1 would replace the solutions of A1 by their stubs
+        raise ValueError(f"refusing to write the student copy inside the repository outside build/: {out}")
     if not (root / "eecs598").is_dir() and not list(root.glob(ASSIGNMENT_GLOB)):
         raise ValueError(f"{root} does not look like the course repository (no eecs598/, no A*/)")
 
