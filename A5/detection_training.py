@@ -66,12 +66,19 @@ def cpu_has_fast_bf16():
     return "amx_bf16" in cpu_flags()
 
 
+def cuda_has_fast_bf16(device):
+    """True on GPUs with native bf16 (compute capability 8.0 and up: A100, H100, ...); a T4 or
+    V100 (Colab's free GPUs) only emulates it, slower than float32."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def use_bf16(s, device):
-    """bf16 autocast for settings `s`: "amp_bf16" True (CUDA only), or "auto" (CUDA, or a CPU
-    with AMX); absent or False: never."""
+    """bf16 autocast for settings `s`: "amp_bf16" True (CUDA only), or "auto" (a GPU with native
+    bf16, or a CPU with AMX); absent or False: never."""
     device = get_device(device)
     if s.get("amp_bf16") == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        return ((device.type == "cuda" and cuda_has_fast_bf16(device))
+                or (device.type == "cpu" and cpu_has_fast_bf16()))
     return bool(s.get("amp_bf16")) and device.type == "cuda"
 
 

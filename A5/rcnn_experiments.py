@@ -219,7 +219,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
                                              persistent_workers=workers > 0)
         # common.train_detector's steps come at 60% / 90% of max_iters or of time_limit,
         # whichever is reached first, so the schedule completes within the time budget.
-        autocast = torch.bfloat16 if device.type == "cuda" else None
+        autocast = torch.bfloat16 if device.type == "cuda" and dt.cuda_has_fast_bf16(device) else None
         max_iters = s["max_iters"]
         history = common.train_detector(detector, loader, learning_rate=s["learning_rate"],
                                         weight_decay=s["weight_decay"], max_iters=max_iters,

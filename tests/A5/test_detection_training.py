@@ -215,6 +215,15 @@ def test_bf16_policy(monkeypatch):
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.parametrize("capability, native", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_auto_on_cuda_needs_native_bf16(monkeypatch, capability, native):
+    """"auto" turns bf16 on only on GPUs that compute in it natively (a T4, 7.5, emulates it)."""
+    monkeypatch.setattr(dt, "get_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert dt.use_bf16({"amp_bf16": "auto"}, "cuda") == native
+    assert dt.use_bf16({"amp_bf16": True}, "cuda")  # forced on
+
+
 def test_fcos_end_to_end_batches_come_from_the_checkpointed_generator(monkeypatch):
     """The GPU protocol's batches and flips are drawn from the generator that train_loop
     checkpoints: restoring its state replays the same batch, whatever the global RNG does."""
