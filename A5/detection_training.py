@@ -49,6 +49,14 @@ def load_voc(split, num_images=None):
     return VOC2007Detection(split, image_size=224, max_boxes=40, num_images=num_images)
 
 
+def settings_digest(s):
+    """8 hex digits naming a settings dict (part of a resume checkpoint's name: a run with other
+    settings starts fresh instead of resuming a run it does not continue)."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(s, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def checkpoint_path(name):
     """$EECS598_CACHE/checkpoints/A5/<name> (folder created; never inside the repository), or None
     when $EECS598_CACHE is not set."""

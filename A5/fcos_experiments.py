@@ -44,7 +44,7 @@ import torch
 import common
 import detection_training as dt
 import one_stage_detector as osd
-from detection_training import checkpoint_path, load_voc, use_bf16
+from detection_training import checkpoint_path, load_voc, settings_digest, use_bf16
 from eecs598.data.voc import VOC_CLASSES
 from eecs598.results import make_record
 from eecs598.utils import device_name, get_device, pick, quick_mode, reset_seed, timer
@@ -194,9 +194,9 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     """Train FCOS on voc07_train with a protocol ("gpu"/"cpu", default from the device).
 
     With `checkpoint` (and $EECS598_CACHE set), training state is saved every 500 iterations to
-    $EECS598_CACHE/checkpoints/A5/fcos_<protocol>[_quick]_train.pt, so an interrupted run resumes
-    where it stopped; after training the file is removed and the final weights are saved as
-    fcos_<protocol>[_quick].pt.
+    $EECS598_CACHE/checkpoints/A5/fcos_<protocol>[_quick]_<settings digest>_train.pt, so an
+    interrupted run resumes where it stopped (a run with other settings starts afresh); after
+    training the file is removed and the final weights are saved as fcos_<protocol>[_quick].pt.
 
     Returns dict(settings, train (history), phases (seconds per phase), detector, num_train,
     protocol, device (its name)).
@@ -209,7 +209,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     detector = build_fcos(s).to(device)
     phases = {}
     tag = f"fcos_{protocol}{'_quick' if quick_mode() else ''}"
-    train_ckpt = checkpoint_path(f"{tag}_train.pt") if checkpoint else None
+    train_ckpt = checkpoint_path(f"{tag}_{settings_digest(s)}_train.pt") if checkpoint else None
     if protocol == "cpu":
         cache = extract_backbone_features(detector.backbone.backbone, train_set, device,
                                           flip=s["flip_copies"], bf16=use_bf16(s, device))

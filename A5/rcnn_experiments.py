@@ -188,8 +188,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     """Train Faster R-CNN on voc07_train with one protocol ("cuda"/"cpu", default from the device).
 
     With `checkpoint` (and $EECS598_CACHE set), the training state is saved under
-    $EECS598_CACHE/checkpoints/A5/faster_rcnn_<protocol>[_quick]_train.pt while training (an
-    interrupted run resumes there; removed once training ends) and the final weights as
+    $EECS598_CACHE/checkpoints/A5/faster_rcnn_<protocol>[_quick]_<settings digest>_train.pt while
+    training (an interrupted run with the same settings resumes there; removed once training ends) and the final weights as
     faster_rcnn_<protocol>[_quick].pt.
 
     Returns dict(settings, train (history: loss_history, iters, seconds), phases, detector,
@@ -203,7 +203,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     train_set = load_voc("train", s["num_train"])
     phases = {}
     tag = f"faster_rcnn_{protocol}{'_quick' if eecs598.quick_mode() else ''}"
-    ckpt = dt.checkpoint_path(f"{tag}_train.pt") if checkpoint else None  # resume state
+    ckpt = dt.checkpoint_path(f"{tag}_{dt.settings_digest(s)}_train.pt") if checkpoint else None  # resume state
     if protocol == "cpu":
         cache = cache_backbone_features(detector.backbone.backbone, train_set, device, verbose=verbose)
         phases["feature_extraction_s"] = cache["seconds"]
