@@ -345,6 +345,69 @@ def test_fcos_inference_returns_valid_boxes(small_fcos):
             assert union <= 0 or inter / union <= 0.5 + 1e-6
 
 
+def _iou_py(a, b):
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_fcos_inference_top_k_and_class_specific_nms_match_a_brute_force(small_fcos):
+    """Hand-made head outputs through the whole of inference with pre_nms_topk = 6: per level the
+    6 best locations above the threshold (by their best class's score), boxes decoded and
+    clipped, then greedy NMS by descending score among boxes OF THE SAME CLASS only, capped at
+    max_detections_per_image. Python loops in float64. The data has different-class pairs
+    overlapping beyond the NMS threshold, which class-agnostic NMS would wrongly suppress."""
+    torch.manual_seed(5)
+    H, W = 64, 96
+    strides = small_fcos.backbone.fpn_strides
+    shapes = {lvl: (H // s, W // s) for lvl, s in strides.items()}
+    locations = hand_locations(shapes, strides)
+    num_classes = 3  # few classes, so that same-class overlaps happen too
+    cls = {lvl: torch.randn(1, len(loc), 20) - 6 for lvl, loc in locations.items()}
+    for lvl in cls:
+        cls[lvl][..., :num_classes] += 6
+    box = {lvl: torch.rand(1, len(loc), 4) * 2 + 0.5 for lvl, loc in locations.items()}
+    ctr = {lvl: torch.randn(1, len(loc), 1) for lvl, loc in locations.items()}
+    thresh, nms_thresh, topk = 0.3, 0.5, 6
+    old_topk = small_fcos.pre_nms_topk
+    small_fcos.pre_nms_topk = topk
+    try:
+        boxes, classes, scores = small_fcos.inference(torch.zeros(1, 3, H, W), locations, cls, box, ctr,
+                                                      test_score_thresh=thresh, test_nms_thresh=nms_thresh)
+    finally:
+        small_fcos.pre_nms_topk = old_topk
+    candidates, levels_capped = [], 0
+    for lvl, loc in locations.items():
+        s = strides[lvl]
+        level = []
+        for k, (x, y) in enumerate(loc.tolist()):
+            per_class = [math.sqrt(1 / (1 + math.exp(-v)) / (1 + math.exp(-ctr[lvl][0, k, 0].item())))
+                         for v in cls[lvl][0, k].tolist()]
+            best = max(range(20), key=lambda c: (per_class[c], -c))
+            if per_class[best] <= thresh:
+                continue
+            l, t, r, b = box[lvl][0, k].tolist()
+            level.append((per_class[best], best, [min(max(x - l * s, 0), W), min(max(y - t * s, 0), H),
+                                                  min(max(x + r * s, 0), W), min(max(y + b * s, 0), H)]))
+        levels_capped += len(level) > topk
+        candidates += sorted(level, key=lambda item: -item[0])[:topk]
+    candidates.sort(key=lambda item: -item[0])
+    kept = []
+    for cand in candidates:
+        if all(k[1] != cand[1] or _iou_py(k[2], cand[2]) <= nms_thresh for k in kept):
+            kept.append(cand)
+    kept = kept[:small_fcos.max_detections_per_image]
+    assert levels_capped >= 2, "the top-k cap must act on several levels"
+    assert any(a[1] != b[1] and _iou_py(a[2], b[2]) > nms_thresh for a in kept for b in kept), \
+        "the data must hold different-class boxes that overlap beyond the NMS threshold"
+    assert len(kept) < len(candidates), "NMS must suppress something"
+    assert classes.tolist() == [k[1] for k in kept]
+    assert_close(scores.double(), torch.tensor([k[0] for k in kept], dtype=torch.float64), 1e-5, "scores")
+    assert_close(boxes.double(), torch.tensor([k[2] for k in kept], dtype=torch.float64), 1e-5, "boxes")
+
+
 def _focal_reference(logits, targets, alpha=0.25, gamma=2.0):
     """Sigmoid focal loss element by element from BCE-with-logits (float64), summed."""
     p = torch.sigmoid(logits)

@@ -345,6 +345,59 @@ def test_rpn_losses_without_proposals_are_the_same(monkeypatch):
         assert torch.equal(losses[k], full[k]), k
 
 
+def _iou_py(a, b):
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_rpn_proposals_match_a_brute_force():
+    """predict_proposals against Python loops in float64: per level and image, the pre_nms_topk
+    anchors with the highest objectness, decoded (R-CNN deltas), clipped to the image, empty
+    boxes dropped, greedy NMS at nms_thresh by descending objectness, the first post_nms_topk
+    kept. The data makes the top-k cap, the clipping, the NMS and the post-NMS cap all act."""
+    gen = torch.Generator().manual_seed(6)
+    rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=12, post_nms_topk=5, nms_thresh=0.5)
+    H, W = 80, 100
+    anchors, logits, deltas = {}, {}, {}
+    for level, n in (("p3", 40), ("p4", 25)):
+        xy = torch.rand(n, 2, generator=gen) * torch.tensor([W, H]) * 0.25 - 10  # crowded: boxes overlap
+        wh = torch.rand(n, 2, generator=gen) * 40 + 10
+        anchors[level] = torch.cat([xy, xy + wh], dim=1).double()
+        logits[level] = torch.randn(2, n, generator=gen, dtype=torch.float64)
+        deltas[level] = torch.randn(2, n, 4, generator=gen, dtype=torch.float64) * 0.3
+    props = rpn.predict_proposals(anchors, logits, deltas, (H, W))
+    acted = {"topk": 0, "clip": 0, "nms": 0, "cap": 0}
+    for level in anchors:
+        for b in range(2):
+            order = sorted(range(len(anchors[level])), key=lambda i: -logits[level][b, i].item())
+            acted["topk"] += len(order) > rpn.pre_nms_topk
+            cands = []
+            for i in order[:rpn.pre_nms_topk]:
+                x1, y1, x2, y2 = anchors[level][i].tolist()
+                dx, dy, dw, dh = deltas[level][b, i].tolist()
+                aw, ah = x2 - x1, y2 - y1
+                cx, cy = x1 + aw / 2 + dx * aw, y1 + ah / 2 + dy * ah
+                w, h = aw * math.exp(dw), ah * math.exp(dh)
+                raw = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+                box = [min(max(raw[0], 0), W), min(max(raw[1], 0), H), min(max(raw[2], 0), W), min(max(raw[3], 0), H)]
+                acted["clip"] += box != raw
+                if box[2] - box[0] > rpn.min_size and box[3] - box[1] > rpn.min_size:
+                    cands.append(box)
+            kept = []
+            for box in cands:
+                if all(_iou_py(k, box) <= rpn.nms_thresh for k in kept):
+                    kept.append(box)
+            acted["nms"] += kept[:rpn.post_nms_topk] != cands[:rpn.post_nms_topk]  # NMS changed the output
+            acted["cap"] += len(kept) > rpn.post_nms_topk
+            ref = torch.tensor(kept[:rpn.post_nms_topk], dtype=torch.float64).reshape(-1, 4)
+            assert props[level][b].shape == ref.shape, (level, b)
+            assert_close(props[level][b], ref, 1e-9, f"{level} image {b}")
+    assert all(acted.values()), acted
+
+
 def test_post_nms_topk_respected():
     torch.manual_seed(1)
     det = _detector().eval()
@@ -404,15 +457,16 @@ def test_faster_rcnn_inference_outputs_valid():
 
 def test_inference_from_logits_picks_classes_and_decodes():
     det = _detector().eval()
-    proposals = torch.tensor([[10.0, 10, 50, 50], [100, 100, 150, 180], [12, 11, 52, 49]])
-    logits = torch.full((3, 21), -10.0)
+    proposals = torch.tensor([[10.0, 10, 50, 50], [100, 100, 150, 180], [12, 11, 52, 49], [11, 10, 51, 50]])
+    logits = torch.full((4, 21), -10.0)
     logits[0, 1 + 4] = 10.0   # class 4
     logits[1, 1 + 9] = 10.0   # class 9
     logits[2, 1 + 4] = 9.0    # class 4 again, overlaps proposal 0 -> suppressed
+    logits[3, 1 + 7] = 8.0    # class 7, overlaps proposal 0 as much: another class -> kept
     boxes, classes, scores = det.inference(torch.zeros(1, 3, 224, 224), proposals, logits, 0.5, 0.5)
-    assert classes.tolist() == [4, 9]
-    assert_close(boxes, proposals[:2], 1e-6, "boxes without deltas are the proposals")
-    deltas = torch.zeros(3, 80)
+    assert classes.tolist() == [4, 9, 7]
+    assert_close(boxes, proposals[[0, 1, 3]], 1e-6, "boxes without deltas are the proposals")
+    deltas = torch.zeros(4, 80)
     deltas[1, 9 * 4:9 * 4 + 4] = torch.tensor(tsd.ROI_BOX_WEIGHTS) * torch.tensor([0.1, 0.0, 0.0, 0.0])
     boxes, classes, _ = det.inference(torch.zeros(1, 3, 224, 224), proposals, logits, 0.5, 0.5,
                                       pred_box_deltas=deltas)

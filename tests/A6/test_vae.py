@@ -102,6 +102,22 @@ def test_cvae_forward_shapes_and_conditioning():
     assert not torch.allclose(mu, mu2)
 
 
+def test_cvae_decoder_reads_z_and_the_label(monkeypatch):
+    """x_hat is the decoder applied to [z, c] (z = the reparametrized sample, here made
+    deterministic as mu); the label changes what the decoder draws for the same z."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(vae, "reparametrize", lambda mu, logvar: mu)
+    model = vae.CVAE(784)
+    x = torch.rand(6, 1, 28, 28)
+    c = vae.one_hot(torch.tensor([0, 1, 2, 3, 4, 5]), C).float()
+    x_hat, mu, _ = model(x, c)
+    with torch.no_grad():
+        expected = model.decoder(torch.cat([mu, c], dim=1)).reshape_as(x_hat)
+        other = model.decoder(torch.cat([mu, c.roll(1, dims=0)], dim=1)).reshape_as(x_hat)
+    assert_close(x_hat.detach(), expected, 1e-6, "x_hat = decoder([z, c])")
+    assert (other - expected).abs().max() > 1e-3, "the decoder ignores the label"
+
+
 def test_reparametrize_statistics():
     """Mean and variance of 200,000 samples vs mu and exp(logvar).
 
