@@ -242,3 +242,78 @@ def test_fcos_end_to_end_batches_come_from_the_checkpointed_generator(monkeypatc
     assert torch.equal(x1, x2) and torch.equal(gt1, gt2)
     x3, _ = next_batch()
     assert not torch.equal(x1, x3)
+
+
+def _hand_flip(gt, width):
+    out = gt.clone()
+    real = gt[..., 4] >= 0
+    out[..., 0][real] = width - gt[..., 2][real]
+    out[..., 2][real] = width - gt[..., 0][real]
+    return out
+
+
+def _check_flip_pairing(xs, gts, sources, source_gts, flip_fn):
+    """Each batch entry is some source entry, either as it is with its boxes, or mirrored
+    (flip_fn) with its boxes mirrored by hand; returns how many entries were mirrored."""
+    flipped = 0
+    for x, gt in zip(xs, gts):
+        matches = [(i, False) for i in range(len(sources)) if torch.equal(x, sources[i])]
+        matches += [(i, True) for i in range(len(sources)) if torch.equal(x, flip_fn(sources[i]))]
+        assert len(matches) == 1, "each entry is exactly one source, mirrored or not"
+        i, mirrored = matches[0]
+        expected = _hand_flip(source_gts[i], x.shape[-1]) if mirrored else source_gts[i]
+        assert torch.equal(gt, expected), "the boxes must be mirrored exactly when the image is"
+        flipped += mirrored
+    return flipped
+
+
+def test_fcos_end_to_end_flips_boxes_with_their_images(monkeypatch):
+    import fcos_experiments as fx
+    captured = {}
+    monkeypatch.setattr(dt, "train_loop", lambda *a, **k: captured.update(next_batch=a[1]))
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 8, 10)
+    gts = torch.full((6, 3, 5), -1.0)
+    gts[:, :2, :4] = torch.rand(6, 2, 4) * 8
+    gts[:, :2, 4] = torch.randint(0, 20, (6, 2)).float()
+    fx.train_end_to_end(torch.nn.Linear(1, 1), images, gts, {"batch_size": 4}, "cpu")
+    flipped = total = 0
+    for _ in range(6):
+        x, gt = captured["next_batch"]()
+        flipped += _check_flip_pairing(x.contiguous(), gt, images, gts, lambda t: t.flip(-1))
+        total += len(x)
+    assert 0 < flipped < total
+
+
+def test_cached_features_random_flip_mirrors_maps_and_boxes_together(monkeypatch):
+    captured = {}
+    monkeypatch.setattr(dt, "train_loop", lambda *a, **k: captured.update(next_batch=a[1]))
+    torch.manual_seed(0)
+    num, width = 5, 64
+    feats = {"c3": torch.rand(num, 2, 4, 8).half(), "c4": torch.rand(num, 3, 2, 4).half(),
+             "c5": torch.rand(num, 4, 1, 2).half()}
+    gts = torch.full((num, 3, 5), -1.0)
+    gts[:, :2, :4] = torch.rand(num, 2, 4) * 60
+    gts[:, :2, 4] = torch.randint(0, 20, (num, 2)).float()
+    cache = {"feats": feats, "gt": gts, "image_size": (48, width)}
+    dt.train_on_cached_features(_fcos(), cache, {"batch_size": 4}, "cpu", random_flip=True)
+
+    def flat(maps):  # an entry's three maps as one vector
+        return torch.cat([m.reshape(-1) for m in maps])
+
+    sources = [flat([feats[lvl][i].float() for lvl in ("c3", "c4", "c5")]) for i in range(num)]
+    mirrored = [flat([feats[lvl][i].float().flip(-1) for lvl in ("c3", "c4", "c5")]) for i in range(num)]
+    flipped = total = 0
+    for _ in range(6):
+        batch, gt = captured["next_batch"]()
+        for k in range(len(gt)):
+            entry = flat([batch[lvl][k] for lvl in ("c3", "c4", "c5")])
+            plain = [i for i in range(num) if torch.equal(entry, sources[i])]
+            flip = [i for i in range(num) if torch.equal(entry, mirrored[i])]
+            assert len(plain) + len(flip) == 1
+            i = (plain or flip)[0]
+            expected = _hand_flip(gts[i], width) if flip else gts[i]
+            assert torch.equal(gt[k], expected), "boxes mirrored exactly when the maps are"
+            flipped += bool(flip)
+            total += 1
+    assert 0 < flipped < total
