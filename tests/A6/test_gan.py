@@ -234,6 +234,47 @@ def test_run_a_gan_trains_and_returns_history(losses):
     assert all(not torch.equal(a, b) for a, b in zip(g0, G.parameters()))
 
 
+def test_run_a_gan_updates_match_a_hand_written_loop(monkeypatch):
+    """Three iterations of run_a_gan against a loop written here from the algorithm: per batch,
+    zero D's gradients, one D step on [real scaled to [-1, 1], G(noise).detach()], then zero G's
+    gradients, one G step on D(G(noise')). Plain SGD, losses given as arguments, the noise
+    drawn from a fixed list (the first draw is the snapshot noise). Tolerance 1e-12 in float64."""
+    import copy
+    torch.manual_seed(0)
+    noise = [torch.rand(n, 8, dtype=torch.float64) * 2 - 1 for n in [4] + [5] * 6]
+    draws = iter(noise)
+    monkeypatch.setattr(gan, "sample_noise", lambda n, d, dtype=None, device=None: next(draws))
+    D, G = _Tiny(784, 1).double(), _Tiny(8, 784, nn.Tanh()).double()
+    D_ref, G_ref = copy.deepcopy(D), copy.deepcopy(G)
+    bce = F.binary_cross_entropy_with_logits
+
+    def d_loss(real, fake):
+        return bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
+
+    def g_loss(fake):
+        return bce(fake, torch.ones_like(fake))
+
+    loader = _loader(3, 5)
+    sgd = lambda model: torch.optim.SGD(model.parameters(), lr=0.5)  # noqa: E731
+    gan.run_a_gan(D, G, sgd(D), sgd(G), d_loss, g_loss, loader, show_every=0, batch_size=5,
+                  noise_size=8, num_epochs=1, plot=False, verbose=False, num_snapshot=4)
+
+    d_opt, g_opt = sgd(D_ref), sgd(G_ref)
+    k = 1
+    for x, _ in loader:
+        real = 2 * x.double().reshape(5, -1) - 1
+        d_opt.zero_grad()
+        d_loss(D_ref(real), D_ref(G_ref(noise[k]).detach())).backward()
+        d_opt.step()
+        g_opt.zero_grad()
+        g_loss(D_ref(G_ref(noise[k + 1]))).backward()
+        g_opt.step()
+        k += 2
+    for name, model, ref in (("D", D, D_ref), ("G", G, G_ref)):
+        for (pname, p), q in zip(model.named_parameters(), ref.parameters()):
+            assert_close(p.detach(), q.detach(), 1e-12, f"{name}.{pname}")
+
+
 def test_run_a_gan_max_iters_and_float64():
     torch.manual_seed(0)
     D, G = _Tiny(784, 1).double(), _Tiny(8, 784, nn.Tanh()).double()
