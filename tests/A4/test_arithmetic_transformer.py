@@ -490,6 +490,17 @@ def test_train_moves_loss_and_lr_schedule():
     assert at.lr_at(5, 100, 1.0, 0.1, 10, "step") == 0.1 and at.lr_at(10, 100, 1.0, 0.1, 10, "step") == 1.0
 
 
+def test_cosine_schedule_at_every_step():
+    """lr_at("cosine") at every step of a 100-step run against the formula written out: linear
+    warmup from warmup_lr to lr over 10 steps, then lr * (1 + cos(pi * progress)) / 2."""
+    for step in range(101):
+        if step < 10:
+            expected = 0.2 + (2.0 - 0.2) * step / 10
+        else:
+            expected = 2.0 * (1 + math.cos(math.pi * (step - 10) / 90)) / 2
+        assert at.lr_at(step, 100, 2.0, 0.2, 10, "cosine") == pytest.approx(expected, abs=1e-12), step
+
+
 # ---------------------------------------------------------------------------------------
 # The course split
 # ---------------------------------------------------------------------------------------
@@ -501,6 +512,8 @@ def test_course_split_properties():
     assert np.array_equal(again[0], train_idx) and np.array_equal(again[1], test_idx)
     fit, val = tx.selection_split(train_idx)
     assert len(fit) == 4000 and len(val) == 500 and not set(val) & set(test_idx)
+    assert not set(fit) & set(val) and set(fit) | set(val) == set(train_idx)
+    assert np.array_equal(val, train_idx[-500:]) and np.array_equal(fit, train_idx[:4000])  # as documented
 
 
 def test_course_split_matches_sklearn():

