@@ -112,17 +112,27 @@ def test_fast_conv_matches_naive(case):
         assert_close(g_fast, g_naive, 1e-10, f"fast vs naive {name}")
 
 
-def test_fast_conv_chunked_equals_unchunked(monkeypatch):
-    """The batch is processed in chunks (im2col buffer budget): results must not depend on it."""
-    case = (5, 3, 8, 7, 4, 3, 3, 1, 1)
+@pytest.mark.parametrize("case", [(5, 3, 8, 7, 4, 3, 3, 1, 1), (5, 3, 9, 8, 4, 3, 2, 2, 2)],
+                         ids=["stride1", "stride2_pad2"])
+def test_fast_conv_chunked_equals_naive(monkeypatch, case):
+    """The batch is processed in chunks (im2col buffer budget): with one sample per chunk, with
+    chunks of 2 (a short last chunk of 1) and with the whole batch at once, forward and backward
+    equal the naive loops. Both code paths: stride 1 (wide columns) and stride > 1."""
     x, w, b, conv_param, dout = _conv_inputs(case, seed=2)
-    outs = []
-    for budget in (1, 1 << 30):  # one sample per chunk, then the whole batch at once
+    out_ref, cache_ref = cn.Conv.forward(x, w, b, conv_param)
+    ref = (out_ref, *cn.Conv.backward(dout, cache_ref))
+    N, C, H, W, F_, HH, WW, stride, pad = case
+    Ho, Wo = (H + 2 * pad - HH) // stride + 1, (W + 2 * pad - WW) // stride + 1
+    # the strided path's im2col buffer holds C*HH*WW*Ho*Wo float64 numbers per sample
+    two_samples = 2 * C * HH * WW * Ho * Wo * 8 if stride > 1 else None
+    budgets = [1, 1 << 30] + ([two_samples] if two_samples else [])
+    for budget in budgets:
         monkeypatch.setitem(cn.FastConv.chunk_bytes, "cpu", budget)
         out, cache = cn.FastConv.forward(x, w, b, conv_param)
-        outs.append((out, *cn.FastConv.backward(dout, cache)))
-    for a, c in zip(*outs):
-        assert_close(a, c, 1e-12, "chunked vs unchunked")
+        for name, a, c in zip(("out", "dx", "dw", "db"), (out, *cn.FastConv.backward(dout, cache)), ref):
+            assert_close(a, c, 1e-10, f"budget {budget}: {name}")
+    if two_samples:
+        assert cn.FastConv._chunk(N, C * HH * WW * Ho * Wo * 8, x.device) == 2
 
 
 def test_conv_rejects_channel_mismatch():
@@ -235,6 +245,8 @@ def test_batchnorm_vs_autograd(mode, backward):
     assert_close(dx, ref_dx, 1e-9, f"BatchNorm.{backward} dx ({mode})")
     assert_close(dgamma, ref_dgamma, 1e-10, f"BatchNorm.{backward} dgamma ({mode})")
     assert_close(dbeta, ref_dbeta, 1e-10, f"BatchNorm.{backward} dbeta ({mode})")
+    if mode == "test":  # test mode reads the running statistics and leaves them as they were
+        assert torch.equal(bn_param["running_mean"], rm) and torch.equal(bn_param["running_var"], rv)
 
 
 def test_batchnorm_backward_and_backward_alt_agree():
@@ -790,6 +802,20 @@ def test_resnet_augment_crops_and_flips():
         windows = [ref_pad[n, :, i:i + 6, j:j + 5] for i in range(5) for j in range(5)]
         assert any(torch.equal(out[n], w) or torch.equal(out[n], w.flip(2)) for w in windows)
     assert torch.equal(rs.augment(x, pad=0, flip=False), x)
+    # Over many images both transformations really happen, each about as often as drawn: the
+    # shift (i, j) and the flip of every output are identified among all 50 candidates.
+    # (8 columns: no window of the padded image is its own mirror image)
+    many = torch.arange(64 * 1 * 6 * 8, dtype=DT).view(64, 1, 6, 8)
+    out = rs.augment(many, pad=2, flip=True, generator=torch.Generator().manual_seed(1))
+    ref_pad = F.pad(many, (2, 2, 2, 2), mode="reflect")
+    shifts, flips = set(), 0
+    for n in range(64):
+        found = [(i, j, f) for i in range(5) for j in range(5) for f in (False, True)
+                 if torch.equal(out[n], ref_pad[n, :, i:i + 6, j:j + 8].flip(2) if f else ref_pad[n, :, i:i + 6, j:j + 8])]
+        assert len(found) == 1
+        shifts.add(found[0][:2])
+        flips += found[0][2]
+    assert len(shifts) >= 15 and 16 <= flips <= 48, (len(shifts), flips)
 
 
 def test_resnet_smoothed_loss_and_schedule():
@@ -805,6 +831,9 @@ def test_resnet_smoothed_loss_and_schedule():
     assert_close(dscores, sr.grad, 1e-10, "smoothed loss gradient")
     lrs = [rs.lr_at(s, 100, 0.4) for s in range(101)]
     assert max(lrs) == pytest.approx(0.4) and lrs[-1] == 0.0 and lrs[0] == pytest.approx(0.04)
+    # every step: linear from 0.04 to 0.4 over the first 20 steps, then linear down to 0 at 100
+    expected = [0.04 + (0.4 - 0.04) * s / 20 if s < 20 else 0.4 * (100 - s) / 80 for s in range(101)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
 
 
 def test_nesterov_sgd_matches_torch_optim_sgd():

@@ -407,12 +407,23 @@ def test_two_layer_net_vs_autograd(reg):
     _check_model_vs_autograd(model, X, y, reg, 2)
 
 
-def test_two_layer_net_init_scale():
+@pytest.mark.parametrize("weight_scale", [1e-2, 0.05])
+def test_two_layer_net_init_scale(weight_scale):
+    """Both weight matrices ~ N(0, weight_scale^2) (std within 10%: 60,000 and 2,000 draws),
+    biases zero, the requested dtype; `FullyConnectedNet` alike."""
     torch.manual_seed(0)
-    model = fc.TwoLayerNet(input_dim=300, hidden_dim=200, weight_scale=1e-2)
-    std = model.params["W1"].std().item()
-    assert 0.9e-2 < std < 1.1e-2
+    model = fc.TwoLayerNet(input_dim=300, hidden_dim=200, num_classes=10, weight_scale=weight_scale)
+    for name in ("W1", "W2"):
+        std = model.params[name].std().item()
+        assert 0.9 * weight_scale < std < 1.1 * weight_scale, (name, std)
+        assert abs(model.params[name].mean().item()) < 0.1 * weight_scale
+    assert model.params["W1"].shape == (300, 200) and model.params["W2"].shape == (200, 10)
+    assert not model.params["b1"].any() and not model.params["b2"].any()
     assert model.params["W1"].dtype == torch.float32
+    net = fc.FullyConnectedNet([200, 100], input_dim=300, num_classes=10, weight_scale=weight_scale)
+    for name in ("W1", "W2", "W3"):
+        std = net.params[name].std().item()
+        assert 0.9 * weight_scale < std < 1.1 * weight_scale, (name, std)
 
 
 @pytest.mark.parametrize("reg", [0.0, 3.14])
