@@ -230,3 +230,66 @@ def test_test_one_param_set():
     ref_train = 100.0 * sum(int(p == t) for p, t in zip((X[:60] @ model.W).argmax(1).tolist(), y[:60].tolist())) / 60
     ref_val = 100.0 * sum(int(p == t) for p, t in zip((X[60:] @ model.W).argmax(1).tolist(), y[60:].tolist())) / 20
     assert abs(train_acc - ref_train) < 1e-9 and abs(val_acc - ref_val) < 1e-9
+
+
+# ---------------------------------------------------------------- the SGD loop, by hand
+def _fixed_batches(X, y, seed=3):
+    """A sample_batch stand-in that records its (num_train, batch_size) arguments and serves
+    batches from its own generator (so the reference loop can replay them)."""
+    gen = torch.Generator().manual_seed(seed)
+    calls, served = [], []
+
+    def sample(X_, y_, num_train, batch_size):
+        calls.append((num_train, batch_size))
+        idx = torch.randint(num_train, (batch_size,), generator=gen)
+        served.append(idx)
+        return X_[idx], y_[idx]
+    return sample, calls, served
+
+
+def test_train_linear_classifier_is_sgd_on_sampled_batches(monkeypatch):
+    """W starts at 1e-6 * N(0, 1) (std checked); every iteration draws a batch with
+    sample_batch(X, y, N, batch_size) and steps W -= lr * dW of loss_func(W, batch, reg); the
+    learning rate is multiplied by the decay every `decay_every` iterations. Replayed here."""
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    sample, calls, served = _fixed_batches(X, y)
+    monkeypatch.setattr(lc, "sample_batch", sample)
+    seen = []
+
+    def loss_func(W, Xb, yb, reg):
+        seen.append((W.clone(), reg))
+        return lc.svm_loss_vectorized(W, Xb, yb, reg)
+
+    W, history = lc.train_linear_classifier(loss_func, None, X, y, learning_rate=0.3, reg=0.02, num_iters=7,
+                                            batch_size=5, learning_rate_decay=0.5, decay_every=3)
+    assert calls == [(40, 5)] * 7 and len(history) == 7
+    assert 0.5e-6 < seen[0][0].std().item() < 2e-6 and seen[0][0].shape == (6, 3)
+    assert all(reg == 0.02 for _, reg in seen)
+    ref = seen[0][0].clone()
+    for it, idx in enumerate(served):
+        lr = 0.3 * 0.5 ** (it // 3)
+        loss, dW = lc.svm_loss_vectorized(ref, X[idx], y[idx], 0.02)
+        assert history[it] == pytest.approx(loss.item(), abs=1e-12)
+        ref = ref - lr * dW
+    assert_close(W, ref, 1e-12, "W after 7 SGD steps")
+
+
+def test_classifier_train_and_test_one_param_set_pass_their_settings(monkeypatch):
+    """LinearClassifier.train hands lr, reg, iterations and batch size to the loop, and
+    test_one_param_set trains with its arguments and reports the accuracies of that W."""
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    data = {"X_train": X, "y_train": y, "X_val": X[:15], "y_val": y[:15]}
+    for cls in (lc.LinearSVM, lc.Softmax):
+        sample, calls, _ = _fixed_batches(X, y)
+        monkeypatch.setattr(lc, "sample_batch", sample)
+        clf, train_acc, val_acc = lc.test_one_param_set(cls(), data, 0.3, 0.02, num_iters=6, batch_size=4)
+        assert calls == [(40, 4)] * 6
+        sample, _, _ = _fixed_batches(X, y)
+        monkeypatch.setattr(lc, "sample_batch", sample)
+        torch.manual_seed(0)  # what cls() does, for the initial W
+        W_ref, _ = lc.train_linear_classifier(cls().loss, None, X, y, 0.3, 0.02, 6, 4)
+        assert_close(clf.W, W_ref, 1e-12, f"{cls.__name__} W")
+        assert train_acc == pytest.approx(100 * (X.mm(W_ref).argmax(1) == y).double().mean().item())
+        assert val_acc == pytest.approx(100 * (X[:15].mm(W_ref).argmax(1) == y[:15]).double().mean().item())

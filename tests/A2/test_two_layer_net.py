@@ -170,6 +170,37 @@ def test_nn_train_reduces_loss_on_toy_data():
 
 
 # --- the class ---------------------------------------------------------------------------------
+def test_two_layer_net_train_is_sgd_with_per_epoch_decay(monkeypatch):
+    """TwoLayerNet.train (through nn_train) against a loop written here with the autograd
+    reference: each iteration a batch from sample_batch(X, y, N, batch_size), a step of
+    lr * grad with the given reg, lr multiplied by the decay after every epoch (N // batch_size
+    iterations). Batches come from a recording stand-in for sample_batch."""
+    X, y = make_data(seed=5, n=12)
+    X_val, y_val = make_data(seed=6)
+    gen = torch.Generator().manual_seed(7)
+    calls, served = [], []
+
+    def sample(X_, y_, num_train, batch_size):
+        calls.append((num_train, batch_size))
+        served.append(torch.randint(num_train, (batch_size,), generator=gen))
+        return X_[served[-1]], y_[served[-1]]
+
+    monkeypatch.setattr(tln, "sample_batch", sample)
+    net = tln.TwoLayerNet(7, 9, 4, dtype=torch.float64, std=0.5)
+    params = {k: v.clone() for k, v in net.params.items()}
+    stats = net.train(X, y, X_val, y_val, learning_rate=0.2, learning_rate_decay=0.5, reg=0.03,
+                      num_iters=7, batch_size=4)
+    assert calls == [(12, 4)] * 7
+    for it, idx in enumerate(served):
+        lr = 0.2 * 0.5 ** (it // 3)  # 3 iterations per epoch
+        _, loss, grads = reference(params, X[idx], y[idx], 0.03)
+        assert stats["loss_history"][it] == pytest.approx(loss.item(), abs=1e-12)
+        params = {k: params[k] - lr * grads[k] for k in NAMES}
+    for k in NAMES:
+        assert_close(net.params[k], params[k], 1e-12, f"{k} after 7 steps")
+    assert len(stats["val_acc_history"]) == 3  # two epoch ends and the last iteration
+
+
 def test_two_layer_net_class(tmp_path):
     net = tln.TwoLayerNet(7, 9, 4, dtype=torch.float64, device="cpu", std=0.5)
     shapes = {k: tuple(v.shape) for k, v in net.params.items()}
@@ -208,22 +239,28 @@ def test_find_best_net_returns_the_best_of_a_tiny_grid():
     X = 0.5 * torch.randn(120, 6, dtype=torch.float64)
     X[torch.arange(120), y] += 1.0
     data = {"X_train": X[:90], "y_train": y[:90], "X_val": X[90:], "y_val": y[90:]}
-    grid = ([1e-3, 0.3], [4, 8], [1e-3], [1.0])
+    grid = ([1e-3, 0.3], [4, 8], [1e-3, 0.3], [1.0, 0.5])
 
+    results = {}
     best_net, best_stat, best_val = tln.find_best_net(data, lambda: grid, num_iters=40,
-                                                      batch_size=30, std=0.1)
-    # Brute force: train every configuration the same way (TwoLayerNet seeds itself). The
-    # training is the code under test (its own tests check it); what this checks
-    # independently is the search: every configuration tried, and the best one kept.
+                                                      batch_size=30, std=0.1, results=results)
+    # Brute force: train every configuration the same way (TwoLayerNet seeds itself), in the
+    # order of the product of the four lists. The training is checked by its own tests; what
+    # this checks is the search: every configuration tried with its own settings, the best one
+    # kept (the first on a tie).
     runs = []
     for lr in grid[0]:
         for hs in grid[1]:
-            net = tln.TwoLayerNet(6, hs, 3, dtype=torch.float64, std=0.1)
-            stats = net.train(data["X_train"], data["y_train"], data["X_val"], data["y_val"],
-                              learning_rate=lr, learning_rate_decay=1.0, reg=1e-3,
-                              num_iters=40, batch_size=30)
-            val = (net.predict(data["X_val"]) == data["y_val"]).double().mean().item()
-            runs.append((val, net, stats))
+            for reg in grid[2]:
+                for decay in grid[3]:
+                    net = tln.TwoLayerNet(6, hs, 3, dtype=torch.float64, std=0.1)
+                    stats = net.train(data["X_train"], data["y_train"], data["X_val"], data["y_val"],
+                                      learning_rate=lr, learning_rate_decay=decay, reg=reg,
+                                      num_iters=40, batch_size=30)
+                    val = (net.predict(data["X_val"]) == data["y_val"]).double().mean().item()
+                    runs.append((val, net, stats))
+                    assert results[(lr, hs, reg, decay)]["loss_history"] == stats["loss_history"]
+    assert len(results) == 16
     ref_val = max(r[0] for r in runs)
     ref_net, ref_stats = next((net, stats) for val, net, stats in runs if val == ref_val)
     assert best_val == pytest.approx(ref_val, abs=1e-12)
