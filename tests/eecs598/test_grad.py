@@ -104,3 +104,15 @@ def test_numeric_gradient_of_a_function_returning_a_view_of_x():
     assert_close(compute_numeric_gradient(lambda t: t.reshape(-1), x, up), up.reshape(3, 4), TOL, "reshape")
     assert_close(compute_numeric_gradient(lambda t: t, x), torch.ones(3, 4, dtype=torch.float64), TOL,
                  "identity")
+
+
+def test_differences_are_centred(capsys):
+    """On sum(x^2) a centred difference is exact, (f(x+h) - f(x-h)) / 2h = 2x, even for a large
+    h; a one-sided one would be off by h. Both helpers, h = 1e-2, float64."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    f = lambda t: (t ** 2).sum()  # noqa: E731
+    grad = compute_numeric_gradient(f, x.clone(), h=1e-2)
+    assert (grad - 2 * x).abs().max().item() < 1e-10
+    errors = grad_check_sparse(f, x.clone(), 2 * x, num_checks=6, h=1e-2)
+    assert max(errors) < 1e-10
