@@ -604,6 +604,7 @@ def test_run_writes_the_loss_check_rows_only_when_asked(calls, monkeypatch, loss
     """run(loss_checks=False) (a rerun of the headline rows) leaves out the course's loss checks and
     keeps the rest; every row says how many threads it ran on."""
     monkeypatch.setattr(ce, "load_data", lambda: fake_data())
+    monkeypatch.setattr(ce, "source_size_probe", lambda data, feats: None)  # reads the real photos
     rows = ce.run(cell_types=("rnn",), backbone=REGNET, verbose=False, loss_checks=loss_checks)
     metrics = {r["metric"] for r in rows}
     checks = {"captioning_overfit_loss_rnn", "captioning_course_loss_rnn"}
