@@ -30,6 +30,8 @@ time_limit (seconds or None), warmup_iters, batch_size; optional: warmup_start (
 grad_clip (default 10.0; None turns clipping off), amp_bf16 (True / "auto" / absent).
 """
 import contextlib
+import hashlib
+import json
 import math
 import os
 import time
@@ -52,8 +54,6 @@ def load_voc(split, num_images=None):
 def settings_digest(s):
     """8 hex digits naming a settings dict (part of a resume checkpoint's name: a run with other
     settings starts fresh instead of resuming a run it does not continue)."""
-    import hashlib
-    import json
     return hashlib.sha256(json.dumps(s, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

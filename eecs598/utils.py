@@ -1,4 +1,5 @@
 """Small helpers every assignment uses: seeding, device choice, quick mode, timing."""
+import functools
 import os
 import platform
 import random
@@ -115,8 +116,6 @@ def in_eval_mode(fn):
     """Decorator for evaluation helpers whose first argument is a model (an nn.Module) or a list
     of models: the call runs with them in eval mode and without gradients, and each model's
     mode is restored afterwards (as `evaluating` does for a block)."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
         models = list(model) if isinstance(model, (list, tuple)) else [model]
