@@ -23,8 +23,13 @@ requires_cifar = pytest.mark.skipif(not cifar_available(), reason="CIFAR-10 not 
 
 
 def assert_close(ours, reference, tol, what="value"):
-    """Assert rel_error(ours, reference) < tol, printing both on failure."""
+    """Assert that the shapes agree (no broadcasting) and rel_error(ours, reference) < tol,
+    printing both on failure."""
+    import torch
+
     from .grad import rel_error
+    ours_shape, ref_shape = torch.as_tensor(ours).shape, torch.as_tensor(reference).shape
+    assert ours_shape == ref_shape, f"{what}: shape {tuple(ours_shape)} != reference {tuple(ref_shape)}"
     err = rel_error(ours, reference)
     assert err < tol, f"{what}: relative error {err:.3e} >= {tol:.0e}\nours:\n{ours}\nreference:\n{reference}"
 

@@ -34,3 +34,16 @@ def test_plain_tensor_code_gives_nothing(tmp_path):
               "nnz = 3\n"
               "def f(x: Tensor):\n    return torch.matmul(x, x).clamp(min=0) + nnz + np.pi\n")
     assert autograd_or_nn_uses(load_module(tmp_path, source)) == []
+
+
+def test_assert_close_refuses_to_broadcast():
+    """A (3,) result against a (3, 1) reference would broadcast to a 3 x 3 comparison; the
+    shapes must agree instead."""
+    import torch
+
+    from eecs598.testing import assert_close
+    assert_close(torch.ones(3), torch.ones(3), 1e-12)
+    with pytest.raises(AssertionError, match="shape"):
+        assert_close(torch.ones(3), torch.ones(3, 1), 1e-12)
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close(torch.ones(3), torch.zeros(3), 1e-12)
