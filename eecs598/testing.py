@@ -34,20 +34,25 @@ def assert_close(ours, reference, tol, what="value"):
     assert err < tol, f"{what}: relative error {err:.3e} >= {tol:.0e}\nours:\n{ours}\nreference:\n{reference}"
 
 
+def iou_of_two_boxes(a, b):
+    """IoU of two (x1, y1, x2, y2) boxes given as sequences of Python numbers, with
+    torchvision.ops.box_iou's formula (NaN where the union is 0)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else float("nan")
+
+
 def box_iou_reference(boxes1, boxes2):
     """IoU of every pair of (x1, y1, x2, y2) boxes, (M, 4) x (N, 4) -> (M, N) float64, by a
-    scalar double loop with torchvision.ops.box_iou's formula (NaN where the union is 0): an
-    independent reference for vectorized IoU code."""
+    scalar double loop over `iou_of_two_boxes`: an independent reference for vectorized IoU code."""
     import torch
 
     out = torch.zeros(len(boxes1), len(boxes2), dtype=torch.float64)
     for m, a in enumerate(boxes1.tolist()):
         for n, b in enumerate(boxes2.tolist()):
-            w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-            h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-            inter = w * h
-            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-            out[m, n] = inter / union if union > 0 else float("nan")
+            out[m, n] = iou_of_two_boxes(a, b)
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import one_stage_detector as osd
-from eecs598.testing import assert_close
+from eecs598.testing import assert_close, iou_of_two_boxes
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -345,14 +345,6 @@ def test_fcos_inference_returns_valid_boxes(small_fcos):
             assert union <= 0 or inter / union <= 0.5 + 1e-6
 
 
-def _iou_py(a, b):
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def test_fcos_inference_top_k_and_class_specific_nms_match_a_brute_force(small_fcos):
     """Hand-made head outputs through the whole of inference with pre_nms_topk = 6: per level the
     6 best locations above the threshold (by their best class's score), boxes decoded and
@@ -396,11 +388,11 @@ def test_fcos_inference_top_k_and_class_specific_nms_match_a_brute_force(small_f
     candidates.sort(key=lambda item: -item[0])
     kept = []
     for cand in candidates:
-        if all(k[1] != cand[1] or _iou_py(k[2], cand[2]) <= nms_thresh for k in kept):
+        if all(k[1] != cand[1] or iou_of_two_boxes(k[2], cand[2]) <= nms_thresh for k in kept):
             kept.append(cand)
     kept = kept[:small_fcos.max_detections_per_image]
     assert levels_capped >= 2, "the top-k cap must act on several levels"
-    assert any(a[1] != b[1] and _iou_py(a[2], b[2]) > nms_thresh for a in kept for b in kept), \
+    assert any(a[1] != b[1] and iou_of_two_boxes(a[2], b[2]) > nms_thresh for a in kept for b in kept), \
         "the data must hold different-class boxes that overlap beyond the NMS threshold"
     assert len(kept) < len(candidates), "NMS must suppress something"
     assert classes.tolist() == [k[1] for k in kept]

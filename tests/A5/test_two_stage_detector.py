@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import two_stage_detector as tsd
-from eecs598.testing import assert_close, box_iou_reference
+from eecs598.testing import assert_close, box_iou_reference, iou_of_two_boxes
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -345,14 +345,6 @@ def test_rpn_losses_without_proposals_are_the_same(monkeypatch):
         assert torch.equal(losses[k], full[k]), k
 
 
-def _iou_py(a, b):
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(iw, 0.0) * max(ih, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def test_rpn_proposals_match_a_brute_force():
     """predict_proposals against Python loops in float64: per level and image, the pre_nms_topk
     anchors with the highest objectness, decoded (R-CNN deltas), clipped to the image, empty
@@ -388,7 +380,7 @@ def test_rpn_proposals_match_a_brute_force():
                     cands.append(box)
             kept = []
             for box in cands:
-                if all(_iou_py(k, box) <= rpn.nms_thresh for k in kept):
+                if all(iou_of_two_boxes(k, box) <= rpn.nms_thresh for k in kept):
                     kept.append(box)
             acted["nms"] += kept[:rpn.post_nms_topk] != cands[:rpn.post_nms_topk]  # NMS changed the output
             acted["cap"] += len(kept) > rpn.post_nms_topk
