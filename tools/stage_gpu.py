@@ -84,7 +84,12 @@ def main(argv=None):
         ok &= fits
         carry = ", ".join(f'"{f.relative_to(ROOT)}"' for f in folders)
         print(f"{name}: carry [{carry}]: {total / 2**20:.1f} MiB with the repository "
-              f"({repo / 2**20:.1f} MiB) {'fits' if fits else 'DOES NOT FIT'} the 64 MiB limit")
+              f"({repo / 2**20:.1f} MiB) {'fits' if fits else 'DOES NOT FIT'} the 64 MiB limit "
+              f"({(LIMIT - total) / 1024:+.0f} KiB to spare)")
+    if not ok:
+        figures = sum(p.stat().st_size for p in (ROOT / "results" / "figures").rglob("*") if p.is_file())
+        print(f"For the call, delete results/figures/ from the working tree ({figures / 2**20:.1f} MiB; "
+              f"`git checkout -- results/figures` restores it), or see tools/gpu_session.md.")
     return 0 if ok else 1
 
 
