@@ -189,8 +189,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
 
     With `checkpoint` (and $EECS598_CACHE set), the training state is saved under
     $EECS598_CACHE/checkpoints/A5/faster_rcnn_<protocol>[_quick]_<settings digest>_train.pt while
-    training (an interrupted run with the same settings resumes there; removed once training ends) and the final weights as
-    faster_rcnn_<protocol>[_quick].pt.
+    training (an interrupted run with the same settings resumes there; removed once training
+    ends) and the final weights as faster_rcnn_<protocol>[_quick].pt.
 
     Returns dict(settings, train (history: loss_history, iters, seconds), phases, detector,
     num_train, protocol, device (its name), checkpoint (the final weights' path or None)).
@@ -203,7 +203,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     train_set = load_voc("train", s["num_train"])
     phases = {}
     tag = f"faster_rcnn_{protocol}{'_quick' if eecs598.quick_mode() else ''}"
-    ckpt = dt.checkpoint_path(f"{tag}_{dt.settings_digest(s)}_train.pt") if checkpoint else None  # resume state
+    ckpt = dt.checkpoint_path(f"{tag}_{dt.settings_digest(s)}_train.pt") if checkpoint else None  # resume
     if protocol == "cpu":
         cache = cache_backbone_features(detector.backbone.backbone, train_set, device, verbose=verbose)
         phases["feature_extraction_s"] = cache["seconds"]

@@ -86,24 +86,10 @@ def autograd_or_nn_uses(module):
         head, dot, rest = dotted.partition(".")
         return aliases.get(head, head) + dot + rest
 
-    used = {resolved(ast.unparse(node)) for node in ast.walk(tree)
-            if isinstance(node, (ast.Attribute, ast.Name))
-            and all(isinstance(part, (ast.Attribute, ast.Name)) for part in _chain(node))}
-    raw = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    used = {resolved(ast.unparse(node)) for node in ast.walk(tree) if isinstance(node, (ast.Attribute, ast.Name))}
 
     def flagged(name):
-        return any(name == root or name.startswith(root + ".") for root in ("torch.nn", "torch.autograd"))
+        return (any(name == root or name.startswith(root + ".") for root in ("torch.nn", "torch.autograd"))
+                or "requires_grad" in name)
 
-    return sorted({n for n in used | imported if flagged(n)} | {n for n in raw | used if "requires_grad" in n})
-
-
-def _chain(node):
-    """The nodes of an attribute chain `a.b.c`, outermost first (stops at the first node that
-    is neither an Attribute nor a Name, which is then the last item)."""
-    import ast
-
-    nodes = [node]
-    while isinstance(node, ast.Attribute):
-        node = node.value
-        nodes.append(node)
-    return nodes
+    return sorted(n for n in used | imported if flagged(n))

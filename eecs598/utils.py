@@ -4,7 +4,7 @@ import os
 import platform
 import random
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -114,20 +114,14 @@ def evaluating(model, seed=None):
 
 def in_eval_mode(fn):
     """Decorator for evaluation helpers whose first argument is a model (an nn.Module) or a list
-    of models: the call runs with them in eval mode and without gradients, and each model's
-    mode is restored afterwards (as `evaluating` does for a block)."""
+    of models: the call runs inside `evaluating(m)` for each of them (eval mode, no gradients,
+    each model's mode restored afterwards)."""
     @functools.wraps(fn)
     def wrapper(model, *args, **kwargs):
-        models = list(model) if isinstance(model, (list, tuple)) else [model]
-        modes = [m.training for m in models]
-        try:
-            for m in models:
-                m.eval()
-            with torch.no_grad():
-                return fn(model, *args, **kwargs)
-        finally:
-            for m, mode in zip(models, modes):
-                m.train(mode)
+        with ExitStack() as stack:
+            for m in (model if isinstance(model, (list, tuple)) else [model]):
+                stack.enter_context(evaluating(m))
+            return fn(model, *args, **kwargs)
     return wrapper
 
 
