@@ -251,7 +251,7 @@ def find_best_net(data_dict, get_param_set_fn, num_iters=3000, batch_size=1000, 
     best_stat = None
     best_val_acc = 0.0
     ### BEGIN SOLUTION
-    ### HINT: loop over itertools.product of the four lists; build a TwoLayerNet on the data's device and dtype, train it, compare the trained net's accuracy on X_val.
+    ### HINT: loop over itertools.product of the four lists; build a TwoLayerNet on the data's device and dtype, train it, compare the trained net's validation accuracy (the last entry of val_acc_history).
     X_train, y_train = data_dict["X_train"], data_dict["y_train"]
     X_val, y_val = data_dict["X_val"], data_dict["y_val"]
     num_classes = int(torch.max(y_train).item()) + 1
@@ -266,7 +266,7 @@ def find_best_net(data_dict, get_param_set_fn, num_iters=3000, batch_size=1000, 
                        "learning_rate_decay": decay}
         if results is not None:
             results[(lr, hs, reg, decay)] = stats
-        val_acc = (net.predict(X_val) == y_val).double().mean().item()
+        val_acc = stats["val_acc_history"][-1]  # nn_train checks the final weights last
         if verbose:
             print(f"lr {lr:.2e} hidden {hs} reg {reg:.2e} decay {decay}: "
                   f"val {100 * val_acc:.2f}% (best during training "

@@ -11,9 +11,9 @@
 
 Each timing is the median of several repeats (one untimed warm-up first, except for the
 two-loop version, the slowest), on the CPU and, when available, on CUDA. In table 1 all three
-versions repeat `--loop-repeats` times; in table 2 both sides repeat `--repeats` times. `--json PATH` merges the
-records (eecs598.results.make_record, assignment "A1", one metric per device, e.g.
-knn_no_loop_speedup_vs_two_loops_cpu) into the JSON list at PATH. Quick mode
+versions repeat `--loop-repeats` times; in table 2 both sides repeat `--repeats` times.
+`--json PATH` merges the records (eecs598.results.make_record, assignment "A1", one metric
+per device, e.g. knn_no_loop_speedup_vs_two_loops_cpu) into the JSON list at PATH. Quick mode
 (`--quick` or EECS598_QUICK=1) shrinks the sizes to a smoke run.
 """
 import argparse

@@ -87,7 +87,7 @@ def main(argv=None):
               f"({repo / 2**20:.1f} MiB) {'fits' if fits else 'DOES NOT FIT'} the 64 MiB limit "
               f"({(LIMIT - total) / 1024:+.0f} KiB to spare)")
     if not ok:
-        figures = sum(p.stat().st_size for p in (ROOT / "results" / "figures").rglob("*") if p.is_file())
+        figures = folder_bytes(ROOT / "results" / "figures")
         print(f"For the call, delete results/figures/ from the working tree ({figures / 2**20:.1f} MiB; "
               f"`git checkout -- results/figures` restores it), or see tools/gpu_session.md.")
     return 0 if ok else 1
