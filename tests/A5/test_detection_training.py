@@ -35,12 +35,12 @@ def _rcnn():
     return tsd.FasterRCNN(fpn, rpn, [16], 20, batch_size_per_image=32)
 
 
-def _flipped_gt(gt):
+def _flipped_gt(gt, width=W):
     """Mirrored boxes written out by hand (x1' = W - x2, x2' = W - x1 on real rows)."""
     out = gt.clone()
     real = gt[..., 4] >= 0
-    out[..., 0][real] = W - gt[..., 2][real]
-    out[..., 2][real] = W - gt[..., 0][real]
+    out[..., 0][real] = width - gt[..., 2][real]
+    out[..., 2][real] = width - gt[..., 0][real]
     return out
 
 
@@ -244,24 +244,17 @@ def test_fcos_end_to_end_batches_come_from_the_checkpointed_generator(monkeypatc
     assert not torch.equal(x1, x3)
 
 
-def _hand_flip(gt, width):
-    out = gt.clone()
-    real = gt[..., 4] >= 0
-    out[..., 0][real] = width - gt[..., 2][real]
-    out[..., 2][real] = width - gt[..., 0][real]
-    return out
-
-
-def _check_flip_pairing(xs, gts, sources, source_gts, flip_fn):
-    """Each batch entry is some source entry, either as it is with its boxes, or mirrored
-    (flip_fn) with its boxes mirrored by hand; returns how many entries were mirrored."""
+def _check_flip_pairing(entries, gts, sources, mirrored_sources, source_gts, width):
+    """Each batch entry is exactly one source entry, either as it is with its boxes, or its
+    mirror image (mirrored_sources) with its boxes mirrored by hand; returns how many entries
+    were mirrored."""
     flipped = 0
-    for x, gt in zip(xs, gts):
+    for x, gt in zip(entries, gts):
         matches = [(i, False) for i in range(len(sources)) if torch.equal(x, sources[i])]
-        matches += [(i, True) for i in range(len(sources)) if torch.equal(x, flip_fn(sources[i]))]
+        matches += [(i, True) for i in range(len(sources)) if torch.equal(x, mirrored_sources[i])]
         assert len(matches) == 1, "each entry is exactly one source, mirrored or not"
         i, mirrored = matches[0]
-        expected = _hand_flip(source_gts[i], x.shape[-1]) if mirrored else source_gts[i]
+        expected = _flipped_gt(source_gts[i], width) if mirrored else source_gts[i]
         assert torch.equal(gt, expected), "the boxes must be mirrored exactly when the image is"
         flipped += mirrored
     return flipped
@@ -280,7 +273,7 @@ def test_fcos_end_to_end_flips_boxes_with_their_images(monkeypatch):
     flipped = total = 0
     for _ in range(6):
         x, gt = captured["next_batch"]()
-        flipped += _check_flip_pairing(x.contiguous(), gt, images, gts, lambda t: t.flip(-1))
+        flipped += _check_flip_pairing(x.contiguous(), gt, images, images.flip(-1), gts, images.shape[-1])
         total += len(x)
     assert 0 < flipped < total
 
@@ -306,14 +299,7 @@ def test_cached_features_random_flip_mirrors_maps_and_boxes_together(monkeypatch
     flipped = total = 0
     for _ in range(6):
         batch, gt = captured["next_batch"]()
-        for k in range(len(gt)):
-            entry = flat([batch[lvl][k] for lvl in ("c3", "c4", "c5")])
-            plain = [i for i in range(num) if torch.equal(entry, sources[i])]
-            flip = [i for i in range(num) if torch.equal(entry, mirrored[i])]
-            assert len(plain) + len(flip) == 1
-            i = (plain or flip)[0]
-            expected = _hand_flip(gts[i], width) if flip else gts[i]
-            assert torch.equal(gt[k], expected), "boxes mirrored exactly when the maps are"
-            flipped += bool(flip)
-            total += 1
+        entries = [flat([batch[lvl][k] for lvl in ("c3", "c4", "c5")]) for k in range(len(gt))]
+        flipped += _check_flip_pairing(entries, gt, sources, mirrored, gts, width)
+        total += len(gt)
     assert 0 < flipped < total
