@@ -559,12 +559,13 @@ def evaluate_predictions(preds, dataset, use_difficult=True, num_classes=None, c
 
 def inference_with_detector(detector, test_loader, idx_to_class, score_thresh, nms_thresh,
                             output_dir=None, dtype=torch.float32, device="cpu", max_images=4,
-                            show=True, file_prefix="detections"):
+                            show=True, file_prefix="detections", image_format="png"):
     """Draw a detector's detections (and the ground truth) on a few images, as the course does.
 
     The course wrote text files for an external mAP tool when `output_dir` was given; here
-    `output_dir` saves the figures as PNG files instead (mAP comes from `evaluate_detector`),
-    named `<file_prefix>_<k>.png` for the k-th image. `dtype` is kept for the course's
+    `output_dir` saves the figures instead (mAP comes from `evaluate_detector`), named
+    `<file_prefix>_<k>.<image_format>` for the k-th image: "png", or "jpg" (quality 90, a fifth
+    of the size for these photographs). `dtype` is kept for the course's
     signature and unused (images go to the detector as the dataset gives them). One pass over
     `test_loader` (which may shuffle): each image is drawn with its own detections. Returns the
     list of predictions (see `predict_detections`).
@@ -589,7 +590,8 @@ def inference_with_detector(detector, test_loader, idx_to_class, score_thresh, n
         fig.tight_layout()
         if output_dir is not None:
             os.makedirs(output_dir, exist_ok=True)
-            fig.savefig(os.path.join(output_dir, f"{file_prefix}_{k}.png"), dpi=100)
+            fig.savefig(os.path.join(output_dir, f"{file_prefix}_{k}.{image_format}"), dpi=100,
+                        **({"pil_kwargs": {"quality": 90}} if image_format in ("jpg", "jpeg") else {}))
         if show:
             plt.show()
         else:

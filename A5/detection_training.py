@@ -338,9 +338,9 @@ def train_on_cached_features(detector, cache, s, device, seed=0, log_period=50, 
 # ----------------------------------------------------------------------------- figures
 def save_detection_figures(detector, result, directory, prefix, device, num_images=3,
                            score_thresh=0.4, nms_thresh=0.5):
-    """Write an evaluated detector's figures into `directory` as PNG files:
+    """Write an evaluated detector's figures into `directory`:
     `<prefix>_pr_curves.png`, the per-class precision-recall curves of `result` (the dict of
-    `common.evaluate_detector`), and `<prefix>_detections_<k>.png` for k < `num_images`: the
+    `common.evaluate_detector`), and `<prefix>_detections_<k>.jpg` for k < `num_images`: the
     detections (score above `score_thresh`, after NMS at `nms_thresh`) on the k-th voc07_val
     image beside its ground truth. The images are the first ones of the split, not picked.
     Returns the written paths."""
@@ -357,8 +357,8 @@ def save_detection_figures(detector, result, directory, prefix, device, num_imag
     val_set = load_voc("val", num_images)
     common.inference_with_detector(detector, val_set, val_set.idx_to_class, score_thresh, nms_thresh,
                                    output_dir=directory, device=device, max_images=num_images, show=False,
-                                   file_prefix=f"{prefix}_detections")
-    return paths + [directory / f"{prefix}_detections_{k}.png" for k in range(num_images)]
+                                   file_prefix=f"{prefix}_detections", image_format="jpg")
+    return paths + [directory / f"{prefix}_detections_{k}.jpg" for k in range(num_images)]
 
 
 # ----------------------------------------------------------------------------- training elsewhere

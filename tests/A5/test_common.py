@@ -402,6 +402,9 @@ def test_inference_with_detector_draws(tmp_path):
     common.inference_with_detector(det, ds, ds.idx_to_class, 0.3, 0.5, output_dir=str(tmp_path / "named"),
                                    max_images=1, show=False, file_prefix="fcos_detections")
     assert [p.name for p in (tmp_path / "named").iterdir()] == ["fcos_detections_0.png"]
+    common.inference_with_detector(det, ds, ds.idx_to_class, 0.3, 0.5, output_dir=str(tmp_path / "jpg"),
+                                   max_images=1, show=False, image_format="jpg")
+    assert (tmp_path / "jpg" / "detections_0.jpg").read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG file
 
 
 def test_inference_with_detector_draws_each_image_with_its_own_detections(monkeypatch):
