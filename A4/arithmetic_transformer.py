@@ -191,17 +191,20 @@ class SelfAttention(nn.Module):
         return y
 
 
-def _batch_mask(mask):
-    """An attention mask as (N, K_q, K_k) or (1, K_q, K_k): a 2-D (K_q, K_k) mask gets a leading
-    batch axis of 1 (it then broadcasts over the samples, and over the heads after the head axis
-    is inserted at dim 1). Any rank other than 2 or 3 raises ValueError: a mask that only
-    broadcasts would otherwise be matched against the wrong axes (e.g. the heads)."""
+def _batch_mask(mask, query, key):
+    """An attention mask for query (N, K_q, .) and key (N, K_k, .) as (N, K_q, K_k) or
+    (1, K_q, K_k): a 2-D (K_q, K_k) mask gets a leading batch axis of 1 (it then broadcasts over
+    the samples, and over the heads after the head axis is inserted at dim 1). Any other shape
+    raises ValueError: a mask that only broadcasts would otherwise be matched against the wrong
+    axes (e.g. the heads), or turn a batch of 1 into the mask's batch."""
     if mask is None:
         return None
     if mask.dim() == 2:
-        return mask[None]
-    if mask.dim() != 3:
-        raise ValueError(f"attention mask must be (N, K_q, K_k) or (K_q, K_k), got shape {tuple(mask.shape)}")
+        mask = mask[None]
+    (N, K_q), K_k = query.shape[:2], key.shape[1]
+    if mask.dim() != 3 or mask.shape[0] not in (1, N) or mask.shape[1:] != (K_q, K_k):
+        raise ValueError(f"attention mask must be ({N} or 1, {K_q}, {K_k}) or ({K_q}, {K_k}) for these "
+                         f"queries and keys, got shape {tuple(mask.shape)}")
     return mask
 
 
@@ -242,7 +245,7 @@ class MultiHeadAttention(nn.Module):
         """query (N, K_q, dim_in), key/value (N, K_k, dim_in), mask (N, K_q, K_k) or (K_q, K_k)
         (the same mask for every sample, as torch.nn.MultiheadAttention accepts) -> (N, K_q, dim_in)."""
         y = None
-        mask = _batch_mask(mask)  # None or (N or 1, K_q, K_k)
+        mask = _batch_mask(mask, query, key)  # None or (N or 1, K_q, K_k)
         ### BEGIN SOLUTION
         ### HINT: run every head (or all at once), concatenate along the last dimension, then self.proj.
         q, k, v = self._project(query, "q"), self._project(key, "k"), self._project(value, "v")

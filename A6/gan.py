@@ -235,12 +235,13 @@ def build_dc_generator(noise_dim=NOISE_DIM):
 # --------------------------------------------------------------------------------------
 
 def image_grid(images, nrow=None, padding=2, pad_value=0.0):
-    """(N, 784) or (N, 1, H, W) images -> one (H', W') numpy grid for plt.imshow.
+    """(N, 784) or (N, 1, H, W) images (a tensor, or a numpy array as the course's notebooks
+    pass) -> one (H', W') numpy grid for plt.imshow.
 
     Images with negative values are assumed to be in [-1, 1] and mapped to [0, 1].
     `nrow` images per row (default: about sqrt(N)).
     """
-    images = images.detach().to("cpu", torch.float32)
+    images = torch.as_tensor(images).detach().to("cpu", torch.float32)
     n = images.shape[0]
     side = math.isqrt(images[0].numel())
     images = images.reshape(n, side, side)

@@ -35,13 +35,19 @@ def compute_numeric_gradient(f, x, dLdf=None, h=1e-7):
     """Full centred-difference gradient of L = sum(dLdf * f(x)) with respect to x.
 
     f: function x -> tensor of any shape (x is modified in place and restored).
-    dLdf: upstream gradient shaped like f(x); all ones by default.
+    dLdf: upstream gradient with as many elements as f(x), matched element by element in
+    row-major order (the course's flattened dot product); all ones by default. ValueError for
+    another number of elements (no broadcasting).
     Returns a tensor shaped like x. Use float64 for meaningful results.
     """
     grad = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     y = f(x)
     if dLdf is None:
         dLdf = torch.ones_like(y)
+    if dLdf.numel() != y.numel():
+        raise ValueError(f"dLdf has {dLdf.numel()} elements {tuple(dLdf.shape)}, f(x) {y.numel()} "
+                         f"{tuple(y.shape)}: they must match")
+    dLdf = dLdf.reshape(y.shape)
     for ix in itertools.product(*(range(n) for n in x.shape)):  # works for any strides
         old = x[ix].item()
         x[ix] = old + h

@@ -3,7 +3,8 @@
 Each function writes ``{uniquename}_{umid}_{A#}.zip`` into the assignment folder. The
 files to include are listed in ``SUBMISSION_FILES`` (paths relative to the assignment
 folder); all of them are checked before anything is written, and one
-FileNotFoundError names every missing file.
+MissingSubmissionFiles names every missing file (a FileNotFoundError, and a ValueError as the
+course raised).
 
 Names: pass ``uniquename`` and ``umid``; otherwise they are read from the environment
 variables ``EECS598_UNIQUENAME`` / ``EECS598_UMID``; otherwise they are asked for with
@@ -20,6 +21,10 @@ import zipfile
 
 UNIQUENAME_ENV = "EECS598_UNIQUENAME"
 UMID_ENV = "EECS598_UMID"
+
+class MissingSubmissionFiles(FileNotFoundError, ValueError):
+    """Submission files are missing. Both a FileNotFoundError and, as in the course, a ValueError."""
+
 
 # Files each assignment's zip holds, relative to the assignment folder. Later assignments
 # may adjust these lists (e.g. SUBMISSION_FILES["A4"].append(...)).
@@ -116,14 +121,14 @@ def _make_submission(assignment_path, file_list, assignment_no, uniquename=None,
 
     assignment_path: the assignment folder; file_list: paths relative to it (each one
     is stored under that same relative name); assignment_no: e.g. "A1".
-    Raises FileNotFoundError naming every missing file (nothing is written then), and
+    Raises MissingSubmissionFiles naming every missing file (nothing is written then), and
     ValueError when the names cannot be found (see the module docstring).
     Returns the zip's path.
     """
     assignment_path = os.fspath(assignment_path)
     missing = [f for f in file_list if not os.path.isfile(os.path.join(assignment_path, f))]
     if missing:
-        raise FileNotFoundError(
+        raise MissingSubmissionFiles(
             "Cannot make the %s submission: %d file(s) missing in %s:\n  %s\n"
             "Run the notebooks to the end (they save the models and images) and try again."
             % (assignment_no, len(missing), os.path.abspath(assignment_path), "\n  ".join(missing)))

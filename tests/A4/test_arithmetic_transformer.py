@@ -196,10 +196,13 @@ def test_multi_head_attention_2d_mask_broadcasts_over_batch():
     assert_close(y2, ref_y, TOL, "2-D mask vs nn.MultiheadAttention")
 
 
-@pytest.mark.parametrize("shape", [(4,), (1, 3, 4, 4)])
-def test_multi_head_attention_rejects_other_mask_ranks(shape):
+@pytest.mark.parametrize("batch, shape", [(3, (4,)), (3, (1, 3, 4, 4)), (1, (3, 4, 4)), (3, (2, 4, 4)),
+                                          (3, (3, 4, 5)), (3, (5, 4))])
+def test_multi_head_attention_rejects_masks_that_do_not_fit_the_inputs(batch, shape):
+    """Other ranks, another batch size (a batch of 1 would silently take the mask's), other
+    lengths: each a ValueError, not a broadcast."""
     mha = at.MultiHeadAttention(4, 16, 4)
-    x = torch.randn(3, 4, 16)
+    x = torch.randn(batch, 4, 16)
     with pytest.raises(ValueError, match="attention mask"):
         mha(x, x, x, torch.zeros(shape, dtype=torch.bool))
 

@@ -331,6 +331,8 @@ def test_image_grid_shape_and_range():
     grid = gan.image_grid(images, nrow=3, padding=2)
     assert grid.shape == (2 * 30 + 2, 3 * 30 + 2)
     assert grid.min() >= 0 and grid.max() <= 1
+    # the course's notebooks pass numpy arrays
+    assert (gan.image_grid(images.numpy(), nrow=3, padding=2) == grid).all()
 
 
 def test_no_hard_coded_cuda():

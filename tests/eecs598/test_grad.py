@@ -42,6 +42,20 @@ def test_numeric_gradient_default_upstream_is_ones():
     assert_close(ref, 3 * x ** 2, TOL, "d/dx x^3")
 
 
+def test_numeric_gradient_pairs_upstream_and_output_elements_in_order_not_by_broadcasting():
+    """As the course's flattened dot product: a (3, 1) dLdf for a (3,) output weighs element i by
+    dLdf[i] (a broadcast would weigh every element by every dLdf entry); another number of
+    elements is an error."""
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    up = torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
+    assert_close(compute_numeric_gradient(lambda t: t ** 2, x, up), torch.tensor([2.0, 0, 0], dtype=torch.float64),
+                 TOL, "(3,) output, (3, 1) upstream")
+    assert_close(compute_numeric_gradient(lambda t: (t ** 2)[:, None], x, up.view(3)),
+                 torch.tensor([2.0, 0, 0], dtype=torch.float64), TOL, "(3, 1) output, (3,) upstream")
+    with pytest.raises(ValueError, match="must match"):
+        compute_numeric_gradient(lambda t: t ** 2, x, torch.ones(3, 3, dtype=torch.float64))
+
+
 def test_numeric_gradient_matches_autograd():
     x = _x(2, 3, seed=6)
     dLdf = _x(2, 3, seed=7)

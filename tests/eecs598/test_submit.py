@@ -68,6 +68,12 @@ def test_missing_files_reported_before_names(tmp_path):
         submit.make_a1_submission(tmp_path)
 
 
+def test_missing_files_are_also_the_courses_value_error(tmp_path):
+    """Code written for the course catches ValueError around the submit call."""
+    with pytest.raises(ValueError, match="Cannot make the A1 submission"):
+        submit.make_a1_submission(tmp_path, "justincj", "12345678")
+
+
 def test_headless_without_names_raises_clear_error(tmp_path):
     populate(tmp_path, SUBMISSION_FILES["A1"])
     with pytest.raises(ValueError) as info:

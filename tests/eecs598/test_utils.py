@@ -107,3 +107,12 @@ def test_in_eval_mode_restores_each_models_mode_even_after_an_error():
         probe([a, b], fail=True)
     assert a.training and not b.training
     assert seen and all(mode == (False, False) for mode in seen)
+
+
+def test_utils_exports_the_visualizers_course_code_imports_from_it():
+    """A4-A6 course code does `from eecs598.utils import detection_visualizer` (and
+    attention_visualizer, reset_seed): their copies of the package had no vis module."""
+    from eecs598 import utils, vis
+    for name in ("attention_visualizer", "detection_visualizer", "tensor_to_image", "visualize_dataset"):
+        assert getattr(utils, name) is getattr(vis, name)
+    assert callable(utils.reset_seed)
