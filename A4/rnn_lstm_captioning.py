@@ -208,7 +208,7 @@ def temporal_softmax_loss(x, y, ignore_index=None):
     """
     loss = None
     ### BEGIN SOLUTION
-    ### HINT: F.cross_entropy with reduction="sum" and ignore_index, divided by N.
+    ### HINT: F.cross_entropy with reduction="sum" and ignore_index (None ignores nothing: pass -100, F.cross_entropy's default), divided by N.
     N, T, V = x.shape
     loss = F.cross_entropy(x.reshape(N * T, V), y.reshape(N * T),
                            ignore_index=-100 if ignore_index is None else ignore_index,

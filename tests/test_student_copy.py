@@ -83,6 +83,23 @@ def test_hint_becomes_the_message_and_is_not_a_region_line():
         namespace["Net"]().forward(None)
 
 
+def test_a_hint_continues_on_further_comment_lines():
+    src = dedent('''
+        def best(x):
+            ### BEGIN SOLUTION
+            ### HINT: the highest mean wins (compare the
+            ### means with a tolerance).
+            ### a note that is part of the hint too
+            # an ordinary comment: part of the solution
+            return max(x)
+            ### END SOLUTION
+        ''')
+    new, regions = stub_source(src)
+    assert ('raise NotImplementedError("the highest mean wins (compare the means with a tolerance). '
+            'a note that is part of the hint too")') in new
+    assert regions == ["    # an ordinary comment: part of the solution\n    return max(x)\n"]
+
+
 def test_multiple_regions_and_code_outside_preserved_exactly():
     src = dedent('''
         """Module docstring."""

@@ -10,7 +10,8 @@ results, caches and data files (*.pt, *.pth, *.pkl, *.zip, *.npz) are left out.
 In every assignment file (A*/**/*.py and the cells of A*/**/*.ipynb) each solution region
 
         ### BEGIN SOLUTION
-        ### HINT: optional message (must directly follow BEGIN)
+        ### HINT: optional message (must directly follow BEGIN;
+        ### further "###" lines continue it)
         ...solution...
         ### END SOLUTION
 
@@ -84,7 +85,7 @@ def stub_source(text, *, kind="python", default_hint=None):
     """Replace every solution region in `text`; return `(new_text, regions)`.
 
     `regions` lists the removed solution texts (the lines strictly between the markers,
-    without the HINT line), in order. `kind` is "python" (a raise), "notebook" (a
+    without the HINT lines), in order. `kind` is "python" (a raise), "notebook" (a
     `# YOUR CODE HERE` line plus the raise) or "markdown" (a `YOUR ANSWER HERE` line).
     Raises StubError for an END without BEGIN, a BEGIN inside a region, or a BEGIN
     without END. Text outside the regions is returned unchanged.
@@ -111,8 +112,12 @@ def stub_source(text, *, kind="python", default_hint=None):
         hint = None
         j = i + 1
         if j < len(lines) and lines[j].strip().startswith(HINT):
-            hint = lines[j].strip()[len(HINT):].strip() or None
+            parts = [lines[j].strip()[len(HINT):].strip()]
             j += 1
+            while j < len(lines) and lines[j].strip().startswith("###") and lines[j].strip() not in (BEGIN, END):
+                parts.append(lines[j].strip()[3:].strip())  # the hint goes on
+                j += 1
+            hint = " ".join(p for p in parts if p) or None
         body_start = j
         while j < len(lines) and lines[j].strip() not in (BEGIN, END):
             j += 1

@@ -149,10 +149,13 @@ def test_unwritten_stub_is_not_reported_as_missing_weights(monkeypatch):
         raise NotImplementedError("Implement WordEmbedding.__init__")
 
     monkeypatch.setattr(rlc, "build_backbone", stub)
-    for build in (lambda: ce.build_encoder(),
-                  lambda: ce.make_model(fake_data(2, 1)["vocab"], "rnn", ce.settings("rnn"))):
-        with pytest.raises(NotImplementedError, match="^Implement WordEmbedding.__init__$"):
-            build()
+    with pytest.raises(NotImplementedError, match="^Implement WordEmbedding.__init__$"):
+        ce.build_encoder()
+    # make_model may meet another stub first in a student's copy (CaptioningRNN.__init__): any
+    # stub's message, never the weights advice.
+    with pytest.raises(NotImplementedError) as info:
+        ce.make_model(fake_data(2, 1)["vocab"], "rnn", ce.settings("rnn"))
+    assert "torchvision" not in str(info.value) and "hub/checkpoints" not in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------
