@@ -55,6 +55,11 @@ from eecs598.utils import device_name, fp32_precision  # noqa: E402
 
 DATA = "synthetic random tensors"
 
+# What `make bench` (benchmarks/run_all.py) runs: the commands behind the committed rows (CPU,
+# one and two threads, the median of 5 processes each), and the CUDA rows where a GPU is present.
+MAKE_BENCH = ([["--device", "cpu", "--threads", str(t), "--runs", "5"] for t in (1, 2)]
+              + ([["--device", "cuda"]] if torch.cuda.is_available() else []))
+
 
 def _sync(device):
     if device.type == "cuda":

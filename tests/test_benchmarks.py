@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,61 @@ def test_bench_a3_torch_copy_of_the_deepconvnet_computes_our_loss_and_gradients(
         bns = [m for m in net if isinstance(m, torch.nn.BatchNorm2d)]
         torch.testing.assert_close(grads["gamma1"], bns[0].weight.grad, rtol=1e-8, atol=1e-12)
         torch.testing.assert_close(grads["beta2"], bns[1].bias.grad, rtol=1e-8, atol=1e-12)
+
+
+def _run_all():
+    _require("run_all")
+    spec = importlib.util.spec_from_file_location("run_all", BENCHMARKS / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FAKE_BENCH = '''import argparse, json
+{make_bench}
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", default="default")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    row = {{"assignment": "A0", "metric": "{name}_" + args.threads, "value": 1.0, "unit": "x", "mode": "full",
+            "reference": None, "data": "d", "device": "cpu", "seconds": 0.0, "date": "2026-11-30"}}
+    json.dump([row], open(args.json, "w"))
+'''
+
+
+def test_run_all_runs_each_bench_with_its_make_bench_commands_and_merges_the_rows(tmp_path):
+    """`make bench` runs every command a script names in MAKE_BENCH (one run with the defaults
+    when it names none), each in its own process, and merges every run's rows."""
+    run_all = _run_all()
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    (bench_dir / "bench_x.py").write_text(FAKE_BENCH.format(
+        name="x", make_bench='MAKE_BENCH = [["--threads", "1"], ["--threads", "2"]]'))
+    (bench_dir / "bench_y.py").write_text(FAKE_BENCH.format(name="y", make_bench=""))
+    (bench_dir / "helper.py").write_text("raise SystemExit('not a benchmark')\n")  # not bench_*.py: not run
+    run_all.main(["--results-dir", str(tmp_path / "results")], bench_dir=bench_dir)
+    rows = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert sorted(r["metric"] for r in rows) == ["x_1", "x_2", "y_default"]
+    assert (tmp_path / "results" / "RESULTS.md").is_file()
+
+
+@pytest.mark.parametrize("script, assignment", [("bench_knn", "A1"), ("bench_a2", "A2"), ("bench_a3", "A3")])
+def test_make_bench_reruns_the_protocol_of_the_committed_cpu_rows(script, assignment):
+    """Each committed CPU benchmark row (a speed-up or time ratio) was measured by one of the
+    commands its script's MAKE_BENCH names: the same thread count and, for bench_a3, the same
+    number of processes. So `make bench` replaces it like for like."""
+    _require(script)
+    results = ROOT / "results" / "results.json"
+    if not results.is_file():
+        pytest.skip("no results/results.json in this copy (the student copy has none)")
+    protocols = set()
+    for command in _run_all().bench_commands(BENCHMARKS / f"{script}.py"):
+        options = dict(zip(command[::2], command[1::2]))
+        if options.get("--device", options.get("--devices")) == "cpu":
+            protocols.add((int(options["--threads"]), int(options.get("--runs", 1))))
+    rows = [r for r in json.loads(results.read_text())
+            if r["assignment"] == assignment and re.search(r"(speedup|ratio).*_cpu", r["metric"])]
+    assert protocols and rows
+    for r in rows:
+        assert (r["details"].get("cpu_threads"), r["details"].get("processes", 1)) in protocols, r["metric"]
