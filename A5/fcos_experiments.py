@@ -158,11 +158,14 @@ def train_end_to_end(detector, images, gts, s, device, seed=0, log_period=50, ve
 
 def overfit_small(device=None, num_images=None, iters=None, seed=0, verbose=False):
     """The course's sanity check: train FCOS (frozen backbone, cached features) on a few images
-    with the CPU protocol's head. Returns the training history (loss should fall steadily)."""
+    with the CPU protocol's head. Returns the training history: the loss falls, though from one
+    iteration to the next it jumps about (compare averages over several iterations; on this CPU
+    2.90 -> 1.27 over the first and last 5 of quick mode's 60, about 0.6-0.95 at the end of
+    full mode's 300)."""
     device = get_device(device)
     reset_seed(seed)
     s = dict(settings("cpu"))
-    s.update(max_iters=iters or pick(full=300, quick=15), time_limit=None, warmup_iters=5,
+    s.update(max_iters=iters or pick(full=300, quick=60), time_limit=None, warmup_iters=5,
              batch_size=pick(full=8, quick=4), learning_rate=0.01)
     dataset = load_voc("train", num_images=num_images or pick(full=32, quick=8))
     detector = build_fcos(s).to(device)
