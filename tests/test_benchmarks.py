@@ -22,12 +22,17 @@ def _require(script):
         pytest.skip(f"benchmarks/{script}.py is not in this copy")
 
 
-def _bench_a3():
-    _require("bench_a3")
-    spec = importlib.util.spec_from_file_location("bench_a3", BENCHMARKS / "bench_a3.py")
+def _load(script):
+    """benchmarks/<script>.py as a module (skipped when absent)."""
+    _require(script)
+    spec = importlib.util.spec_from_file_location(script, BENCHMARKS / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_a3():
+    return _load("bench_a3")
 
 
 def _run(script, *args, tmp_path):
@@ -144,11 +149,7 @@ def test_bench_a3_torch_copy_of_the_deepconvnet_computes_our_loss_and_gradients(
 
 
 def _run_all():
-    _require("run_all")
-    spec = importlib.util.spec_from_file_location("run_all", BENCHMARKS / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("run_all")
 
 
 FAKE_BENCH = '''import argparse, json
