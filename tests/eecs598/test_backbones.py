@@ -63,3 +63,19 @@ def test_head_tap_matches_the_classifier_features():
         expected = full._fc.weight @ head.mean(dim=(2, 3))[0] + full._fc.bias
         assert torch.allclose(full(x)[0], expected, atol=1e-4)
     assert taps.out_channels["head"] == 1280 and head.shape == (1, 1280, 2, 2)
+
+
+def test_feature_taps_are_the_ends_of_their_stages():
+    """c3 / c4 / c5 are the outputs of the last blocks of the 40-, 112- and 320-channel stages:
+    the inputs of blocks 5 and 11 and the output of block 15 (block 9 also has 112 channels at
+    stride 16, so shapes alone cannot tell)."""
+    torch.manual_seed(0)
+    taps = build_backbone(pretrained=False).eval()
+    seen, blocks = {}, taps.net._blocks
+    blocks[5].register_forward_pre_hook(lambda m, a: seen.__setitem__("c3", a[0]))
+    blocks[11].register_forward_pre_hook(lambda m, a: seen.__setitem__("c4", a[0]))
+    blocks[15].register_forward_hook(lambda m, a, o: seen.__setitem__("c5", o))
+    with torch.no_grad():
+        features = taps(torch.randn(1, 3, 64, 64))
+    for name in ("c3", "c4", "c5"):
+        assert torch.equal(features[name], seen[name]), name

@@ -105,3 +105,14 @@ def test_bootstrap_bleu_resamples_are_nltk_corpus_bleu_of_the_resampled_images(n
         np.percentile(expected, 97.5))
     assert out["p_not_better"] == pytest.approx(np.mean(np.array(expected) <= np.array(expected_other)))
     assert out["low"] < out["bleu"] < out["high"]
+
+
+def test_bootstrap_counts_a_tie_as_not_better():
+    """Identical systems: the difference is 0 in every resample, and 0 is 'not better'."""
+    rng = random.Random(0)
+    words = "a dog runs on the grass".split()
+    refs = [[[rng.choice(words) for _ in range(6)] for _ in range(3)] for _ in range(10)]
+    hyps = [list(r[0][:4]) for r in refs]
+    out = bleu.bootstrap_bleu(refs, hyps, max_n=1, num_samples=50, seed=0,
+                              baseline_hypotheses=[list(h) for h in hyps])
+    assert out["diff"] == 0 and (out["diff_samples"] == 0).all() and out["p_not_better"] == 1.0

@@ -700,3 +700,45 @@ def test_extract_tar_extracts_and_refuses_paths_outside_dest(tmp_path, monkeypat
     with pytest.raises(tarfile.TarError if with_data_filter else DataError):  # OutsideDestinationError
         extract_tar(evil, tmp_path / "dest2")
     assert not (tmp_path / "outside.txt").exists()
+
+
+@requires_cifar
+def test_preprocess_cifar10_centres_every_split_with_the_per_channel_training_mean():
+    """From the raw uint8 images: every split / 255 minus the per-channel mean of the training
+    images (train + validation), the test split included."""
+    data = preprocess_cifar10(show_examples=False, flatten=False, num_train=1000, num_test=200,
+                              dtype=torch.float64, device="cpu")
+    raw = cifar_mod.load_cifar10_uint8()
+    x_train, x_test = raw["x_train"][:1000].double() / 255, raw["x_test"][:200].double() / 255
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose(torch.cat([data["X_train"], data["X_val"]]), x_train - mean, atol=1e-12)
+    assert torch.allclose(data["X_test"], x_test - mean, atol=1e-12)
+
+
+def test_caption_dataset_vocabulary_and_image_indices_come_from_the_training_split(isolated_data):
+    """A word only the held-out captions use stays out of the vocabulary, and the training
+    captions index the training images (0, 0, 1, 1), not all images."""
+    from PIL import Image
+
+    from eecs598.data import caption_dataset
+
+    folder = isolated_data / "toycaps"
+    (folder / "Images").mkdir(parents=True)
+    lines = ["image,caption"]
+    captions = {"im0.png": ["zebra zebra", "zebra"], "im1.png": ["a dog", "a dog runs"],
+                "im2.png": ["a cat", "a cat runs"]}
+    for i, (name, texts) in enumerate(captions.items()):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / "Images" / name)
+        lines += [f"{name},{t}" for t in texts]
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    data = caption_dataset("toycaps", image_size=4, num_heldout=1, min_count=2)
+    assert data["test_names"] == ["im0.png"] and "zebra" not in data["vocab"]["token_to_idx"]
+    assert data["train_image_idxs"].tolist() == [0, 0, 1, 1]
+
+
+def test_a_local_cifar_copy_is_checksummed_before_it_is_decoded(isolated_data):
+    (isolated_data / "cifar10").mkdir()
+    with zipfile.ZipFile(isolated_data / "cifar10" / "cifar10-jpeg.zip", "w") as z:
+        z.writestr("readme.txt", "not the project's copy")
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        cifar_mod.load_cifar10_uint8()

@@ -211,3 +211,15 @@ def test_voc_difficult_boxes_from_xml():
     # the JSON ground truth of the same image holds only the non-difficult objects
     _, _, gt = ds[0]
     assert int((gt[:, 4] >= 0).sum()) == 3
+
+
+def test_a_duplicate_detection_of_a_difficult_box_is_ignored_too():
+    """VOC's voc_eval ignores every detection whose best ground-truth box is difficult, the
+    second one on it included (not a false positive)."""
+    A, B = [0, 0, 10, 10], [20, 20, 30, 30]
+    gts = [{"boxes": torch.tensor([A, B], dtype=torch.float), "classes": torch.tensor([0, 0]),
+            "difficult": torch.tensor([True, False])}]
+    preds = [{"boxes": torch.tensor([A, [0.5, 0, 10, 10], B], dtype=torch.float),
+              "classes": torch.tensor([0, 0, 0]), "scores": torch.tensor([0.95, 0.94, 0.9])}]
+    result = de.evaluate_detections(preds, gts, 1)
+    assert result["ap_per_class"][0] == pytest.approx(1.0) and result["num_det_per_class"][0] == 1

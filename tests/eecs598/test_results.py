@@ -42,3 +42,8 @@ def test_unserializable_detail_fails_before_the_file_changes(tmp_path):
 def test_unknown_mode_is_refused(mode):
     with pytest.raises(ValueError, match="mode must be one of"):
         _record("a", 1.0, mode=mode)
+
+
+def test_results_markdown_puts_each_field_in_its_column():
+    r = make_record("A9", "acc", 1.5, "%", data="toy", device="cpu", seconds=1.0, reference=2.0, mode="full")
+    assert f"| acc | 1.5 | % | 2 | toy | cpu | 1 | {r['date']} |" in render_markdown([r])

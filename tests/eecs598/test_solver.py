@@ -410,3 +410,24 @@ def test_history_is_plain_lists_of_the_training_curves():
     assert history == {"loss_history": [3.0, 2.0], "train_acc_history": [0.1], "val_acc_history": [0.2]}
     history["loss_history"].append(1.0)
     assert solver.loss_history == [3.0, 2.0], "history() must copy, not alias"
+
+
+def test_accuracy_checks_use_num_train_samples_of_train_and_num_val_samples_of_val():
+    """Each epoch's check scores a num_train_samples subsample of the training set and (up to
+    num_val_samples) the validation set: 10 of 30 training rows, all 25 validation rows."""
+    class Recorder:
+        def __init__(self):
+            self.params, self.seen = {"w": torch.zeros(1)}, []
+
+        def loss(self, X, y=None):
+            if y is None:
+                self.seen.append(len(X))
+                return torch.zeros(len(X), 2)
+            return torch.tensor(0.0), {"w": torch.zeros(1)}
+
+    data = {"X_train": torch.zeros(30, 1), "y_train": torch.zeros(30, dtype=torch.long),
+            "X_val": torch.zeros(25, 1), "y_val": torch.zeros(25, dtype=torch.long)}
+    model = Recorder()
+    Solver(model, data, update_rule=lambda w, dw, config: (w, config), batch_size=30, num_epochs=1,
+           num_train_samples=10, num_val_samples=100, verbose=False).train()
+    assert model.seen == [10, 25]

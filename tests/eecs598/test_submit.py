@@ -164,3 +164,10 @@ def test_listed_code_and_notebooks_exist_in_the_repository():
     missing = [f"{a}/{name}" for a in present for name in SUBMISSION_FILES[a]
                if name.endswith((".py", ".ipynb")) and not (root / a / name).is_file()]
     assert not missing, f"SUBMISSION_FILES lists files that do not exist: {missing}"
+
+
+def test_the_courses_graded_files_are_in_the_zips():
+    """The models the course grades (COURSE_API.md) must stay in SUBMISSION_FILES."""
+    assert {"svm_best_model.pt", "softmax_best_model.pt", "nn_best_model.pt"} <= set(SUBMISSION_FILES["A2"])
+    assert {"best_overfit_five_layer_net.pth", "one_minute_deepconvnet.pth",
+            "overfit_deepconvnet.pth"} <= set(SUBMISSION_FILES["A3"])

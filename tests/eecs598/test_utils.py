@@ -116,3 +116,19 @@ def test_utils_exports_the_visualizers_course_code_imports_from_it():
     for name in ("attention_visualizer", "detection_visualizer", "tensor_to_image", "visualize_dataset"):
         assert getattr(utils, name) is getattr(vis, name)
     assert callable(utils.reset_seed)
+
+
+def test_median_time_times_each_repeat_after_the_warm_up_and_takes_the_median(monkeypatch):
+    ticks = iter([0, 3, 10, 11, 20, 22])
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: next(ticks))
+    calls = []
+    median, times = utils.median_time(lambda: calls.append(1), repeats=3, warmup=2)
+    assert times == [3, 1, 2] and median == 2 and len(calls) == 5
+
+
+def test_reset_seed_seeds_torch_and_python():
+    import random
+    utils.reset_seed(3)
+    a, ra = torch.rand(3), random.random()
+    utils.reset_seed(3)
+    assert torch.equal(a, torch.rand(3)) and ra == random.random()

@@ -93,3 +93,26 @@ def test_attention_visualizer_blends_the_resized_map_under_a_banner():
     np.testing.assert_allclose(body[0, 0], 0.5 * 200 / 255 + 0.5, rtol=1e-6)
     np.testing.assert_allclose(body[7, 59], 0.5 * 200 / 255, rtol=1e-6)
     assert out[:25].max() > 0  # the token is written on the banner
+
+
+def test_pr_curves_plot_recall_across_and_precision_up():
+    """Two detections, one right: recall 0.5 at precisions 1 then 0.5."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from eecs598 import detection_eval, vis
+    gts = [{"boxes": torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float), "classes": torch.tensor([0, 0])}]
+    preds = [{"boxes": torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60]], dtype=torch.float),
+              "classes": torch.tensor([0, 0]), "scores": torch.tensor([0.9, 0.8])}]
+    result = detection_eval.evaluate_detections(preds, gts, 1)
+    assert result["ap_per_class"][0] == 0.5
+    ax = vis.plot_pr_curves(result)
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [0.5, 0.5])
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [1.0, 0.5])
+
+
+def test_attention_map_is_laid_over_the_image_unrotated():
+    """An attention map whose top-right cell holds all the weight lights the image's top right."""
+    from eecs598.vis import attention_visualizer
+    image = torch.zeros(3, 8, 60, dtype=torch.uint8)
+    out = attention_visualizer(image, torch.tensor([[0.0, 1.0], [0.0, 0.0]]), "dog")[25:]
+    assert out[0, 59, 0] == 0.5 and out[0, 0, 0] == 0 and out[7, 59, 0] == 0
