@@ -6,6 +6,8 @@ import torch
 
 import knn
 from eecs598.testing import assert_close, requires_cifar
+from pathlib import Path
+from eecs598.reproduce import load_experiments
 
 DISTANCE_FUNCTIONS = [knn.compute_distances_two_loops, knn.compute_distances_one_loop,
                       knn.compute_distances_no_loops]
@@ -309,3 +311,19 @@ def test_classifier_on_cifar_subset():
     x_train, y_train, x_test, y_test = cifar10(500, 100)
     acc = knn.KnnClassifier(x_train, y_train).check_accuracy(x_test, y_test, k=1, quiet=True)
     assert 10.0 < acc <= 100.0, acc
+
+
+def test_course_protocol_tests_at_the_cross_validated_k(monkeypatch):
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    exp = load_experiments(Path(__file__).resolve().parents[2] / "A1")
+    g = torch.Generator().manual_seed(0)
+    xtr, ytr = torch.rand(500, 3, 4, 4, generator=g), torch.randint(3, (500,), generator=g)
+    xte, yte = torch.rand(100, 3, 4, 4, generator=g), torch.randint(3, (100,), generator=g)
+    monkeypatch.setattr(exp, "load_data", lambda n_tr, n_te, device=None:
+                        (xtr[:n_tr], ytr[:n_tr], xte[:n_te], yte[:n_te], "synthetic"))
+    monkeypatch.setattr(exp.knn, "knn_get_best_k", lambda table: 7)
+    recs = {r["metric"]: r for r in exp.course_protocol("cpu", k_choices=[1, 3, 7])}
+    assert recs["knn_cv_best_k"]["value"] == 7
+    expected = knn.KnnClassifier(xtr, ytr).check_accuracy(xte, yte, k=7, quiet=True)
+    assert recs["knn_test_accuracy_subset"]["value"] == pytest.approx(expected)
+    assert recs["knn_test_accuracy_subset"]["details"]["k"] == 7

@@ -293,3 +293,12 @@ def test_classifier_train_and_test_one_param_set_pass_their_settings(monkeypatch
         assert_close(clf.W, W_ref, 1e-12, f"{cls.__name__} W")
         assert train_acc == pytest.approx(100 * (X.mm(W_ref).argmax(1) == y).double().mean().item())
         assert val_acc == pytest.approx(100 * (X[:15].mm(W_ref).argmax(1) == y[:15]).double().mean().item())
+
+
+def test_linear_classifier_load_honours_device(tmp_path):
+    model = lc.Softmax()
+    model.W = torch.randn(5, 3)
+    model.save(str(tmp_path / "w.pt"))
+    other = lc.Softmax()
+    other.load(str(tmp_path / "w.pt"), device="meta")
+    assert other.W.device.type == "meta"

@@ -277,3 +277,41 @@ def test_nn_search_params(fn):
     lists = fn()
     assert len(lists) == 4 and all(len(v) >= 1 for v in lists)
     assert all(isinstance(h, int) and h > 0 for h in lists[1])
+
+
+def test_two_layer_net_load_converts_to_this_nets_dtype_and_device(tmp_path):
+    """load() docstring: params 'keep the dtype/device of this net's parameters'."""
+    src = tln.TwoLayerNet(7, 9, 4, dtype=torch.float64, std=0.5)
+    path = str(tmp_path / "net64.pt")
+    src.save(path)
+    dst = tln.TwoLayerNet(7, 9, 4, dtype=torch.float32)
+    dst.load(path)
+    assert all(v.dtype == torch.float32 for v in dst.params.values())
+    X = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    scores = dst.loss(X)  # float32 X against float32 params: no dtype-mismatch error
+    ref = torch.relu(X.double() @ src.params["W1"] + src.params["b1"]) @ src.params["W2"] + src.params["b2"]
+    assert torch.allclose(scores.double(), ref, atol=1e-5)
+    on_meta = tln.TwoLayerNet(7, 9, 4, device="meta")
+    on_meta.load(path)
+    assert all(v.device.type == "meta" for v in on_meta.params.values())
+
+
+def test_nn_train_epoch_is_floor_of_n_over_batch():
+    """nn_train's docstring: an epoch is max(N // batch_size, 1) iterations. N = 10, batch 4:
+    2 iterations per epoch (a ceiling would give 3), so 6 iterations decay the rate after
+    iterations 2, 4 and 6 and record 3 checks."""
+    X = torch.randn(10, 3, dtype=torch.float64)
+    y = torch.arange(10) % 2
+    params = {k: torch.zeros(s, dtype=torch.float64) for k, s in
+              (("W1", (3, 4)), ("b1", (4,)), ("W2", (4, 2)), ("b2", (2,)))}
+
+    def constant_grad(params, X, y=None, reg=0.0):
+        if y is None:
+            return torch.zeros(X.shape[0], 2, dtype=X.dtype)
+        return torch.tensor(1.0), {k: torch.ones_like(v) for k, v in params.items()}
+
+    stats = tln.nn_train(params, constant_grad, tln.nn_predict, X, y, X, y, learning_rate=0.1,
+                         learning_rate_decay=0.5, num_iters=6, batch_size=4)
+    assert len(stats["val_acc_history"]) == 3
+    for v in params.values():  # 0.1 + 0.1 + 0.05 + 0.05 + 0.025 + 0.025
+        assert torch.allclose(v, torch.full_like(v, -0.35), atol=1e-12)

@@ -619,3 +619,30 @@ def test_overfit_check_keeps_the_final_weights():
     solver = res["solver"]
     assert solver.check_accuracy(data["X_train"], data["y_train"]) == res["final_train_acc"]
     assert res["final_train_acc"] == solver.train_acc_history[-1]
+
+
+def test_load_moves_params_to_the_requested_device(tmp_path):
+    """load(path, dtype, device): params AND batch-norm running statistics land on `device`
+    (checked on the meta device, so that a CPU-only run checks it too)."""
+    net = fc.FullyConnectedNet([5], input_dim=6, num_classes=3, dtype=torch.float64)
+    net.save(tmp_path / "fc.pth")
+    other = fc.FullyConnectedNet([5], input_dim=6, num_classes=3)
+    other.load(tmp_path / "fc.pth", dtype=torch.float32, device="meta")
+    assert all(v.device.type == "meta" and v.dtype == torch.float32 for v in other.params.values())
+    import convolutional_networks as cn
+    deep = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4], max_pools=[0], batchnorm=True)
+    deep.loss(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))  # fills the running statistics
+    deep.save(str(tmp_path / "deep.pth"))
+    back = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4], max_pools=[0], batchnorm=True)
+    back.load(str(tmp_path / "deep.pth"), device="meta")
+    assert all(v.device.type == "meta" for v in back.params.values())
+    assert back.bn_params[0]["running_mean"].device.type == "meta"
+
+
+def test_create_solver_instance_training_settings():
+    """The docstring's recipe: plain SGD, lr 0.1 decayed by 0.95 per epoch, 10 epochs, batch 100."""
+    data = {"X_train": torch.randn(30, 12), "y_train": torch.randint(10, (30,)),
+            "X_val": torch.randn(10, 12), "y_val": torch.randint(10, (10,))}
+    solver = fc.create_solver_instance(data, torch.float32, "cpu")
+    assert (solver.lr_decay, solver.num_epochs, solver.batch_size) == (0.95, 10, 100)
+    assert solver.update_rule.__name__ == "sgd"

@@ -1,0 +1,77 @@
+"""A2/experiments.py: the flip augmentation, the hyperparameter search's choice and the final
+model's selection and test (the A2 rows of results/), on scripted or synthetic inputs."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from eecs598.reproduce import load_experiments
+
+A2 = Path(__file__).resolve().parents[2] / "A2"
+
+
+def test_augment_with_flips_mirrors_left_right_and_repeats_labels():
+    exp = load_experiments(A2)
+    X = torch.arange(2 * 3072, dtype=torch.float32).view(2, 3072)
+    y = torch.tensor([3, 7])
+    data = {"X_train": X, "y_train": y, "X_val": X[:1], "y_val": y[:1]}
+    out = exp.augment_with_flips(data)
+    assert out["X_train"].shape == (4, 3072) and out["y_train"].tolist() == [3, 7, 3, 7]
+    assert torch.equal(out["X_train"][:2], X) and out["X_val"] is data["X_val"]
+    img = X.view(2, 3, 32, 32)
+    for n in range(2):  # column j of the mirror image is column 31 - j of the original
+        mirrored = out["X_train"][2 + n].view(3, 32, 32)
+        for j in range(32):
+            assert torch.equal(mirrored[:, :, j], img[n, :, :, 31 - j])
+
+
+def test_linear_search_keeps_the_best_validation_setting(monkeypatch):
+    exp = load_experiments(A2)
+    table = {(1e-3, 1e-4): (90.0, 30.0), (1e-3, 1e-2): (50.0, 41.0),
+             (1e-2, 1e-4): (95.0, 41.0), (1e-2, 1e-2): (60.0, 35.0)}
+
+    def scripted(model, data, lr, reg, num_iters, batch_size):
+        model.tag = (lr, reg)
+        return (model, *table[(lr, reg)])
+
+    monkeypatch.setattr(exp.lc, "test_one_param_set", scripted)
+    res = exp.linear_search(exp.lc.Softmax, {}, lambda: ([1e-3, 1e-2], [1e-4, 1e-2]), num_iters=1,
+                            verbose=False)
+    # highest validation accuracy (not train), the first one on a tie
+    assert (res["best_lr"], res["best_reg"], res["best_val"]) == (1e-3, 1e-2, 41.0)
+    assert res["best_model"].tag == (1e-3, 1e-2) and res["results"] == table
+
+
+def _blobs(n, g):
+    y = torch.randint(3, (n,), generator=g)
+    X = 0.3 * torch.randn(n, 4, generator=g)
+    X[torch.arange(n), y] += 1.0
+    return X, y
+
+
+@pytest.mark.parametrize("search_is_better", [True, False])
+def test_run_linear_keeps_the_better_model_and_tests_it_once(monkeypatch, search_is_better):
+    exp = load_experiments(A2)
+    g = torch.Generator().manual_seed(0)
+    (Xtr, ytr), (Xv, yv), (Xte, yte) = _blobs(90, g), _blobs(60, g), _blobs(60, g)
+    data = {"X_train": Xtr, "y_train": ytr, "X_val": Xv, "y_val": yv, "X_test": Xte, "y_test": yte}
+    acc = lambda m, X, y: 100.0 * (m.predict(X) == y).double().mean().item()  # noqa: E731
+    searched = exp.lc.Softmax()
+    searched.W = torch.eye(4, 3) * (1.0 if search_is_better else -1.0)  # oracle, or anti-oracle
+    lr = 1e-12 if search_is_better else 0.5  # a retrain that learns nothing, or one that learns
+    monkeypatch.setattr(exp, "linear_search", lambda *a, **k: {
+        "best_model": searched, "best_lr": lr, "best_reg": 0.0, "best_val": acc(searched, Xv, yv),
+        "results": {}, "num_settings": 1, "seconds": 0.0})
+    monkeypatch.setattr(exp, "linear_settings", lambda: {
+        "search_iters": 1, "batch_size": 30, "max_settings": None, "final_iters": 40,
+        "final_decay": 0.5, "final_decay_steps": 4})
+    calls = []
+    train = exp.lc.LinearClassifier.train
+    monkeypatch.setattr(exp.lc.LinearClassifier, "train",
+                        lambda self, *a, **k: calls.append(k) or train(self, *a, **k))
+    out = exp.run_linear("softmax", data, verbose=False)
+    assert calls[0]["learning_rate_decay"] == 0.5 and calls[0]["decay_every"] == 10
+    assert out["retrained"] == (not search_is_better)
+    assert (out["model"] is searched) == search_is_better
+    assert out["val_accuracy"] == max(acc(searched, Xv, yv), out["retrained_val_accuracy"])
+    assert out["test_accuracy"] == acc(out["model"], Xte, yte)
