@@ -504,6 +504,107 @@ def test_cosine_schedule_at_every_step():
         assert at.lr_at(step, 100, 2.0, 0.2, 10, "cosine") == pytest.approx(expected, abs=1e-12), step
 
 
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return at.Transformer(2, 8, 16, 0.0, 1, 1, len(at.VOCAB))
+
+
+def test_train_scores_the_loss_against_the_next_tokens():
+    """train's loss_func gets the logits of the decoder reading ans[:, :-1] and the targets ans[:, 1:]."""
+    ds = _toy_dataset(6)
+    model = _tiny_model()
+    loader = at.TensorBatches(ds, 4)
+    seen = []
+
+    def spy(pred, ground):
+        seen.append(ground.detach().clone())
+        return at.CrossEntropyLoss(pred, ground)
+    at.train(model, loader, None, spy, 1, verbose=False)
+    expected = [ans[:, 1:] for _, _, ans, _ in loader]
+    assert len(seen) == len(expected) == 2
+    for got, ref in zip(seen, expected):
+        assert torch.equal(got.reshape(ref.shape), ref)
+
+
+def test_train_clips_the_global_gradient_norm(monkeypatch):
+    """grad_clip: at every optimizer step the gradients' global L2 norm is at most grad_clip (and the clip binds)."""
+    ds = _toy_dataset(8)
+    model = _tiny_model()
+    grad_clip = 1e-3
+    norms = []
+    make_adam = at._adam
+
+    def spying_adam(params, lr, weight_decay):
+        opt = make_adam(params, lr, weight_decay)
+        step = opt.step
+
+        def recording_step(*a, **k):
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))))
+            return step(*a, **k)
+        opt.step = recording_step
+        return opt
+
+    monkeypatch.setattr(at, "_adam", spying_adam)
+    at.train(model, at.TensorBatches(ds, 4), None, at.CrossEntropyLoss, 2, warmup_interval=0, lr=1e-3,
+             grad_clip=grad_clip, verbose=False)
+    assert len(norms) == 4
+    assert max(norms) <= grad_clip * (1 + 1e-5), norms
+    assert min(norms) > 0.5 * grad_clip, norms  # the unclipped gradients are far larger: the clip binds
+
+
+def test_train_loss_history_is_the_mean_per_token():
+    """With lr 0 (no update) and no dropout, history train_loss = the teacher-forced mean loss per
+    target token over the whole set (F.cross_entropy on all rows; batches of unequal size)."""
+    ds = _toy_dataset(10)
+    model = _tiny_model()
+    loader = at.TensorBatches(ds, 4)  # batches of 4, 4, 2
+    _, hist = at.train(model, loader, loader, at.CrossEntropyLoss, 1, warmup_lr=0.0, warmup_interval=1, lr=0.0,
+                       verbose=False, return_history=True)
+    q, qp, a, ap = ds.tensors()
+    with torch.no_grad():
+        ref = float(F.cross_entropy(model.eval()(q, qp, a, ap), a[:, 1:].reshape(-1)))
+    assert hist["train_loss"][0] == pytest.approx(ref, rel=1e-5)
+    assert hist["train_loss"][0] == pytest.approx(hist["val_loss"][0], rel=1e-5)
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_train_validates_every_val_every_epochs_and_after_the_last(with_val):
+    """5 epochs with val_every=2: validation and the callback run after epochs 2, 4 and 5 (the last)."""
+    ds = _toy_dataset(4)
+    model = _tiny_model()
+    loader = at.TensorBatches(ds, 4)
+    called = []
+    _, hist = at.train(model, loader, loader if with_val else None, at.CrossEntropyLoss, 5, val_every=2,
+                       callback=lambda epoch, m: called.append(epoch), verbose=False, return_history=True)
+    assert called == [2, 4, 5]
+    assert hist["epoch"] == [1, 2, 3, 4, 5]
+    assert hist["val_epoch"] == ([2, 4, 5] if with_val else [])
+    assert len(hist["val_loss"]) == len(hist["val_accuracy"]) == (3 if with_val else 0)
+
+
+def test_exact_match_counts_only_answers_right_in_every_token(monkeypatch):
+    """exact_match with a stubbed greedy decoder: rows 0 and 2 exact, row 1 one digit off, row 3 all
+    tokens off but BOS -> 0.5, and the stub's predictions are returned in order (batches of 3 + 1)."""
+    ds = _toy_dataset(4)
+    _, _, a, _ = ds.tensors()
+    pred = a.clone()
+    pred[1, 2] = (pred[1, 2] + 1) % 10  # one wrong digit
+    pred[3, 1:] = (pred[3, 1:] + 1) % len(at.VOCAB)  # everything after BOS wrong
+    served = []
+
+    def fake_inference(model, ques, ques_pos, ans_pos, out_seq_len):
+        start = sum(served)
+        served.append(len(ques))
+        assert out_seq_len == a.shape[1]
+        return pred[start:start + len(ques)].clone(), None
+    monkeypatch.setattr(at, "inference", fake_inference)
+    score, predictions = at.exact_match(_tiny_model(), at.TensorBatches(ds, 3))
+    assert served == [3, 1]
+    assert score == pytest.approx(0.5, abs=1e-12)
+    assert torch.equal(predictions, pred)
+
+
 # ---------------------------------------------------------------------------------------
 # The course split
 # ---------------------------------------------------------------------------------------

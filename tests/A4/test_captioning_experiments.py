@@ -626,3 +626,53 @@ def test_linear_probe_reads_a_linear_signal_and_not_noise():
     noise = torch.rand(300, generator=g) < 0.3
     chance = max(noise.double().mean().item(), 1 - noise.double().mean().item())
     assert ce.linear_probe_accuracy(x, noise) < chance + 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Epoch selection and the image-dependence check
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("select", ["loss", "bleu4"])
+def test_train_on_features_restores_the_parameters_of_the_best_epoch(calls, monkeypatch, select):
+    """Validation losses 3, 1, 2 (select="loss") or BLEU-4 0.1, 0.3, 0.2 (select="bleu4") over 3
+    epochs: best_epoch is 2 and the model ends with exactly the parameters it had after epoch 2."""
+    data = fake_data(num_train=6)
+    feats = _fake_features(data)
+    model = ce.make_model(data["vocab"], "rnn", ce.settings("rnn", backbone=REGNET), feats=feats)
+    losses, bleus, states = iter([3.0, 1.0, 2.0]), iter([0.1, 0.3, 0.2]), []
+
+    def fake_mean_loss(m, *args, **kwargs):
+        states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        return next(losses)
+
+    def fake_bleu(*args, **kwargs):
+        b = next(bleus)
+        return {"bleu4": b, "bleu1": b}, None, None
+    monkeypatch.setattr(ce, "mean_loss", fake_mean_loss)
+    monkeypatch.setattr(ce, "evaluate_bleu", fake_bleu)
+    train, val = ce.split_images(data, feats, 4, 6)
+    hist = ce.train_on_features(model, train["feats"], train["feats_flip"], train["captions"], train["image_idxs"],
+                                num_epochs=3, batch_size=4, learning_rate=1e-2, val=val, select=select)
+    assert hist["best_epoch"] == 2 and hist["epochs"] == 3 and len(states) == 3
+    final = model.state_dict()
+    assert all(torch.equal(final[k], states[1][k]) for k in final)
+    assert not all(torch.equal(states[2][k], states[1][k]) for k in final)  # epoch 3 moved the parameters
+
+
+def test_image_dependence_scores_the_captions_with_shuffled_images(calls):
+    """val_loss_shuffled_images is the mean teacher-forced loss of each caption given the features of
+    image perm[i] (perm = randperm with the seeded generator), computed here with forward_features;
+    it differs from the loss with the captions' own images."""
+    data = fake_data(num_train=8)
+    feats = _fake_features(data)
+    model = ce.make_model(data["vocab"], "lstm", ce.settings("lstm", backbone=REGNET), feats=feats).eval()
+    _, val = ce.split_images(data, feats, 2, 8)  # 6 validation images, 12 captions
+    seed = 3
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(seed))
+    assert not torch.equal(perm, torch.arange(6))
+    out = ce.image_dependence(model, val, seed=seed)
+    with torch.no_grad():
+        own = model.forward_features(val["feats"][val["image_idxs"]], val["captions"]).item()
+        shuffled = model.forward_features(val["feats"][perm][val["image_idxs"]], val["captions"]).item()
+    assert out["val_loss"] == pytest.approx(own, rel=1e-5)
+    assert out["val_loss_shuffled_images"] == pytest.approx(shuffled, rel=1e-5)
+    assert abs(shuffled - own) > 1e-3

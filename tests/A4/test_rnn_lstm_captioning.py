@@ -657,6 +657,93 @@ def test_beam_search_width_one_is_greedy_and_wide_beam_is_exhaustive(cell_type):
         assert best[n].tolist() == expected.tolist()
 
 
+def _teacher_forced_logp(model, feats, inputs):
+    """Log-probabilities (N, T, V) of the next word after each prefix of `inputs` (N, T), from the
+    full-sequence forward pass (core over the embedded words, then the output layer)."""
+    h = model.core(model.word_embed(inputs), model._initial(feats))
+    return torch.log_softmax(model.output_scores(h, dropout=False), dim=-1)
+
+
+def _reference_beam_search(model, feats1, beam_size, max_length, banned):
+    """Beam search for one image (1, C, Hf, Wf), every prefix rescored from <START> with teacher
+    forcing: the beam_size best (summed log-probability) extensions of the live beams; a finished
+    beam (<END>) carries on with <NULL> at no cost. Returns the best words padded with <NULL>."""
+    start, end, null = model._start, model._end, model._null
+    beams = [([], 0.0, False)]
+    for _ in range(max_length):
+        live = [b for b in beams if not b[2]]
+        candidates = [(seq + [null], score, True) for seq, score, done in beams if done]
+        if live:
+            inputs = torch.tensor([[start, *seq] for seq, _, _ in live])
+            logp = _teacher_forced_logp(model, feats1.expand(len(live), -1, -1, -1), inputs)[:, -1]
+            for (seq, score, _), lp in zip(live, logp):
+                candidates += [(seq + [w], score + float(lp[w]), w == end)
+                               for w in range(lp.shape[0]) if w not in banned]
+        beams = sorted(candidates, key=lambda b: -b[1])[:beam_size]
+        if all(done for _, _, done in beams):
+            break
+    seq = beams[0][0]
+    return seq + [null] * (max_length - len(seq))
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
+def test_beam_search_matches_a_reference_that_rescores_every_prefix(cell_type):
+    """beam_search (width 3, 7 words, <END> unlikely, <NULL>/<START> banned) returns the caption of a
+    reference beam search whose every prefix is rescored from <START> by the teacher-forced
+    forward pass: the decoder state must follow each beam through the reordering."""
+    import caption_decoding as cd
+    torch.manual_seed(25)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type=cell_type,
+                              image_encoder_pretrained=False).to(DT).eval()
+    with torch.no_grad():
+        model.output.weight.mul_(3.0)  # image- and history-dependent distributions
+        model.output.bias[vocab["<END>"]] = -2.0  # long captions: many reorderings before <END>
+    feats = _rand(4, 320, 2, 2)
+    banned = (vocab["<NULL>"], vocab["<START>"])
+    out = cd.beam_search(model, feats, beam_size=3, max_length=7, banned=banned)
+    with torch.no_grad():
+        for n in range(4):
+            assert out[n].tolist() == _reference_beam_search(model, feats[n:n + 1], 3, 7, banned), n
+
+
+@pytest.mark.parametrize("init_tanh", [False, True])
+def test_attention_initial_state_is_tanh_of_the_projected_map(init_tanh):
+    """attn with init_tanh: the attention memory A is tanh(1x1 conv of the features) and h0 = c0 is its
+    spatial mean (reference: F.conv2d, torch.tanh); without init_tanh, the plain projection."""
+    import caption_decoding as cd
+    torch.manual_seed(26)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, cell_type="attn",
+                              image_encoder_pretrained=False, init_tanh=init_tanh).to(DT).eval()
+    feats = _rand(3, 320, 2, 3) * 2
+    proj = F.conv2d(feats, model.feature_proj.weight, model.feature_proj.bias).detach()
+    ref = torch.tanh(proj) if init_tanh else proj
+    assert_close(model._initial(feats).detach(), ref, 1e-12, "A")
+    state = cd.decoder_start(model, feats)
+    assert_close(state["A"].detach(), ref, 1e-12, "decoder_start A")
+    assert_close(state["h"].detach(), ref.mean(dim=(2, 3)), 1e-12, "h0")
+    assert_close(state["c"].detach(), ref.mean(dim=(2, 3)), 1e-12, "c0")
+
+
+def test_sampled_attention_weights_are_those_of_the_teacher_forced_pass():
+    """sample_features' attention weights at step t are the ones the core computes (from h_{t-1})
+    when fed <START> and the sampled words with teacher forcing."""
+    torch.manual_seed(27)
+    vocab = _vocab()
+    model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=8, cell_type="attn",
+                              image_encoder_pretrained=False).to(DT).eval()
+    with torch.no_grad():
+        model.output.bias[vocab["<END>"]] = -10.0  # no <END>: every step is a real step
+    feats = _rand(3, 320, 2, 3)
+    words, weights = model.sample_features(feats, max_length=6)
+    assert not (words == vocab["<END>"]).any()
+    inputs = torch.cat([torch.full((3, 1), vocab["<START>"]), words[:, :-1]], 1)
+    with torch.no_grad():
+        _, ref = model.core(model.word_embed(inputs), model._initial(feats), return_weights=True)
+    assert weights.shape == ref.shape == (3, 6, 2, 3)
+    assert_close(weights, ref, 1e-10, "sampled vs teacher-forced attention weights")
+
+
 # --------------------------------------------------------------------------------------------- extensions
 def test_attention_penalty_matches_explicit_loop_and_only_trains():
     """attention_penalty: in training mode the loss is the plain loss plus lambda * sum over cells

@@ -450,3 +450,66 @@ def test_train_detector_decays_when_time_limit_stops_it():
                                 time_limit=0.5, augment=False, verbose=False)
     assert out["stopped_early"] and 0 < out["iters"] < 10**6
     assert out["lr"] == pytest.approx(0.05 * 0.01)
+
+
+class _StubExtractor(torch.nn.Module):
+    """Stands in for the backbone: returns fixed c3 / c4 / c5 maps."""
+
+    def __init__(self, out_channels, feats):
+        super().__init__()
+        self.out_channels, self.feats = dict(out_channels), feats
+
+    def forward(self, images):
+        return self.feats
+
+
+def test_fpn_top_down_with_non_constant_coarse_features():
+    """The random (pretrained=False) backbone's c4 / c5 are nearly constant (std about 1e-6 and
+    1e-8), which hides the top-down path from test_fpn_matches_functional_reference. Random maps
+    instead; reference: nearest 2x upsampling written as repeat_interleave."""
+    torch.manual_seed(0)
+    model = common.DetectorBackboneWithFPN(8, pretrained=False)
+    channels = model.backbone.out_channels
+    feats = {"c3": torch.randn(2, channels["c3"], 8, 12), "c4": torch.randn(2, channels["c4"], 4, 6),
+             "c5": torch.randn(2, channels["c5"], 2, 3)}
+    model.backbone = _StubExtractor(channels, feats)
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 64, 96))
+    fp = model.fpn_params
+
+    def conv(x, m, pad):
+        return F.conv2d(x, m.weight, m.bias, padding=pad)
+
+    def up(t):
+        return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    m5 = conv(feats["c5"], fp["l5"], 0)
+    m4 = conv(feats["c4"], fp["l4"], 0) + up(m5)
+    m3 = conv(feats["c3"], fp["l3"], 0) + up(m4)
+    ref = {"p3": conv(m3, fp["o3"], 1), "p4": conv(m4, fp["o4"], 1), "p5": conv(m5, fp["o5"], 1)}
+    for level in ref:
+        assert_close(out[level], ref[level].detach(), 1e-5, level)
+
+
+def test_train_detector_clips_gradients():
+    """One iteration (time_limit 0), no warmup, a gradient of norm about 4.5e4: the update's norm
+    is learning_rate * grad_clip."""
+    torch.manual_seed(0)
+
+    class Huge(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, images, gt_boxes=None, **kw):
+            return {"loss_big": 1e4 * (self.lin.weight.sum() + self.lin.bias.sum())}
+
+    model = Huge()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    data = [("a", torch.zeros(3, 8, 8), torch.full((2, 5), -1.0))]
+    out = common.train_detector(model, torch.utils.data.DataLoader(data, batch_size=1), learning_rate=0.1,
+                                weight_decay=0.0, max_iters=100, warmup_iters=0, time_limit=0.0,
+                                augment=False, grad_clip=1.0, verbose=False)
+    assert out["iters"] == 1
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (before - after).norm().item() == pytest.approx(0.1, rel=1e-5)

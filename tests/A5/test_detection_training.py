@@ -303,3 +303,37 @@ def test_cached_features_random_flip_mirrors_maps_and_boxes_together(monkeypatch
         flipped += _check_flip_pairing(entries, gt, sources, mirrored, gts, width)
         total += len(gt)
     assert 0 < flipped < total
+
+
+
+def test_train_loop_follows_lr_factor_and_clips_gradients(monkeypatch):
+    """Every SGD step uses learning_rate * (cosine x warmup) written out by hand and the settings'
+    weight decay; the gradient (norm about 4.5e4) is clipped to grad_clip = 1, so with momentum
+    0.9 the weights move by sum_t lr_t * (1, 1.9, 2.71, ...)."""
+    seen = []
+    real_step = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        seen.append((self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    torch.manual_seed(0)
+    model = _Linear()
+    huge = lambda x, y: {"loss_big": 1e4 * sum(p.sum() for p in model.parameters())}  # noqa: E731
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    s = dict(learning_rate=0.1, weight_decay=0.0, max_iters=6, time_limit=None, warmup_iters=2, grad_clip=1.0)
+    dt.train_loop(model, lambda: (None, None), huge, s, "cpu", verbose=False)
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * it / 6)) * (0.001 + 0.999 * it / 2 if it < 2 else 1.0)
+                for it in range(6)]
+    assert [lr for lr, _ in seen] == pytest.approx(expected, rel=1e-12)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    buffer_norm, total = 0.0, 0.0
+    for lr in expected:
+        buffer_norm = 0.9 * buffer_norm + 1.0  # a constant direction: the buffer's norm
+        total += lr * buffer_norm
+    assert (before - after).norm().item() == pytest.approx(total, rel=1e-4)
+    seen.clear()
+    dt.train_loop(model, lambda: (None, None), huge, {**s, "weight_decay": 3e-4, "max_iters": 1}, "cpu",
+                  verbose=False)
+    assert seen[0][1] == 3e-4

@@ -585,3 +585,75 @@ def test_faster_rcnn_training_losses_match_a_reference(monkeypatch):
     pred = captured["box"].double().detach().view(len(labels), 20, 4)[fg_rows, labels[fg_rows] - 1]
     target = _hand_deltas(torch.cat(boxes)[fg_rows], torch.cat(targets)[fg_rows]) * torch.tensor(tsd.ROI_BOX_WEIGHTS)
     assert_close(losses["loss_box"].double(), (pred - target).abs().sum() / len(labels), 1e-5, "loss_box")
+
+
+# --- wiring that the end-to-end tests cannot see (found by a mutation audit) -----------------
+
+def test_roi_head_training_proposals_include_every_gt_box(monkeypatch):
+    """In training the second stage matches the proposals AND every ground-truth box (Faster
+    R-CNN mixes them in, so early training has positives)."""
+    torch.manual_seed(0)
+    det = _detector().train()
+    gt = _gt()
+    seen = []
+    real = tsd.rcnn_match_anchors_to_gt
+
+    def spy(boxes, gt_boxes, thresholds, **kw):
+        seen.append((boxes.detach().clone(), tuple(thresholds)))
+        return real(boxes, gt_boxes, thresholds, **kw)
+
+    monkeypatch.setattr(tsd, "rcnn_match_anchors_to_gt", spy)
+    det(torch.randn(2, 3, 224, 224), gt)
+    roi = [b for b, thresholds in seen if thresholds == (0.5, 0.5)]
+    assert len(roi) == 2
+    for b in range(2):
+        for g in gt[b][gt[b, :, 4] >= 0]:
+            assert (roi[b] == g[:4]).all(dim=1).any(), f"GT {g.tolist()} missing from image {b}'s ROI boxes"
+
+
+def test_roi_features_pool_each_box_on_its_level_in_input_order():
+    """Boxes of three sizes in an order that interleaves the levels, two images: row k of
+    roi_features is the aligned RoIAlign (7x7, 2x2 samples) of box k on the map of level
+    floor(5 + log2(sqrt(area) / 224)) clamped to 3..5, at that level's stride."""
+    torch.manual_seed(0)
+    det = _detector().eval()
+    feats = {level: torch.randn(2, 2, 224 // s, 224 // s, dtype=torch.float64) for level, s in STRIDES.items()}
+    boxes = [torch.tensor([[0.0, 0, 224, 224], [10, 20, 40, 60], [30, 30, 170, 180]], dtype=torch.float64),
+             torch.tensor([[5.0, 5, 200, 210], [50, 60, 70, 90]], dtype=torch.float64)]
+    out = det.roi_features(feats, boxes)
+    assert out.shape == (5, 2, 7, 7)
+    k = 0
+    for b, per_image in enumerate(boxes):
+        for box in per_image.tolist():
+            side = math.sqrt((box[2] - box[0]) * (box[3] - box[1]))
+            level = f"p{min(max(math.floor(5 + math.log2(side / 224)), 3), 5)}"
+            ref = _roi_align_brute(feats[level], torch.tensor([[b] + box]), 7, 7, 1 / STRIDES[level], 2, True)
+            assert_close(out[k], ref[0], 1e-9, f"box {k} ({level})")
+            k += 1
+
+
+def test_rpn_proposals_clip_x_to_width_and_y_to_height():
+    """A non-square image (H 50, W 120): x is clipped to the width, y to the height."""
+    rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=10, post_nms_topk=10)
+    anchors = {"p3": torch.tensor([[60.0, 10, 140, 40], [10, 30, 40, 90]])}
+    proposals = rpn.predict_proposals(anchors, {"p3": torch.tensor([[1.0, 0.5]])}, {"p3": torch.zeros(1, 2, 4)},
+                                      (50, 120))
+    assert_close(proposals["p3"][0], torch.tensor([[60.0, 10, 120, 40], [10, 30, 40, 50]]), 1e-7, "clipped")
+
+
+def test_faster_rcnn_inference_clips_non_square_and_caps_detections():
+    """Inference clips x to the width and y to the height of a non-square image, and keeps at
+    most detections_per_image boxes, the best ones, in score order."""
+    det = _detector().eval()
+    proposals = torch.tensor([[60.0, 10, 140, 40], [10, 30, 40, 90]]
+                             + [[float(12 * i), 0, 12 * i + 10, 10] for i in range(8)])
+    logits = torch.full((10, 21), -10.0)
+    logits[:, 0] = 0.0
+    logits[:, 3] = 3.0 - 0.2 * torch.arange(10.0)  # class 2 (column 0 is background), decreasing scores
+    clipped = torch.tensor([[60.0, 10, 120, 40], [10, 30, 40, 50]])
+    boxes, _, _ = det.inference(torch.zeros(1, 3, 50, 120), proposals, logits, 0.5, 0.5)
+    assert_close(boxes[:2], clipped, 1e-6, "clipped")
+    det.detections_per_image = 4
+    boxes, _, scores = det.inference(torch.zeros(1, 3, 50, 120), proposals, logits, 0.5, 0.5)
+    assert len(boxes) == 4 and (scores[:-1] > scores[1:]).all()
+    assert_close(boxes, torch.cat([clipped, proposals[2:4]]), 1e-6, "the best 4")

@@ -366,3 +366,106 @@ def test_experiments_build_gan_inits_as_the_course(kind):
         assert abs(m.weight.std().item() / expected - 1) < 0.03, (kind, m)
     with pytest.raises(ValueError):
         experiments.build_gan(kind, init="kaiming")
+
+
+def test_dc_generator_layer_order_is_the_courses():
+    """The course's order: each BatchNorm comes after its ReLU (Linear, ReLU, BN, ...), with
+    ConvTranspose2d(k 4, s 2, p 1) layers and a Tanh output, flattened."""
+    model = gan.build_dc_generator()
+    assert [type(m) for m in model] == [
+        nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Unflatten,
+        nn.ConvTranspose2d, nn.ReLU, nn.BatchNorm2d, nn.ConvTranspose2d, nn.Tanh, nn.Flatten]
+    assert [m.num_features for m in model if isinstance(m, nn.modules.batchnorm._BatchNorm)] == \
+        [1024, 7 * 7 * 128, 64]
+    for m in model:
+        if isinstance(m, nn.ConvTranspose2d):
+            assert (m.kernel_size, m.stride, m.padding) == ((4, 4), (2, 2), (1, 1))
+
+
+def test_run_a_gan_snapshots_leave_the_generator_batchnorm_statistics_alone():
+    """Snapshots run G in eval mode: a DC-GAN run with a snapshot every iteration ends with the
+    same G state (weights and BatchNorm running statistics) as the run without, and each
+    BatchNorm counted exactly the 2 training forward passes per iteration."""
+    states = []
+    for show_every in (1, 0):
+        torch.manual_seed(0)
+        D, G = _Tiny(784, 1), gan.build_dc_generator(noise_dim=8)
+        gan.run_a_gan(D, G, gan.get_optimizer(D), gan.get_optimizer(G), gan.discriminator_loss,
+                      gan.generator_loss, _loader(3, 4), show_every=show_every, batch_size=4,
+                      noise_size=8, num_epochs=1, plot=False, verbose=False, num_snapshot=3)
+        states.append(G.state_dict())
+    for name, value in states[0].items():
+        if name.endswith("num_batches_tracked"):
+            assert value.item() == 2 * 3, name
+        assert torch.equal(value, states[1][name]), name
+
+
+class _ProjectionClassifier(nn.Module):
+    """A stand-in evaluation classifier with MnistClassifier's interface: features are a fixed
+    random projection of the [0, 1] pixels to 12 dimensions, the head a fixed linear map."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.projection = nn.Parameter(torch.randn(784, 12, generator=gen) / 28)
+        self.head = nn.Linear(12, 10)
+
+    def features(self, x):
+        return x.flatten(1) @ self.projection
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class _Replay(nn.Module):
+    """A "generator" that returns the first N of its stored images, whatever the noise."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.register_buffer("images", images)
+
+    def forward(self, noise):
+        return self.images[:noise.shape[0]]
+
+
+def test_gan_scores_reads_generator_output_in_minus_one_one():
+    """A generator replaying the real images, scaled to G's range [-1, 1], scores a Frechet
+    distance ~0 against the features of those real images (given in [0, 1])."""
+    import experiments
+    import mnist_classifier as mc
+
+    gen = torch.Generator().manual_seed(1)
+    real = torch.rand(200, 1, 28, 28, generator=gen)
+    classifier = _ProjectionClassifier()
+    real_feats = mc.features(classifier, real)
+    scores = experiments.gan_scores(_Replay(real.reshape(200, 784) * 2 - 1), classifier, real_feats, n=200)
+    scale = torch.trace(torch.cov(real_feats.T)).item()
+    assert scores["frechet_distance"] < 1e-6 * scale
+
+
+def test_classifier_records_floor_is_real_train_versus_test(monkeypatch):
+    """The real-vs-real Frechet distance floor compares the first num_generated TRAINING digits
+    with the test digits (here from different distributions, so it is clearly > 0); computed
+    here from the stand-in classifier's projection directly."""
+    import experiments
+    import mnist_classifier as mc
+
+    base = experiments.settings()
+    monkeypatch.setattr(experiments, "settings", lambda: {
+        **base, "num_generated": 150, "classifier": {**base["classifier"], "num_train": 300}})
+    classifier = _ProjectionClassifier()
+    info = {"cached": False, "test_accuracy": 0.5, "train_seconds": 0.0, "train_device": "cpu",
+            "config": {}}
+    monkeypatch.setattr(experiments, "get_classifier", lambda *a, **k: (classifier, info))
+    gen = torch.Generator().manual_seed(2)
+    x_train = torch.rand(300, 1, 28, 28, generator=gen)
+    x_test = torch.rand(200, 1, 28, 28, generator=gen) ** 2
+    y_train, y_test = torch.zeros(300, dtype=torch.long), torch.zeros(200, dtype=torch.long)
+    records, _, real_feats, real_fd = experiments.classifier_records("cpu", (x_train, y_train, x_test, y_test))
+    with torch.no_grad():
+        expected = mc.frechet_distance((x_train[:150].flatten(1) @ classifier.projection).double(),
+                                       (x_test.flatten(1) @ classifier.projection).double())
+    assert expected > 0.01
+    assert real_fd == pytest.approx(expected, rel=1e-4)
+    floor = [r for r in records if r["metric"] == "real_train_vs_test_frechet_distance"]
+    assert len(floor) == 1 and floor[0]["value"] == pytest.approx(expected, rel=1e-4)

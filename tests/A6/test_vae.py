@@ -478,3 +478,201 @@ def test_train_vae_casts_batches_to_the_model_dtype():
     history = vae.train_vae(model, [(x.float(), y)], num_epochs=1, cond=True, verbose=False)
     assert len(history["batch_loss"]) == 1 and math.isfinite(history["batch_loss"][0])
     assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_train_vae_updates_match_a_hand_written_loop(cond):
+    """Two SGD steps of train_vae against a loop written here: per batch, zero the gradients,
+    the negative ELBO (explicit float64 reference) of model(x) (with the batch's OWN one-hot
+    labels for a CVAE), backward, step. Same noise (same seed); tolerance 1e-9 in float64."""
+    import copy
+
+    x, y = _synthetic_digits(12, seed=4)
+    x, y = x.double(), torch.arange(12) % 10  # labels differ from those of any other image
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    torch.manual_seed(0)
+    model = (vae.CVAE(784, latent_size=4) if cond else vae.VAE(784, latent_size=4)).double()
+    ref = copy.deepcopy(model)
+    torch.manual_seed(1)
+    vae.train_vae(model, batches, num_epochs=1, cond=cond,
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.05), verbose=False)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    torch.manual_seed(1)
+    for xb, yb in batches:
+        opt.zero_grad()
+        out = ref(xb, F.one_hot(yb, C).double()) if cond else ref(xb)
+        _reference_loss(out[0], xb, out[1], out[2]).backward()
+        opt.step()
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert_close(p.detach(), q.detach(), 1e-9, name)
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_forward_decodes_the_reparametrized_sample_and_uses_both_heads(monkeypatch, cond):
+    """With a sentinel reparametrize (returns mu + 1, records its inputs): x_hat is the decoder
+    on [mu + 1 (, c)], and reparametrize got mu_layer(h) and logvar_layer(h), h the encoder's
+    output, all recomputed here layer by layer."""
+    seen = []
+
+    def sentinel(mu, logvar):
+        seen.append((mu.detach().clone(), logvar.detach().clone()))
+        return mu + 1
+
+    monkeypatch.setattr(vae, "reparametrize", sentinel)
+    torch.manual_seed(0)
+    model = (vae.CVAE(784) if cond else vae.VAE(784)).double()
+    x = torch.rand(5, 1, 28, 28, dtype=torch.float64)
+    c = F.one_hot(torch.tensor([0, 3, 3, 7, 9]), C).double()
+    with torch.no_grad():
+        x_hat, mu, logvar = model(x, c) if cond else model(x)
+        h = model.encoder(torch.cat([x.flatten(1), c], 1) if cond else x)
+        mu_ref, logvar_ref = model.mu_layer(h), model.logvar_layer(h)
+        z = mu_ref + 1
+        expected = model.decoder(torch.cat([z, c], 1) if cond else z)
+    assert len(seen) == 1
+    assert_close(seen[0][0], mu_ref, 1e-12, "mu given to reparametrize")
+    assert_close(seen[0][1], logvar_ref, 1e-12, "logvar given to reparametrize")
+    assert_close(mu, mu_ref, 1e-12, "returned mu")
+    assert_close(logvar, logvar_ref, 1e-12, "returned logvar")
+    assert_close(x_hat, expected.reshape_as(x_hat), 1e-12, "x_hat = decoder(z)")
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_evaluate_vae_is_the_per_image_loss_of_the_whole_set(monkeypatch, cond):
+    """Deterministic posterior sample (reparametrize -> mu): evaluate_vae in batches of 100
+    equals the reference negative ELBO of all images at once (300 images: equal batches; 250:
+    a short last batch, which must weigh by its size)."""
+    import experiments
+
+    monkeypatch.setattr(vae, "reparametrize", lambda mu, logvar: mu)
+    torch.manual_seed(0)
+    model = (vae.CVAE(784) if cond else vae.VAE(784)).double()
+    x, y = _synthetic_digits(300, seed=5)
+    for n in (300, 250):
+        with torch.no_grad():
+            xd = x[:n].double()
+            out = model(xd, F.one_hot(y[:n], C).double()) if cond else model(xd)
+            expected = _reference_loss(out[0], xd, out[1], out[2]).item()
+        value = experiments.evaluate_vae(model, x[:n], y[:n], cond=cond, batch_size=100)
+        assert value == pytest.approx(expected, rel=1e-9), n
+
+
+class _EchoDecoder(nn.Module):
+    """Decodes [z, one_hot(label)] to an image whose first Z pixels are z and whose pixel
+    Z + label is 1 (so both the latent and the label can be read back)."""
+
+    def __init__(self, latent_size):
+        super().__init__()
+        self.latent_size = latent_size
+
+    def forward(self, zc):
+        n, zs = zc.shape[0], self.latent_size
+        out = torch.zeros(n, 784, dtype=zc.dtype)
+        out[:, :zs] = zc[:, :zs]
+        if zc.shape[1] > zs:
+            out[torch.arange(n), zs + zc[:, zs:].argmax(1)] = 1.0
+        return out.view(n, 1, 28, 28)
+
+
+def _echoed(images, latent_size):
+    flat = images.flatten(1)
+    return flat[:, :latent_size], flat[:, latent_size:latent_size + C].argmax(1)
+
+
+def test_digit_rows_draws_the_digits_row_by_row():
+    """digit_rows(per_digit=k): k samples of 0, then k of 1, ..., k of 9 (labels and images)."""
+    import experiments
+
+    model = vae.CVAE(784, latent_size=4)
+    model.decoder = _EchoDecoder(4)
+    images, labels = experiments.digit_rows(model, per_digit=3)
+    expected = torch.tensor([d for d in range(10) for _ in range(3)])
+    assert torch.equal(labels, expected)
+    assert torch.equal(_echoed(images, 4)[1], expected)
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_latent_interpolation_rows_are_straight_lines(cond):
+    """Each row of `steps` consecutive outputs decodes evenly spaced points of one segment
+    (second differences 0), different rows are different segments, and a CVAE row keeps its
+    label throughout."""
+    import experiments
+
+    rows, steps, zs = 3, 5, 4
+    model = vae.CVAE(784, latent_size=zs) if cond else vae.VAE(784, latent_size=zs)
+    model.decoder = _EchoDecoder(zs)
+    out = experiments.latent_interpolation(model, rows=rows, steps=steps,
+                                           labels=[7, 2, 5] if cond else None)
+    assert out.shape == (rows * steps, 1, 28, 28)
+    z, label = _echoed(out, zs)
+    z = z.reshape(rows, steps, zs)
+    second = z[:, 2:] - 2 * z[:, 1:-1] + z[:, :-2]
+    assert second.abs().max() < 1e-5
+    step = z[:, 1] - z[:, 0]
+    assert (step.norm(dim=1) > 1e-3).all()
+    assert not torch.allclose(step[0], step[1]) and not torch.allclose(z[0, 0], z[1, 0])
+    if cond:
+        assert torch.equal(label.reshape(rows, steps), torch.tensor([7, 2, 5])[:, None].expand(rows, steps))
+
+
+class _PixelFeatures(nn.Module):
+    """A stand-in evaluation classifier with MnistClassifier's interface: features = 10 x the
+    first 10 pixels, head = identity, so an image lighting pixel k is classified as k."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Identity()
+        self.scale = nn.Parameter(torch.tensor(10.0))
+
+    def features(self, x):
+        return self.scale * x.flatten(1)[:, :10]
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_sample_scores_predicted_digit_fractions_are_fractions():
+    """20 images lighting pixels 0 (x5), 3 (x12), 9 (x3): fractions 0.25, 0.6, 0.15, sum 1."""
+    import experiments
+
+    shown = torch.tensor([0] * 5 + [3] * 12 + [9] * 3)
+    images = torch.zeros(20, 784)
+    images[torch.arange(20), shown] = 1.0
+    real_feats = torch.rand(30, 10, dtype=torch.float64)
+    scores = experiments.sample_scores(images.view(20, 1, 28, 28), _PixelFeatures(), real_feats)
+    expected = [0.0] * 10
+    expected[0], expected[3], expected[9] = 0.25, 0.6, 0.15
+    assert scores["predicted_digit_fractions"] == pytest.approx(expected, abs=1e-12)
+    assert sum(scores["predicted_digit_fractions"]) == pytest.approx(1.0)
+
+
+def test_vae_records_score_cvae_samples_of_every_digit_equally(monkeypatch):
+    """The CVAE's Frechet-distance samples ask for the ten digits equally often (200 samples:
+    20 of each), not one digit. Training is replaced by a fixed untrained CVAE."""
+    import experiments
+
+    base = experiments.settings()
+    monkeypatch.setattr(experiments, "settings", lambda: {**base, "vae_epochs": 1, "cvae_epochs": 1,
+                                                          "num_generated": 200, "cvae_per_digit": 3})
+    torch.manual_seed(0)
+    model = vae.CVAE(784, latent_size=15)
+    snap = {"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "test_seconds": 0.0, "train_set_loss": 1.0,
+            "last_batch_loss": 1.0, "conditional_accuracy": 0.5, "train_seconds": 0.0}
+    monkeypatch.setattr(experiments, "train_cvae_with_snapshots",
+                        lambda *a, **k: (model, {"epoch_loss": [1.0], "batch_loss": [1.0]}, [snap]))
+    monkeypatch.setattr(experiments, "latent_class_probe", lambda *a, **k: 0.5)
+    asked = []
+    real_vae_samples = experiments.vae_samples
+
+    def spy(model, n, labels=None, seed=0):
+        asked.append((n, None if labels is None else torch.as_tensor(labels).clone()))
+        return real_vae_samples(model, n, labels, seed)
+
+    monkeypatch.setattr(experiments, "vae_samples", spy)
+    x, y = _synthetic_digits(40)
+    records = experiments.vae_records("cpu", (x, y, x[:20], y[:20]), _PixelFeatures(),
+                                      torch.rand(20, 10, dtype=torch.float64), models=("cvae",))
+    assert any(r["metric"] == "cvae_frechet_distance" for r in records)
+    fd_labels = [labels for n, labels in asked if n == 200]
+    assert len(fd_labels) == 1 and fd_labels[0].shape == (200,)
+    assert torch.equal(torch.bincount(fd_labels[0], minlength=10), torch.full((10,), 20))
