@@ -670,3 +670,6 @@ def test_upto_releases_only_the_assignments_up_to_one(fake_repo, tmp_path):
     assert "A2/solution.py" in files and not any(f.startswith(("A9", "tests/A9")) for f in files)
     with pytest.raises(ValueError):
         make_student(fake_repo, out, upto="tests")
+    for missing in ("A11", 0):  # would release everything / nothing
+        with pytest.raises(ValueError, match="names no assignment of this repository"):
+            make_student(fake_repo, out, upto=missing)

@@ -317,6 +317,13 @@ def make_student(root, out, upto=None):
         if number is None:
             raise ValueError(f"upto must name an assignment such as A2, not {upto!r}")
         upto = number
+    if upto is not None:
+        present = sorted(assignment_number(f.name) for f in root.glob(ASSIGNMENT_GLOB)
+                         if f.is_dir() and assignment_number(f.name) is not None)
+        if upto not in present:
+            # A9 would quietly release everything, A0 nothing
+            raise ValueError(f"upto names no assignment of this repository: A{upto} "
+                             f"(it has {', '.join(f'A{n}' for n in present)})")
 
     # Stub everything first (in memory), so a malformed file leaves the old copy intact.
     plan, report, errors = [], {}, []
