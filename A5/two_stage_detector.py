@@ -159,11 +159,12 @@ def rcnn_match_anchors_to_gt(anchor_boxes: torch.Tensor, gt_boxes: torch.Tensor,
     foreground too, matched to their own highest-IoU GT.
 
     Args:
-        anchor_boxes: (N, 4); gt_boxes: (M, 5) padded with -1 rows.
+        anchor_boxes: (N, 4); gt_boxes: (M, 5) padded with -1 rows. GT boxes without area
+        (x2 <= x1 or y2 <= y1) are ignored like padding: their IoU with themselves is 0 / 0.
     Returns:
         matched_gt_boxes: (N, 5) (x1, y1, x2, y2, class), -1 rows (background), -1e8 rows (neutral).
     """
-    gt_boxes = gt_boxes[gt_boxes[:, 4] != -1]
+    gt_boxes = gt_boxes[(gt_boxes[:, 4] != -1) & (gt_boxes[:, 2] > gt_boxes[:, 0]) & (gt_boxes[:, 3] > gt_boxes[:, 1])]
     if len(gt_boxes) == 0:
         return torch.full((anchor_boxes.shape[0], 5), -1.0, dtype=anchor_boxes.dtype,
                           device=anchor_boxes.device)

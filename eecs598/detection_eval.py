@@ -42,8 +42,9 @@ __all__ = ["voc_ap", "evaluate_detections", "coco_map", "format_ap_table"]
 
 
 def _np(x, dtype, shape):
+    """`x` as a numpy array of `shape` (-1: any length); None (a key left out) is empty."""
     if x is None:
-        return np.zeros(shape, dtype=dtype)
+        return np.zeros(tuple(0 if d == -1 else d for d in shape), dtype=dtype)
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype).reshape(shape)
@@ -82,19 +83,28 @@ def voc_ap(recall, precision, use_07_metric=False):
 
 
 def _to_numpy(predictions, ground_truths):
-    """Convert every image's tensors to numpy once (boxes float64, classes int64)."""
+    """Convert every image's tensors to numpy once (boxes float64, classes int64). A key left
+    out means none (`{}`: no detections); ValueError when an image's arrays differ in length."""
     preds, gts = [], []
-    for pred in predictions:
-        classes = _np(pred.get("classes"), np.int64, (-1,))
-        preds.append((classes, _np(pred.get("scores"), np.float64, (-1,)),
-                      _np(pred.get("boxes"), np.float64, (-1, 4))))
-    for gt in ground_truths:
+    for k, pred in enumerate(predictions):
+        arrays = (_np(pred.get("classes"), np.int64, (-1,)), _np(pred.get("scores"), np.float64, (-1,)),
+                  _np(pred.get("boxes"), np.float64, (-1, 4)))
+        preds.append(_same_length(arrays, f"prediction {k} (classes, scores, boxes)"))
+    for k, gt in enumerate(ground_truths):
         classes = _np(gt.get("classes"), np.int64, (-1,))
         difficult = gt.get("difficult")
         difficult = (np.zeros(len(classes), bool) if difficult is None
                      else _np(difficult, bool, (-1,)))
-        gts.append((classes, _np(gt.get("boxes"), np.float64, (-1, 4)), difficult))
+        gts.append(_same_length((classes, _np(gt.get("boxes"), np.float64, (-1, 4)), difficult),
+                                f"ground truth {k} (classes, boxes, difficult)"))
     return preds, gts
+
+
+def _same_length(arrays, what):
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"{what}: lengths {lengths} differ")
+    return arrays
 
 
 def _class_pr(predictions, ground_truths, c, iou_threshold):

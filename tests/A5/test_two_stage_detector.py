@@ -149,6 +149,21 @@ def test_match_anchors_vs_brute_force(low_quality):
         assert ((strict[:, 4] >= 0) <= (ours[:, 4] >= 0)).all()
 
 
+def test_gt_boxes_without_area_are_ignored_in_matching_and_the_losses_stay_finite():
+    """A zero-width or zero-height GT box (x2 == x1) has IoU 0 / 0 with its own copy among the
+    training proposals; it is ignored like padding, so no NaN target reaches the box loss."""
+    proposals = torch.tensor([[0.0, 0, 50, 50], [10, 10, 10, 40], [10, 10, 40, 10]])
+    gt = torch.tensor([[10.0, 10, 10, 40, 3], [10, 10, 40, 10, 4], [-1, -1, -1, -1, -1]])
+    assert (tsd.rcnn_match_anchors_to_gt(proposals, gt, (0.5, 0.5)) == -1).all()
+    torch.manual_seed(0)
+    det = _detector().train()
+    gt = _gt()
+    gt[0, 2] = torch.tensor([20.0, 10, 20, 50, 3])  # beside two real boxes
+    gt[1, 1] = torch.tensor([10.0, 10, 40, 10, 4])
+    losses = det(torch.randn(2, 3, 224, 224), gt)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+
+
 def test_match_without_gt_is_all_background():
     anchors = _random_boxes(10)
     out = tsd.rcnn_match_anchors_to_gt(anchors, torch.full((40, 5), -1.0, dtype=torch.float64), (0.3, 0.6))

@@ -223,3 +223,13 @@ def test_a_duplicate_detection_of_a_difficult_box_is_ignored_too():
               "classes": torch.tensor([0, 0, 0]), "scores": torch.tensor([0.95, 0.94, 0.9])}]
     result = de.evaluate_detections(preds, gts, 1)
     assert result["ap_per_class"][0] == pytest.approx(1.0) and result["num_det_per_class"][0] == 1
+
+
+
+def test_an_image_without_detections_may_be_an_empty_dict_and_lengths_must_agree():
+    gts = [{"boxes": [[0, 0, 10, 10]], "classes": [0]}, {"boxes": [[0, 0, 10, 10]], "classes": [0]}]
+    preds = [{}, {"boxes": [[0, 0, 10, 10]], "classes": [0], "scores": [0.9]}]
+    result = de.evaluate_detections(preds, gts, 1)
+    assert result["ap_per_class"][0] == pytest.approx(0.5) and result["num_det_per_class"][0] == 1
+    with pytest.raises(ValueError, match=r"prediction 0 \(classes, scores, boxes\): lengths \[1, 0, 1\]"):
+        de.evaluate_detections([{"boxes": [[0, 0, 10, 10]], "classes": [0]}], gts[:1], 1)
