@@ -283,6 +283,8 @@ def train_resnet(model, data, config, seed=0, verbose=False, print_every=50):
     X, y = data["X_train"], data["y_train"]
     N = X.shape[0]
     bs = config["batch_size"]
+    if N < bs:  # whole batches only: no step would run, and the "trained" net would be the initial one
+        raise ValueError(f"{N} training images are fewer than one batch of {bs}; lower config['batch_size']")
     steps_per_epoch = N // bs
     total = steps_per_epoch * config["epochs"]
     configs = {k: {"learning_rate": 0.0, "momentum": config["momentum"],

@@ -787,6 +787,15 @@ def test_resnet_predict_flip_average_and_plain_scores_from_one_pass():
     assert torch.equal(rs.predict(model, X, tta=False, batch=4), plain)
 
 
+def test_train_resnet_refuses_fewer_images_than_one_batch():
+    import resnet_from_scratch as rs
+    model = rs.ResNet9(widths=(4, 4, 4, 4), seed=0)
+    data = {"X_train": torch.randn(40, 3, 16, 16), "y_train": torch.randint(10, (40,)),
+            "X_test": torch.randn(8, 3, 16, 16), "y_test": torch.randint(10, (8,))}
+    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+        rs.train_resnet(model, data, {**rs.settings(), "widths": (4, 4, 4, 4), "batch_size": 64, "epochs": 1})
+
+
 def test_resnet_augment_crops_and_flips():
     import resnet_from_scratch as rs
 
