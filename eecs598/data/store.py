@@ -256,6 +256,9 @@ def _remember_verified(path: Path, spec: RemoteFile):
     stamp.write_text(json.dumps(_fingerprint(path, spec)))
 
 
+DOWNLOAD_TIMEOUT_S = 15
+
+
 def _download(url: str, dest: Path, spec: RemoteFile):
     """Download `url` to `dest` through a temporary file; keep it only if it verifies."""
     from tqdm.auto import tqdm
@@ -263,8 +266,11 @@ def _download(url: str, dest: Path, spec: RemoteFile):
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
     tmp = Path(tmp)
+    print(f"Downloading {dest.name} from {url}", flush=True)  # before a connection that may stall
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        # the timeout bounds each socket operation (connecting, every read): a network that drops
+        # packets fails in DOWNLOAD_TIMEOUT_S per URL instead of hanging
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}") as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
@@ -285,7 +291,8 @@ def _missing_message(dataset: str, spec: RemoteFile, reason: str) -> str:
     return (f"{dataset}: file {spec.name!r} is not available ({reason}).\n"
             f"  Put it at {where}\n"
             f"  (or point ${DATA_ENV} at a folder that holds {dataset}/{spec.name}).\n"
-            f"  Get it from: {source}")
+            f"  Get it from: {source}"
+            + (f"\n  {spec.mismatch_hint}" if spec.mismatch_hint and not spec.urls else ""))
 
 
 def local_path(dataset: str, name: str) -> Optional[Path]:

@@ -144,15 +144,19 @@ def load_images_uint8(paths, size=112, max_side=None):
 
     out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if max_side is not None and max(im.size) > max_side:
-                im.thumbnail((max_side, max_side), Image.BICUBIC)
-                buffer = io.BytesIO()
-                im.save(buffer, format="JPEG", quality=SHRINK_JPEG_QUALITY)
-                im = Image.open(buffer).convert("RGB")
-            im = im.resize((size, size), Image.BICUBIC)
-            out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if max_side is not None and max(im.size) > max_side:
+                    im.thumbnail((max_side, max_side), Image.BICUBIC)
+                    buffer = io.BytesIO()
+                    im.save(buffer, format="JPEG", quality=SHRINK_JPEG_QUALITY)
+                    im = Image.open(buffer).convert("RGB")
+                im = im.resize((size, size), Image.BICUBIC)
+        except OSError as err:  # PIL's UnidentifiedImageError and "image file is truncated" included
+            raise store.DataError(f"{p}: cannot decode this image ({err}); replace the file or remove "
+                                  f"it and its captions") from None
+        out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
     return out
 
 

@@ -79,3 +79,13 @@ def test_feature_taps_are_the_ends_of_their_stages():
         features = taps(torch.randn(1, 3, 64, 64))
     for name in ("c3", "c4", "c5"):
         assert torch.equal(features[name], seen[name]), name
+
+
+
+def test_damaged_weights_name_their_file_and_the_remedy(monkeypatch, tmp_path):
+    import eecs598.backbones as backbones
+    damaged = tmp_path / "lite0.pth"
+    damaged.write_bytes(b"PK\x03\x04 not a checkpoint")
+    monkeypatch.setattr(backbones, "efficientnet_lite0_weights_path", lambda: damaged)
+    with pytest.raises(RuntimeError, match=r"lite0\.pth: cannot read the EfficientNet-Lite0 weights.*force-reinstall"):
+        EfficientNetLite0(pretrained=True)

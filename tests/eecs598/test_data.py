@@ -742,3 +742,48 @@ def test_a_local_cifar_copy_is_checksummed_before_it_is_decoded(isolated_data):
         z.writestr("readme.txt", "not the project's copy")
     with pytest.raises(DataError, match="sha256 mismatch"):
         cifar_mod.load_cifar10_uint8()
+
+
+
+def test_a_stalled_download_times_out_and_is_announced_before_it_connects(isolated_data, monkeypatch, capsys):
+    """Each URL is opened with the short socket timeout (a network that drops packets fails in
+    seconds per mirror), and the URL is printed before connecting."""
+    monkeypatch.delenv("EECS598_OFFLINE")
+    _register(monkeypatch, "toy", [store.RemoteFile("blob.bin", urls=("https://stalled.invalid/blob.bin",),
+                                                    sha256="0" * 64)])
+    timeouts = []
+
+    def urlopen(url, timeout=None):
+        assert "Downloading blob.bin from https://stalled.invalid/blob.bin" in capsys.readouterr().out
+        timeouts.append(timeout)
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(store.urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError, match="TimeoutError"):
+        store.fetch("toy", "blob.bin")
+    assert timeouts == [store.DOWNLOAD_TIMEOUT_S] and store.DOWNLOAD_TIMEOUT_S <= 30
+
+
+def test_an_incomplete_extracted_cifar_folder_neither_hides_another_copy_nor_errors_obscurely(isolated_data):
+    """An interrupted `tar xzf` leaves cifar-10-batches-py/ with batch files missing: the loader
+    says so (not a bare FileNotFoundError) after looking for the archive or the JPEG copy beside it."""
+    folder = isolated_data / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "data_batch_1").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"incomplete extracted archive \(missing data_batch_2, .*test_batch\)"):
+        cifar_mod.load_cifar10_uint8()
+
+
+def test_a_missing_file_without_url_gets_its_datasets_advice(isolated_data):
+    with pytest.raises(DataError, match=r"(?s)not available.*no public URL.*Images/\*\.jpg.*caption_dataset\('<name>'\)"):
+        store.fetch("flickr8k-1k", "captions.txt")
+
+
+def test_an_undecodable_photo_is_named(tmp_path):
+    from PIL import Image
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    Image.new("RGB", (10, 8), (255, 0, 0)).save(good)
+    bad.write_bytes(good.read_bytes()[:30])
+    assert text_mod.load_images_uint8([good], size=4)[0, 0, 0, 0] == 255
+    with pytest.raises(DataError, match=r"bad\.jpg: cannot decode this image"):
+        text_mod.load_images_uint8([good, bad], size=4)
