@@ -13,7 +13,9 @@ from the VOCdevkit XML file (`VOCdevkit/VOC2007/Annotations/<id>.xml`) and maps 
 crop the same way.
 """
 import json
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import torch
@@ -28,20 +30,43 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def extract_tar(tar_path, dest):
-    """Extract the tar archive at `tar_path` into `dest`, refusing members that would land
-    outside it (links, devices, absolute or ../ paths)."""
+    """Extract the tar archive at `tar_path` into `dest`, all or nothing: the members go to a
+    temporary folder inside `dest` and move into place (replacing what an earlier, interrupted
+    extraction left under the same top-level names) only once the whole archive is out.
+    DataError for a truncated or damaged archive, and for members that would land outside
+    `dest` (links, devices, absolute or ../ paths)."""
     dest = Path(dest)
-    with tarfile.open(tar_path) as tar:
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and 3.9.17+ / 3.10.12+ / 3.11.4+
-            tar.extractall(dest, filter="data")
-            return
-        root = dest.resolve()  # older Pythons: check every member first
-        for member in tar.getmembers():
-            target = (dest / member.name).resolve()
-            if (member.issym() or member.islnk() or member.isdev()
-                    or (target != root and root not in target.parents)):
-                raise store.DataError(f"{tar_path}: unsafe member {member.name!r}; nothing extracted")
-        tar.extractall(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=".extracting-"))
+    try:
+        try:
+            with tarfile.open(tar_path) as tar:
+                _extract_safely(tar, tar_path, staging)
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise store.DataError(f"{tar_path}: cannot extract it ({type(err).__name__}: {err}); the archive is "
+                                  f"truncated, damaged or unsafe: delete it and fetch it again") from None
+        for child in staging.iterdir():
+            target = dest / child.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            child.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _extract_safely(tar, tar_path, dest):
+    if hasattr(tarfile, "data_filter"):  # Python >= 3.12, and 3.9.17+ / 3.10.12+ / 3.11.4+
+        tar.extractall(dest, filter="data")
+        return
+    root = dest.resolve()  # older Pythons: check every member first
+    for member in tar.getmembers():
+        target = (dest / member.name).resolve()
+        if (member.issym() or member.islnk() or member.isdev()
+                or (target != root and root not in target.parents)):
+            raise store.DataError(f"{tar_path}: unsafe member {member.name!r}; nothing extracted")
+    tar.extractall(dest)
 
 
 def _images_root(json_path: Path, sample_rel_path: str) -> Path:

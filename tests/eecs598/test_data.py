@@ -697,9 +697,30 @@ def test_extract_tar_extracts_and_refuses_paths_outside_dest(tmp_path, monkeypat
     _tar_with(evil, [("VOCdevkit/b.txt", b"fine"), ("../outside.txt", b"escape")])
     extract_tar(good, tmp_path / "dest")
     assert (tmp_path / "dest" / "VOCdevkit" / "VOC2007" / "a.txt").read_bytes() == b"ok"
-    with pytest.raises(tarfile.TarError if with_data_filter else DataError):  # OutsideDestinationError
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["VOCdevkit"]  # no staging left
+    with pytest.raises(DataError, match="unsafe"):  # tarfile's OutsideDestinationError, or our check
         extract_tar(evil, tmp_path / "dest2")
-    assert not (tmp_path / "outside.txt").exists()
+    assert not (tmp_path / "outside.txt").exists() and not list((tmp_path / "dest2").iterdir())
+
+
+def test_extract_tar_is_all_or_nothing(tmp_path):
+    """A truncated archive (an interrupted download) raises DataError and leaves no half tree,
+    and a complete one replaces what an interrupted extraction left."""
+    from eecs598.data.voc import extract_tar
+
+    full = tmp_path / "full.tar"
+    _tar_with(full, [(f"VOCdevkit/VOC2007/JPEGImages/{i:06d}.jpg", bytes(2000)) for i in range(20)])
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(full.read_bytes()[:20000])
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=r"cut\.tar: cannot extract it .*delete it and fetch it again"):
+        extract_tar(cut, dest)
+    assert not list(dest.iterdir())
+    (dest / "VOCdevkit" / "VOC2007" / "JPEGImages").mkdir(parents=True)
+    (dest / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000000.jpg").write_bytes(b"half")  # an old, cut tree
+    extract_tar(full, dest)
+    images = sorted((dest / "VOCdevkit" / "VOC2007" / "JPEGImages").iterdir())
+    assert len(images) == 20 and all(p.stat().st_size == 2000 for p in images)
 
 
 @requires_cifar
