@@ -200,3 +200,13 @@ def test_make_bench_reruns_the_protocol_of_the_committed_cpu_rows(script, assign
     assert protocols and rows
     for r in rows:
         assert (r["details"].get("cpu_threads"), r["details"].get("processes", 1)) in protocols, r["metric"]
+
+
+def test_run_all_fails_when_a_benchmark_fails(tmp_path):
+    """A crashing bench script must fail `make bench`, not leave the old rows silently in place."""
+    run_all = _run_all()
+    bench_dir = tmp_path / "benchmarks"
+    bench_dir.mkdir()
+    (bench_dir / "bench_bad.py").write_text("if __name__ == \"__main__\":\n    raise SystemExit(3)\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        run_all.main(["--results-dir", str(tmp_path / "results")], bench_dir=bench_dir)

@@ -58,3 +58,18 @@ def test_notebook_is_clean(path):
     assert _source(first) == SETUP_CELL, (
         f"{name}: the first code cell (cell {index}) is not tools.notebooks.SETUP_CELL; "
         f"build the notebook with tools.notebooks.write_notebook")
+
+
+def test_write_notebook_writes_a_clean_notebook_that_passes_these_checks(tmp_path):
+    """write_notebook (how the notebooks are built) writes what test_notebook_is_clean demands."""
+    import nbformat
+    from tools.notebooks import code, md, write_notebook
+    path = tmp_path / "n.ipynb"
+    write_notebook(path, [md("# Title\ntext"), code("x = 1\nprint(x)\n")])
+    raw = json.loads(path.read_text())
+    nbformat.validate(nbformat.from_dict(raw))
+    assert raw["nbformat"] == 4 and raw["metadata"]["kernelspec"]["name"] == "python3"
+    ids = [cell.get("id") for cell in raw["cells"]]
+    assert all(ids) and len(set(ids)) == len(ids)
+    assert [_source(c) for c in raw["cells"]] == [SETUP_CELL, "# Title\ntext", "x = 1\nprint(x)"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in raw["cells"] if c["cell_type"] == "code")

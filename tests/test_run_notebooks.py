@@ -43,3 +43,42 @@ def test_a_dead_kernel_is_reported_and_the_next_notebook_still_runs(tmp_path, ca
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0]["status"].startswith("error in cell 1:") and "DeadKernel" in lines[0]["status"]
     assert lines[1]["status"] == "ok"
+
+
+# --- the mode, per-cell times, no time limit -----------------------------------------------
+
+def test_quick_flag_sets_the_kernels_mode_and_full_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("EECS598_QUICK", raising=False)
+    nb = tmp_path / "mode.ipynb"
+    _notebook(nb, "import os\nprint(repr(os.environ.get('EECS598_QUICK')))")
+    assert main([str(nb), "--out", str(tmp_path / "full")]) == 0
+    assert nbformat.read(tmp_path / "full" / "mode.ipynb", as_version=4).cells[1].outputs[0]["text"] == "None\n"
+    assert main([str(nb), "--out", str(tmp_path / "quick"), "--quick"]) == 0
+    assert nbformat.read(tmp_path / "quick" / "mode.ipynb", as_version=4).cells[1].outputs[0]["text"] == "'1'\n"
+
+
+def test_cell_times_are_per_cell_and_slowest_first(tmp_path, capsys):
+    nb = tmp_path / "slow.ipynb"
+    _notebook(nb, "import time", "time.sleep(1.0)", "x = 1")
+    assert main([str(nb), "--out", str(tmp_path / "executed")]) == 0
+    line = json.loads(capsys.readouterr().out)
+    seconds = [s for _, s in line["slowest_cells"]]
+    assert line["slowest_cells"][0][0] == 2 and seconds[0] >= 0.9
+    assert seconds == sorted(seconds, reverse=True)
+    assert seconds[-1] < 0.5  # `x = 1`: its own time, not the time since the start
+
+
+def test_cells_have_no_time_limit(tmp_path, monkeypatch):
+    """Full-mode cells run for many minutes: nbclient must not time them out."""
+    import nbclient
+    seen = {}
+
+    class Client(nbclient.NotebookClient):
+        def __init__(self, nb, **kwargs):
+            seen["timeout"] = kwargs.get("timeout", "unset")
+            super().__init__(nb, **kwargs)
+    monkeypatch.setattr(nbclient, "NotebookClient", Client)
+    nb = tmp_path / "n.ipynb"
+    _notebook(nb, "x = 1")
+    assert main([str(nb), "--out", str(tmp_path / "executed")]) == 0
+    assert seen["timeout"] is None

@@ -673,3 +673,66 @@ def test_upto_releases_only_the_assignments_up_to_one(fake_repo, tmp_path):
     for missing in ("A11", 0):  # would release everything / nothing
         with pytest.raises(ValueError, match="names no assignment of this repository"):
             make_student(fake_repo, out, upto=missing)
+
+
+# --- notebooks, the command line, data files outside git ----------------------------------
+
+def test_markdown_answers_become_a_placeholder_not_code(fake_repo, tmp_path):
+    """A solution region in a markdown cell becomes `YOUR ANSWER HERE`, not a raise."""
+    from tools.make_student import MARKDOWN_TODO
+    out = tmp_path / "student"
+    make_student(fake_repo, out)
+    nb = json.loads((out / "A9" / "fake.ipynb").read_text())
+    assert "".join(nb["cells"][2]["source"]) == "Answer:\n" + MARKDOWN_TODO
+
+
+def test_every_code_cell_loses_its_outputs(fake_repo, tmp_path):
+    """Outputs go from every code cell, also from cells (and notebooks) without solution regions:
+    an executed staff notebook shows the answers in its outputs."""
+    nb = _fake_notebook()
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": 9,
+                        "outputs": [{"output_type": "stream", "name": "stdout", "text": ["val acc 0.913\n"]}],
+                        "source": ["print(double(3))"]})
+    (fake_repo / "A9" / "fake.ipynb").write_text(json.dumps(nb, indent=1))
+    plain = {**_fake_notebook(), "cells": [nb["cells"][-1]]}
+    (fake_repo / "A9" / "plain.ipynb").write_text(json.dumps(plain, indent=1))
+    out = tmp_path / "student"
+    make_student(fake_repo, out)
+    assert check_notebooks(out) == []
+    assert "val acc" not in (out / "A9" / "fake.ipynb").read_text() + (out / "A9" / "plain.ipynb").read_text()
+
+
+def test_malformed_markers_in_a_notebook_fail_with_cell_and_line(fake_repo, tmp_path):
+    nb = _fake_notebook()
+    nb["cells"][1]["source"] = ["x = 1\n", "### BEGIN SOLUTION\n", "secret_answer = 42\n"]
+    (fake_repo / "A9" / "fake.ipynb").write_text(json.dumps(nb, indent=1))
+    out = tmp_path / "student"
+    with pytest.raises(BuildError) as info:
+        make_student(fake_repo, out)
+    assert info.value.errors == [f"A9/fake.ipynb:cell 1:2: '{BEGIN}' without a matching '{END}'"]
+    assert not out.exists()
+
+
+def test_command_line_upto_releases_only_earlier_assignments(fake_repo, tmp_path):
+    """`make student UPTO=A2` goes through the command line: --upto must reach make_student, and
+    an --upto naming no assignment must fail (exit 1) without writing a copy."""
+    (fake_repo / "A2").mkdir()
+    (fake_repo / "A2" / "x.py").write_text("x = 1\n")
+    out = tmp_path / "student"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--root", str(fake_repo), "--out", str(out), "--upto", "A2"],
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "A2" / "x.py").is_file() and not (out / "A9").exists() and not (out / "tests" / "A9").exists()
+    bad = tmp_path / "bad"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--root", str(fake_repo), "--out", str(bad), "--upto", "A7"],
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert proc.returncode == 1 and "names no assignment" in proc.stderr and not bad.exists()
+
+
+def test_data_files_are_left_out_outside_git(fake_repo, tmp_path):
+    """Without a git checkout (a tarball, a copy of a copy) the patterns alone keep data out."""
+    for name in ("a.npz", "b.pkl", "c.pth", "d.zip"):
+        (fake_repo / "A9" / name).write_bytes(b"\0")
+    out = tmp_path / "student"
+    make_student(fake_repo, out)
+    assert sorted(p.name for p in (out / "A9").iterdir()) == ["fake.ipynb", "fake.py", "plain.py"]

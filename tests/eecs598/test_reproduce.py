@@ -74,3 +74,30 @@ def test_reproduce_without_assignment_folders_fails_clearly(monkeypatch, capsys)
     with pytest.raises(SystemExit) as exit_info:
         reproduce.main([])
     assert exit_info.value.code == 2 and "no assignment folder" in capsys.readouterr().err
+
+
+# --- main(): --only, --device, --results-dir ------------------------------------------------
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_main_runs_only_the_named_assignments_on_the_named_device(tmp_path, monkeypatch, quick):
+    """--only runs just those folders, --device reaches run(), full mode gets
+    <results-dir>/figures/<assignment> (not the repository's results/), quick mode none, and the
+    records land in --results-dir. Nothing is trained: the experiments are stubbed."""
+    from eecs598 import reproduce, utils
+    from eecs598.results import make_record
+    monkeypatch.setenv("EECS598_QUICK", "")
+    monkeypatch.setattr(utils, "get_device", lambda name: f"device<{name}>")
+    calls = []
+
+    def run_experiments(module, device, figures_dir=None):
+        calls.append((module, device, figures_dir))
+        return [make_record(module, "acc", 1.0, "%", "d", str(device), 1.0)]
+    monkeypatch.setattr(reproduce, "load_experiments", lambda folder: folder.name)
+    monkeypatch.setattr(reproduce, "run_experiments", run_experiments)
+    reproduce.main(["--only", "A2", "A3", "--device", "cuda:1", "--results-dir", str(tmp_path)]
+                   + (["--quick"] if quick else []))
+    figures = (lambda name: None) if quick else (lambda name: tmp_path / "figures" / name)
+    assert calls == [("A2", "device<cuda:1>", figures("A2")), ("A3", "device<cuda:1>", figures("A3"))]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["assignment"], r["mode"]) for r in rows] == [("A2", "quick" if quick else "full"),
+                                                            ("A3", "quick" if quick else "full")]

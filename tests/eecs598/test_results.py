@@ -47,3 +47,29 @@ def test_unknown_mode_is_refused(mode):
 def test_results_markdown_puts_each_field_in_its_column():
     r = make_record("A9", "acc", 1.5, "%", data="toy", device="cpu", seconds=1.0, reference=2.0, mode="full")
     assert f"| acc | 1.5 | % | 2 | toy | cpu | 1 | {r['date']} |" in render_markdown([r])
+
+
+# --- merging and rendering ------------------------------------------------------------------
+
+def test_merge_keeps_the_rows_of_other_assignments(tmp_path):
+    """`make reproduce ONLY=A2` replaces A2's rows and keeps every other assignment's."""
+    def rec(assignment, value):
+        return make_record(assignment, "acc", value, "%", data="toy", device="cpu", seconds=1.0, mode="full")
+    write_results(tmp_path, [rec("A1", 1.0), rec("A2", 2.0)])
+    rows = write_results(tmp_path, [rec("A2", 3.0)])
+    assert [(r["assignment"], r["value"]) for r in rows] == [("A1", 1.0), ("A2", 3.0)]
+
+
+def test_quick_rows_are_not_shown_as_full_results():
+    full, quick = _record("a", 1.0, mode="full"), _record("smoke_only", 2.0, mode="quick")
+    text = render_markdown([full, quick])
+    head, tail = text.split("## Quick mode")
+    assert "| a |" in head and "smoke_only" not in head and "| smoke_only |" in tail
+    assert "## Full mode" not in render_markdown([quick])
+
+
+def test_mode_defaults_to_the_current_mode(monkeypatch):
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    assert make_record("A9", "a", 1.0, "%", "toy", "cpu", 1.0)["mode"] == "quick"
+    monkeypatch.setenv("EECS598_QUICK", "")
+    assert make_record("A9", "a", 1.0, "%", "toy", "cpu", 1.0)["mode"] == "full"
