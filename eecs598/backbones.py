@@ -13,10 +13,13 @@ strides 8, 16, 32, and ``out_channels`` (a dict with each tap's channel count). 
 ImageNet-normalized float images (N, 3, H, W).
 """
 import math
+import socket
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from .data.store import DOWNLOAD_TIMEOUT_S
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage of Lite0.
 _LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
@@ -169,7 +172,14 @@ class _RegNetTaps(nn.Module):
                                "(pip install torchvision); the offline default is "
                                "'efficientnet_lite0'") from e
         weights = models.RegNet_X_400MF_Weights.IMAGENET1K_V1 if pretrained else None
-        net = models.regnet_x_400mf(weights=weights)
+        # torch.hub downloads missing weights with no timeout: bound each socket operation, so
+        # that a network that drops packets fails instead of hanging
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+        try:
+            net = models.regnet_x_400mf(weights=weights)
+        finally:
+            socket.setdefaulttimeout(previous)
         self.stem, self.trunk = net.stem, net.trunk_output
 
     def forward(self, x):

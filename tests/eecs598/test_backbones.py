@@ -89,3 +89,28 @@ def test_damaged_weights_name_their_file_and_the_remedy(monkeypatch, tmp_path):
     monkeypatch.setattr(backbones, "efficientnet_lite0_weights_path", lambda: damaged)
     with pytest.raises(RuntimeError, match=r"lite0\.pth: cannot read the EfficientNet-Lite0 weights.*force-reinstall"):
         EfficientNetLite0(pretrained=True)
+
+
+
+def test_regnet_weights_download_under_a_socket_timeout(monkeypatch):
+    """torch.hub downloads torchvision's weights with no timeout of its own: the RegNet taps build
+    the model under a bounded socket timeout and restore the previous one afterwards (a stand-in
+    torchvision records the timeout in force)."""
+    import socket
+    import sys
+    import types
+
+    import eecs598.backbones as backbones
+    seen = []
+
+    def regnet_x_400mf(weights=None):
+        seen.append((weights, socket.getdefaulttimeout()))
+        raise RuntimeError("stand-in: no model")
+
+    models = types.SimpleNamespace(RegNet_X_400MF_Weights=types.SimpleNamespace(IMAGENET1K_V1="imagenet"),
+                                   regnet_x_400mf=regnet_x_400mf)
+    monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(models=models))
+    socket.setdefaulttimeout(None)
+    with pytest.raises(RuntimeError, match="stand-in"):
+        build_backbone("regnet_x_400mf")
+    assert seen == [("imagenet", backbones.DOWNLOAD_TIMEOUT_S)] and socket.getdefaulttimeout() is None
