@@ -41,3 +41,31 @@ def test_batchnorm_comparison_labels_its_runs(monkeypatch):
     out = ce.batchnorm_comparison(_tiny((3, 8, 8), n_train=100, n_val=20), "cpu")
     assert out["bn"]["solver"].model.batchnorm is True and out["bn"]["settings"]["batchnorm"] is True
     assert out["nobn"]["solver"].model.batchnorm is False
+
+
+
+def test_optimizer_comparison_starts_every_rule_from_the_same_weights(monkeypatch):
+    """A fair comparison: each update rule trains a net with the same initial weights (the seed is
+    reset per rule), with its own learning rate (a stand-in Solver records what it was given)."""
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    given = []
+
+    class Recorder:
+        def __init__(self, model, data, update_rule=None, optim_config=None, **kwargs):
+            given.append(({k: v.clone() for k, v in model.params.items()}, update_rule, optim_config))
+            self.best_val_acc, self.val_acc_history, self.train_acc_history = 0.0, [0.0], [0.0]
+
+        def train(self):
+            torch.rand(1000)  # training draws from the global generator
+
+        def history(self):
+            return {}
+
+    monkeypatch.setattr(fe, "Solver", Recorder)
+    fe.optimizer_comparison(_tiny((12,), n_train=400, n_val=20), "cpu")
+    assert len(given) == len(fe.UPDATE_RULES) >= 4
+    first = given[0][0]
+    for params, rule, config in given:
+        assert all(torch.equal(params[k], first[k]) for k in first)
+    assert [r for _, r, _ in given] == list(fe.UPDATE_RULES.values())
+    assert [c["learning_rate"] for _, _, c in given] == [fe.OPTIMIZER_LEARNING_RATES[n] for n in fe.UPDATE_RULES]
