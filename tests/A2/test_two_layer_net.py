@@ -315,3 +315,28 @@ def test_nn_train_epoch_is_floor_of_n_over_batch():
     assert len(stats["val_acc_history"]) == 3
     for v in params.values():  # 0.1 + 0.1 + 0.05 + 0.05 + 0.025 + 0.025
         assert torch.allclose(v, torch.full_like(v, -0.35), atol=1e-12)
+
+
+
+def test_nn_train_training_accuracy_sample_does_not_depend_on_the_global_rng():
+    """The training accuracy is measured on a fixed sample of TRAIN_ACC_SAMPLES rows (drawn from
+    its own generator): under two global seeds, a net that does not move (learning rate 0)
+    records the same training accuracies."""
+    n = 3 * tln.TRAIN_ACC_SAMPLES
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(2, (n,), generator=g)
+    params = {"W1": torch.zeros(3, 4, dtype=torch.float64)}
+
+    def no_grad_loss(params, X, y=None, reg=0.0):
+        return torch.tensor(0.0), {"W1": torch.zeros_like(params["W1"])}
+
+    def sign_of_first_feature(params, loss_func, X):
+        return (X[:, 0] > 0).long()
+
+    histories = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        stats = tln.nn_train(params, no_grad_loss, sign_of_first_feature, X, y, X[:10], y[:10],
+                             learning_rate=0.0, num_iters=2, batch_size=n)
+        histories.append(stats["train_acc_history"])
+    assert histories[0] == histories[1] and len(histories[0]) == 2
