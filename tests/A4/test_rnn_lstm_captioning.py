@@ -518,6 +518,26 @@ def test_train_captioner_runs_and_moves_the_loss():
     assert len(hist) == 15 and hist[-1] < hist[0]
 
 
+def test_train_captioner_decays_the_learning_rate_once_per_epoch(monkeypatch):
+    """lr * lr_decay**epoch: 3 epochs of 2 batches step at 0.1, 0.1, 0.05, 0.05, 0.025, 0.025."""
+    rates = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    torch.manual_seed(15)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=8, hidden_dim=8, cell_type="rnn",
+                              image_encoder_pretrained=False)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    captions = torch.tensor([[1, 4, 5, 6, 2, 0]] * 4)
+    rlc.train_captioner(model, images, captions, num_epochs=3, batch_size=2, learning_rate=0.1, lr_decay=0.5,
+                        verbose=False)
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rel=1e-12)
+
+
 # --------------------------------------------------------------------------------------------- data
 def test_build_vocab_and_encode_captions():
     from eecs598.data.text import build_vocab, encode_captions
