@@ -152,7 +152,7 @@ def predict_labels(dists, y_train, k=1):
 
     Inputs:
       dists: (num_train, num_test) distances (any monotone distance: squared L2, L1, ...).
-      y_train: (num_train,) int64 labels in [0, num_classes).
+      y_train: (num_train,) integer labels (int64, or any integer dtype) in [0, num_classes).
       k: number of neighbours that vote, 1 <= k <= num_train.
     Returns:
       y_pred: (num_test,) int64 tensor on dists.device. A tie in the vote goes to the
@@ -165,7 +165,7 @@ def predict_labels(dists, y_train, k=1):
         raise ValueError(f"k must be in [1, num_train={num_train}], got {k}")
     ### BEGIN SOLUTION
     ### HINT: topk(largest=False) along dim 0, gather the labels, count votes per class, argmax.
-    y_train = y_train.to(dists.device)
+    y_train = y_train.to(dists.device, torch.int64)  # scatter_add_ indexes with int64
     nearest = dists.topk(k, dim=0, largest=False).indices  # (k, num_test)
     votes = y_train[nearest]  # (k, num_test)
     num_classes = int(y_train.max().item()) + 1
@@ -222,8 +222,10 @@ class KnnClassifier:
 
         Prints "Got a / b correct; accuracy is p%" unless quiet.
         """
-        y_test_pred = self.predict(x_test, k=k)
         num_samples = x_test.shape[0]
+        if num_samples == 0:
+            raise ValueError("check_accuracy needs at least one test sample")
+        y_test_pred = self.predict(x_test, k=k)
         num_correct = int((y_test.to(y_test_pred.device) == y_test_pred).sum().item())
         accuracy = 100.0 * num_correct / num_samples
         msg = f"Got {num_correct} / {num_samples} correct; accuracy is {accuracy:.2f}%"

@@ -327,3 +327,19 @@ def test_course_protocol_tests_at_the_cross_validated_k(monkeypatch):
     expected = knn.KnnClassifier(xtr, ytr).check_accuracy(xte, yte, k=7, quiet=True)
     assert recs["knn_test_accuracy_subset"]["value"] == pytest.approx(expected)
     assert recs["knn_test_accuracy_subset"]["details"]["k"] == 7
+
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_predict_labels_takes_any_integer_label_dtype(dtype):
+    """As the course's bincount vote: int32 or uint8 labels vote like int64 ones."""
+    dists = torch.rand(7, 5, generator=torch.Generator().manual_seed(3))
+    labels = torch.tensor([0, 1, 1, 2, 0, 2, 1])
+    expected = knn.predict_labels(dists, labels, k=3)
+    assert torch.equal(knn.predict_labels(dists, labels.to(dtype), k=3), expected)
+
+
+def test_check_accuracy_without_test_samples_is_a_clear_error():
+    classifier = knn.KnnClassifier(torch.rand(4, 3), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="at least one test sample"):
+        classifier.check_accuracy(torch.rand(0, 3), torch.zeros(0, dtype=torch.long), quiet=True)
