@@ -631,31 +631,48 @@ def test_linear_probe_reads_a_linear_signal_and_not_noise():
 # ---------------------------------------------------------------------------------------------
 # Epoch selection and the image-dependence check
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("select", ["loss", "bleu4"])
-def test_train_on_features_restores_the_parameters_of_the_best_epoch(calls, monkeypatch, select):
-    """Validation losses 3, 1, 2 (select="loss") or BLEU-4 0.1, 0.3, 0.2 (select="bleu4") over 3
-    epochs: best_epoch is 2 and the model ends with exactly the parameters it had after epoch 2."""
+def _train_with_scripted_validation(monkeypatch, losses, bleus, num_epochs, **kwargs):
+    """train_on_features on a tiny fake set whose validation loss and BLEU-4 follow the scripts;
+    returns (model, history, the state_dict at each validation)."""
     data = fake_data(num_train=6)
     feats = _fake_features(data)
     model = ce.make_model(data["vocab"], "rnn", ce.settings("rnn", backbone=REGNET), feats=feats)
-    losses, bleus, states = iter([3.0, 1.0, 2.0]), iter([0.1, 0.3, 0.2]), []
+    losses, bleus, states = iter(losses), iter(bleus), []
 
-    def fake_mean_loss(m, *args, **kwargs):
+    def fake_mean_loss(m, *args, **kw):
         states.append({k: v.detach().clone() for k, v in m.state_dict().items()})
         return next(losses)
 
-    def fake_bleu(*args, **kwargs):
+    def fake_bleu(*args, **kw):
         b = next(bleus)
         return {"bleu4": b, "bleu1": b}, None, None
     monkeypatch.setattr(ce, "mean_loss", fake_mean_loss)
     monkeypatch.setattr(ce, "evaluate_bleu", fake_bleu)
     train, val = ce.split_images(data, feats, 4, 6)
     hist = ce.train_on_features(model, train["feats"], train["feats_flip"], train["captions"], train["image_idxs"],
-                                num_epochs=3, batch_size=4, learning_rate=1e-2, val=val, select=select)
+                                num_epochs=num_epochs, batch_size=4, learning_rate=1e-2, val=val, **kwargs)
+    return model, hist, states
+
+
+@pytest.mark.parametrize("select", ["loss", "bleu4"])
+def test_train_on_features_restores_the_parameters_of_the_best_epoch(calls, monkeypatch, select):
+    """Validation losses 3, 1, 2 (select="loss") or BLEU-4 0.1, 0.3, 0.2 (select="bleu4") over 3
+    epochs: best_epoch is 2 and the model ends with exactly the parameters it had after epoch 2."""
+    model, hist, states = _train_with_scripted_validation(monkeypatch, [3.0, 1.0, 2.0], [0.1, 0.3, 0.2], 3,
+                                                          select=select)
     assert hist["best_epoch"] == 2 and hist["epochs"] == 3 and len(states) == 3
     final = model.state_dict()
     assert all(torch.equal(final[k], states[1][k]) for k in final)
     assert not all(torch.equal(states[2][k], states[1][k]) for k in final)  # epoch 3 moved the parameters
+
+
+def test_train_on_features_stops_after_patience_epochs_without_improvement(calls, monkeypatch):
+    """Losses 3, 1, 2, 2.5, 0.5 with patience 2: epochs 3 and 4 do not improve on epoch 2, so
+    training stops after epoch 4 (the 0.5 of epoch 5 is never reached) with epoch 2's weights."""
+    model, hist, states = _train_with_scripted_validation(monkeypatch, [3.0, 1.0, 2.0, 2.5, 0.5], [0.1] * 5, 5,
+                                                          patience=2)
+    assert hist["epochs"] == 4 and hist["best_epoch"] == 2 and len(states) == 4
+    assert all(torch.equal(v, states[1][k]) for k, v in model.state_dict().items())
 
 
 def test_image_dependence_scores_the_captions_with_shuffled_images(calls):
