@@ -46,7 +46,8 @@ class RemoteFile:
         gunzipped content for .gz files, so that a re-compressed copy with identical
         content is accepted too.
     mismatch_hint: what to do when a local copy fails the checksum, where "delete it and
-        fetch it again" does not apply (e.g. a file with no URL that pins one particular copy).
+        fetch it again" does not apply (e.g. a file with no URL that pins one particular copy);
+        for a file with no URL it is also part of the message when the file is missing.
     """
 
     name: str
