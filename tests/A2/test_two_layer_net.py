@@ -119,14 +119,17 @@ def _constant_grad_loss(params, X, y=None, reg=0.0):
     return torch.tensor(1.5), {k: torch.ones_like(v) for k, v in params.items()}
 
 
-def test_nn_train_sgd_update_and_decay_per_epoch():
+@pytest.mark.parametrize("batch_size", [5, 4])
+def test_nn_train_sgd_update_and_decay_per_epoch(batch_size):
+    """N = 10: an epoch is max(N // batch_size, 1) = 2 iterations for batch 5 and for batch 4
+    (a ceiling would give 3 for batch 4)."""
     X = torch.randn(10, 3, dtype=torch.float64)
     y = torch.arange(10) % 2
     params = {k: torch.zeros(s, dtype=torch.float64) for k, s in
               (("W1", (3, 4)), ("b1", (4,)), ("W2", (4, 2)), ("b2", (2,)))}
     stats = tln.nn_train(params, _constant_grad_loss, tln.nn_predict, X, y, X, y,
                          learning_rate=0.1, learning_rate_decay=0.5, reg=0.0, num_iters=6,
-                         batch_size=5)
+                         batch_size=batch_size)
     # 2 iterations per epoch: learning rates 0.1, 0.1, 0.05, 0.05, 0.025, 0.025
     for k, v in params.items():
         assert_close(v, torch.full_like(v, -0.35), 1e-12, f"{k} after 6 SGD steps")
@@ -154,6 +157,11 @@ def test_nn_train_train_accuracy_uses_a_fixed_training_sample(num_train, expecte
     train_calls = [s for s in seen if s.shape[0] != 7]
     assert len(train_calls) == 2 and all(s.shape[0] == expected_rows for s in train_calls)
     assert torch.equal(train_calls[0], train_calls[1]), "the train-accuracy sample must be fixed"
+    seen.clear()
+    torch.manual_seed(1)  # another global seed: the same sample (it has its own generator)
+    tln.nn_train(params, _constant_grad_loss, pred_zero, X, y, X_val, y_val, learning_rate=0.0, num_iters=1,
+                 batch_size=num_train // 2)
+    assert torch.equal(seen[0], train_calls[0]), "the sample must not depend on the global RNG"
     assert len(set(train_calls[0].tolist())) == expected_rows, "the sample must not repeat rows"
     ref = [(y[s] == 0).double().mean().item() for s in train_calls]
     assert stats["train_acc_history"] == pytest.approx(ref, abs=1e-12)
@@ -294,49 +302,3 @@ def test_two_layer_net_load_converts_to_this_nets_dtype_and_device(tmp_path):
     on_meta = tln.TwoLayerNet(7, 9, 4, device="meta")
     on_meta.load(path)
     assert all(v.device.type == "meta" for v in on_meta.params.values())
-
-
-def test_nn_train_epoch_is_floor_of_n_over_batch():
-    """nn_train's docstring: an epoch is max(N // batch_size, 1) iterations. N = 10, batch 4:
-    2 iterations per epoch (a ceiling would give 3), so 6 iterations decay the rate after
-    iterations 2, 4 and 6 and record 3 checks."""
-    X = torch.randn(10, 3, dtype=torch.float64)
-    y = torch.arange(10) % 2
-    params = {k: torch.zeros(s, dtype=torch.float64) for k, s in
-              (("W1", (3, 4)), ("b1", (4,)), ("W2", (4, 2)), ("b2", (2,)))}
-
-    def constant_grad(params, X, y=None, reg=0.0):
-        if y is None:
-            return torch.zeros(X.shape[0], 2, dtype=X.dtype)
-        return torch.tensor(1.0), {k: torch.ones_like(v) for k, v in params.items()}
-
-    stats = tln.nn_train(params, constant_grad, tln.nn_predict, X, y, X, y, learning_rate=0.1,
-                         learning_rate_decay=0.5, num_iters=6, batch_size=4)
-    assert len(stats["val_acc_history"]) == 3
-    for v in params.values():  # 0.1 + 0.1 + 0.05 + 0.05 + 0.025 + 0.025
-        assert torch.allclose(v, torch.full_like(v, -0.35), atol=1e-12)
-
-
-
-def test_nn_train_training_accuracy_sample_does_not_depend_on_the_global_rng():
-    """The training accuracy is measured on a fixed sample of TRAIN_ACC_SAMPLES rows (drawn from
-    its own generator): under two global seeds, a net that does not move (learning rate 0)
-    records the same training accuracies."""
-    n = 3 * tln.TRAIN_ACC_SAMPLES
-    g = torch.Generator().manual_seed(0)
-    X, y = torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(2, (n,), generator=g)
-    params = {"W1": torch.zeros(3, 4, dtype=torch.float64)}
-
-    def no_grad_loss(params, X, y=None, reg=0.0):
-        return torch.tensor(0.0), {"W1": torch.zeros_like(params["W1"])}
-
-    def sign_of_first_feature(params, loss_func, X):
-        return (X[:, 0] > 0).long()
-
-    histories = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        stats = tln.nn_train(params, no_grad_loss, sign_of_first_feature, X, y, X[:10], y[:10],
-                             learning_rate=0.0, num_iters=2, batch_size=n)
-        histories.append(stats["train_acc_history"])
-    assert histories[0] == histories[1] and len(histories[0]) == 2

@@ -441,10 +441,14 @@ def test_dataset_items():
     assert torch.equal(stacked[0][3], ds[3][0])
 
 
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return at.Transformer(2, 8, 16, 0.0, 1, 1, len(at.VOCAB))
+
+
 def test_val_counts_every_batch():
     ds = _toy_dataset(10)
-    torch.manual_seed(0)
-    model = at.Transformer(2, 8, 16, 0.0, 1, 1, len(at.VOCAB))
+    model = _tiny_model()
     loss, acc = at.val(model, at.TensorBatches(ds, 3), at.CrossEntropyLoss)
     q, qp, a, ap = ds.tensors()
     with torch.no_grad():
@@ -480,8 +484,7 @@ def test_greedy_inference_matches_brute_force(device):
 
 def test_train_moves_loss_and_lr_schedule():
     ds = _toy_dataset(8)
-    torch.manual_seed(0)
-    model = at.Transformer(2, 8, 16, 0.0, 1, 1, len(at.VOCAB))
+    model = _tiny_model()
     loader = at.TensorBatches(ds, 4, shuffle=True)
     _, hist = at.train(model, loader, loader, at.LabelSmoothingLoss, 15, warmup_lr=1e-3, warmup_interval=2,
                        lr=1e-2, weight_decay=0.01, schedule="cosine", verbose=False, return_history=True)
@@ -502,11 +505,6 @@ def test_cosine_schedule_at_every_step():
         else:
             expected = 2.0 * (1 + math.cos(math.pi * (step - 10) / 90)) / 2
         assert at.lr_at(step, 100, 2.0, 0.2, 10, "cosine") == pytest.approx(expected, abs=1e-12), step
-
-
-def _tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return at.Transformer(2, 8, 16, 0.0, 1, 1, len(at.VOCAB))
 
 
 def test_train_scores_the_loss_against_the_next_tokens():

@@ -205,6 +205,21 @@ def test_class_spec_nms_spans_several_blocks(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- FPN
+def _fpn_reference(c, fp):
+    """p3-p5 from c3-c5 with the FPN's layers: lateral 1x1 convs, nearest 2x upsampling written as
+    repeat_interleave, 3x3 output convs."""
+    def conv(x, m, pad):
+        return F.conv2d(x, m.weight, m.bias, padding=pad)
+
+    def up(t):
+        return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    m5 = conv(c["c5"], fp["l5"], 0)
+    m4 = conv(c["c4"], fp["l4"], 0) + up(m5)
+    m3 = conv(c["c3"], fp["l3"], 0) + up(m4)
+    return {"p3": conv(m3, fp["o3"], 1), "p4": conv(m4, fp["o4"], 1), "p5": conv(m5, fp["o5"], 1)}
+
+
 @pytest.mark.parametrize("freeze", [False, True])
 def test_fpn_matches_functional_reference(freeze):
     torch.manual_seed(0)
@@ -215,15 +230,7 @@ def test_fpn_matches_functional_reference(freeze):
     with torch.no_grad():
         out = model(images)
         c = model.backbone(images)
-    fp = model.fpn_params
-
-    def conv(x, m, pad):
-        return F.conv2d(x, m.weight, m.bias, padding=pad)
-
-    m5 = conv(c["c5"], fp["l5"], 0)
-    m4 = conv(c["c4"], fp["l4"], 0) + m5.repeat_interleave(2, -1).repeat_interleave(2, -2)
-    m3 = conv(c["c3"], fp["l3"], 0) + m4.repeat_interleave(2, -1).repeat_interleave(2, -2)
-    ref = {"p3": conv(m3, fp["o3"], 1), "p4": conv(m4, fp["o4"], 1), "p5": conv(m5, fp["o5"], 1)}
+        ref = _fpn_reference(c, model.fpn_params)
     for level, stride in model.fpn_strides.items():
         assert out[level].shape == (2, 8, 64 // stride, 96 // stride)
         assert_close(out[level], ref[level], 1e-5, level)
@@ -475,20 +482,9 @@ def test_fpn_top_down_with_non_constant_coarse_features():
     model.backbone = _StubExtractor(channels, feats)
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 64, 96))
-    fp = model.fpn_params
-
-    def conv(x, m, pad):
-        return F.conv2d(x, m.weight, m.bias, padding=pad)
-
-    def up(t):
-        return t.repeat_interleave(2, -1).repeat_interleave(2, -2)
-
-    m5 = conv(feats["c5"], fp["l5"], 0)
-    m4 = conv(feats["c4"], fp["l4"], 0) + up(m5)
-    m3 = conv(feats["c3"], fp["l3"], 0) + up(m4)
-    ref = {"p3": conv(m3, fp["o3"], 1), "p4": conv(m4, fp["o4"], 1), "p5": conv(m5, fp["o5"], 1)}
+        ref = _fpn_reference(feats, model.fpn_params)
     for level in ref:
-        assert_close(out[level], ref[level].detach(), 1e-5, level)
+        assert_close(out[level], ref[level], 1e-5, level)
 
 
 def test_train_detector_clips_gradients():

@@ -388,7 +388,7 @@ def test_fcos_inference_top_k_and_class_specific_nms_match_a_brute_force(small_f
     candidates.sort(key=lambda item: -item[0])
     kept = []
     for cand in candidates:
-        if all(k[1] != cand[1] or iou_of_two_boxes(k[2], cand[2]) <= nms_thresh for k in kept):
+        if all(k[1] != cand[1] or not iou_of_two_boxes(k[2], cand[2]) > nms_thresh for k in kept):  # NaN (0 / 0) keeps, as nms
             kept.append(cand)
     kept = kept[:small_fcos.max_detections_per_image]
     assert levels_capped >= 2, "the top-k cap must act on several levels"

@@ -395,7 +395,7 @@ def test_rpn_proposals_match_a_brute_force():
                     cands.append(box)
             kept = []
             for box in cands:
-                if all(iou_of_two_boxes(k, box) <= rpn.nms_thresh for k in kept):
+                if all(not iou_of_two_boxes(k, box) > rpn.nms_thresh for k in kept):  # NaN (0 / 0) keeps, as nms
                     kept.append(box)
             acted["nms"] += kept[:rpn.post_nms_topk] != cands[:rpn.post_nms_topk]  # NMS changed the output
             acted["cap"] += len(kept) > rpn.post_nms_topk

@@ -8,6 +8,7 @@ here, and the moments of U(-1, 1) for sample_noise. Synthetic data only.
 """
 import inspect
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import gan
+from eecs598.reproduce import load_experiments
 from eecs598.testing import assert_close
+
+A6 = Path(__file__).resolve().parents[2] / "A6"  # experiments.py by path (tests/conftest.py)
 
 
 def _count(model):
@@ -354,7 +358,7 @@ def test_experiments_build_gan_inits_as_the_course(kind):
     """The course applies initialize_weights (Xavier-uniform Linear and ConvTranspose2d weights)
     to the DC-GAN's D and G only; the FC GANs keep PyTorch's default. Standard deviations of
     the large weight matrices within 3% of the formula's."""
-    import experiments
+    experiments = load_experiments(A6)
 
     torch.manual_seed(0)
     D, G, _, _ = experiments.build_gan(kind)
@@ -431,7 +435,7 @@ class _Replay(nn.Module):
 def test_gan_scores_reads_generator_output_in_minus_one_one():
     """A generator replaying the real images, scaled to G's range [-1, 1], scores a Frechet
     distance ~0 against the features of those real images (given in [0, 1])."""
-    import experiments
+    experiments = load_experiments(A6)
     import mnist_classifier as mc
 
     gen = torch.Generator().manual_seed(1)
@@ -447,7 +451,7 @@ def test_classifier_records_floor_is_real_train_versus_test(monkeypatch):
     """The real-vs-real Frechet distance floor compares the first num_generated TRAINING digits
     with the test digits (here from different distributions, so it is clearly > 0); computed
     here from the stand-in classifier's projection directly."""
-    import experiments
+    experiments = load_experiments(A6)
     import mnist_classifier as mc
 
     base = experiments.settings()

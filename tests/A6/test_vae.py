@@ -9,6 +9,7 @@ first 512 MNIST digits and skips without the data.
 import inspect
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,10 @@ import torch.nn.functional as F
 
 import eecs598.testing
 import vae
+from eecs598.reproduce import load_experiments
 from eecs598.testing import assert_close
+
+A6 = Path(__file__).resolve().parents[2] / "A6"  # experiments.py by path (tests/conftest.py)
 
 H, Z, C = 400, 15, 10
 
@@ -242,7 +246,7 @@ def test_experiments_build_vae_uses_xavier_init_by_default(cond):
     """experiments.build_vae: Xavier-uniform Linear weights (std sqrt(2 / (fan_in + fan_out)))
     by default, PyTorch's default (U(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)) with
     init="default". 400 x 400 weights: std within 3%."""
-    import experiments
+    experiments = load_experiments(A6)
 
     torch.manual_seed(0)
     for init, std in (("xavier", (2.0 / (H + H)) ** 0.5), ("default", 1.0 / (3 * H) ** 0.5)):
@@ -255,15 +259,19 @@ def test_experiments_build_vae_uses_xavier_init_by_default(cond):
 
 
 class _PixelReader(nn.Module):
-    """A stand-in classifier: the logits are the first 10 pixels (scaled), so an image that
-    lights pixel k is classified as k."""
+    """A stand-in classifier with MnistClassifier's interface: features = the first 10 pixels
+    (scaled), head = identity, so an image that lights pixel k is classified as k."""
 
     def __init__(self):
         super().__init__()
+        self.head = nn.Identity()
         self.scale = nn.Parameter(torch.tensor(10.0))
 
-    def forward(self, x):
+    def features(self, x):
         return self.scale * x.flatten(1)[:, :10]
+
+    def forward(self, x):
+        return self.head(self.features(x))
 
 
 class _NormGatedDecoder(nn.Module):
@@ -287,7 +295,7 @@ def test_conditional_accuracy_by_latent_norm_sorts_the_same_digits_by_z_norm():
     """With a decoder that gets the digit wrong exactly when |z| >= radius (the median norm of
     the drawn z), the inner half of the groups is all right and the outer half all wrong; the
     groups' mean equals cvae_conditional_accuracy on the same samples."""
-    import experiments
+    experiments = load_experiments(A6)
 
     per_digit, seed = 40, 3
     z = torch.randn(10 * per_digit, Z, generator=torch.Generator().manual_seed(seed))
@@ -309,7 +317,7 @@ def test_conditional_accuracy_by_latent_norm_sorts_the_same_digits_by_z_norm():
 def test_latent_class_probe_reads_a_code_that_carries_the_digit_and_not_noise():
     """An encoder whose posterior mean spells out the digit (here: one-hot of the label, for a
     CVAE, which sees the label) scores ~1; one whose mean ignores the input scores ~chance."""
-    import experiments
+    experiments = load_experiments(A6)
 
     x, y = _synthetic_digits(600, seed=1)
     xt, yt = _synthetic_digits(300, seed=2)
@@ -404,7 +412,7 @@ def test_cvae_snapshots_measure_without_changing_the_run(monkeypatch):
     `cvae_snapshot_every` epochs and the last; its measurements (test loss, samples) draw random
     numbers, yet the run's epoch losses equal those of a plain train_vae_model run with the
     same seed, and each snapshot's test loss is evaluate_vae's on the model of that epoch."""
-    import experiments
+    experiments = load_experiments(A6)
 
     base = experiments.settings()
     monkeypatch.setattr(experiments, "settings", lambda: {**base, "vae_epochs": 2, "cvae_epochs": 3,
@@ -432,7 +440,7 @@ def test_cvae_snapshots_measure_without_changing_the_run(monkeypatch):
 
 @pytest.mark.parametrize("cond", [False, True])
 def test_sampling_helpers_work_in_float64_and_leave_the_model_training(cond):
-    import experiments
+    experiments = load_experiments(A6)
 
     torch.manual_seed(0)
     model = (vae.CVAE(784, latent_size=4) if cond else vae.VAE(784, latent_size=4)).double()
@@ -453,7 +461,7 @@ def test_sampling_helpers_work_in_float64_and_leave_the_model_training(cond):
 
 
 def test_generate_leaves_the_global_random_state_and_the_mode_alone():
-    import experiments
+    experiments = load_experiments(A6)
     import gan
 
     G = gan.generator(noise_dim=8)
@@ -542,7 +550,7 @@ def test_evaluate_vae_is_the_per_image_loss_of_the_whole_set(monkeypatch, cond):
     """Deterministic posterior sample (reparametrize -> mu): evaluate_vae in batches of 100
     equals the reference negative ELBO of all images at once (300 images: equal batches; 250:
     a short last batch, which must weigh by its size)."""
-    import experiments
+    experiments = load_experiments(A6)
 
     monkeypatch.setattr(vae, "reparametrize", lambda mu, logvar: mu)
     torch.manual_seed(0)
@@ -581,7 +589,7 @@ def _echoed(images, latent_size):
 
 def test_digit_rows_draws_the_digits_row_by_row():
     """digit_rows(per_digit=k): k samples of 0, then k of 1, ..., k of 9 (labels and images)."""
-    import experiments
+    experiments = load_experiments(A6)
 
     model = vae.CVAE(784, latent_size=4)
     model.decoder = _EchoDecoder(4)
@@ -596,7 +604,7 @@ def test_latent_interpolation_rows_are_straight_lines(cond):
     """Each row of `steps` consecutive outputs decodes evenly spaced points of one segment
     (second differences 0), different rows are different segments, and a CVAE row keeps its
     label throughout."""
-    import experiments
+    experiments = load_experiments(A6)
 
     rows, steps, zs = 3, 5, 4
     model = vae.CVAE(784, latent_size=zs) if cond else vae.VAE(784, latent_size=zs)
@@ -615,31 +623,15 @@ def test_latent_interpolation_rows_are_straight_lines(cond):
         assert torch.equal(label.reshape(rows, steps), torch.tensor([7, 2, 5])[:, None].expand(rows, steps))
 
 
-class _PixelFeatures(nn.Module):
-    """A stand-in evaluation classifier with MnistClassifier's interface: features = 10 x the
-    first 10 pixels, head = identity, so an image lighting pixel k is classified as k."""
-
-    def __init__(self):
-        super().__init__()
-        self.head = nn.Identity()
-        self.scale = nn.Parameter(torch.tensor(10.0))
-
-    def features(self, x):
-        return self.scale * x.flatten(1)[:, :10]
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
 def test_sample_scores_predicted_digit_fractions_are_fractions():
     """20 images lighting pixels 0 (x5), 3 (x12), 9 (x3): fractions 0.25, 0.6, 0.15, sum 1."""
-    import experiments
+    experiments = load_experiments(A6)
 
     shown = torch.tensor([0] * 5 + [3] * 12 + [9] * 3)
     images = torch.zeros(20, 784)
     images[torch.arange(20), shown] = 1.0
     real_feats = torch.rand(30, 10, dtype=torch.float64)
-    scores = experiments.sample_scores(images.view(20, 1, 28, 28), _PixelFeatures(), real_feats)
+    scores = experiments.sample_scores(images.view(20, 1, 28, 28), _PixelReader(), real_feats)
     expected = [0.0] * 10
     expected[0], expected[3], expected[9] = 0.25, 0.6, 0.15
     assert scores["predicted_digit_fractions"] == pytest.approx(expected, abs=1e-12)
@@ -649,7 +641,7 @@ def test_sample_scores_predicted_digit_fractions_are_fractions():
 def test_vae_records_score_cvae_samples_of_every_digit_equally(monkeypatch):
     """The CVAE's Frechet-distance samples ask for the ten digits equally often (200 samples:
     20 of each), not one digit. Training is replaced by a fixed untrained CVAE."""
-    import experiments
+    experiments = load_experiments(A6)
 
     base = experiments.settings()
     monkeypatch.setattr(experiments, "settings", lambda: {**base, "vae_epochs": 1, "cvae_epochs": 1,
@@ -670,7 +662,7 @@ def test_vae_records_score_cvae_samples_of_every_digit_equally(monkeypatch):
 
     monkeypatch.setattr(experiments, "vae_samples", spy)
     x, y = _synthetic_digits(40)
-    records = experiments.vae_records("cpu", (x, y, x[:20], y[:20]), _PixelFeatures(),
+    records = experiments.vae_records("cpu", (x, y, x[:20], y[:20]), _PixelReader(),
                                       torch.rand(20, 10, dtype=torch.float64), models=("cvae",))
     assert any(r["metric"] == "cvae_frechet_distance" for r in records)
     fd_labels = [labels for n, labels in asked if n == 200]
