@@ -118,8 +118,12 @@ REGISTRY: Dict[str, Dataset] = {
                        urls=("https://web.eecs.umich.edu/~justincj/data/voc07_train.json",)),
             RemoteFile("voc07_val.json",
                        urls=("https://web.eecs.umich.edu/~justincj/data/voc07_val.json",)),
+            # md5 of the official archive (as torchvision and others record it); the course's
+            # mirror serves the same file under the same name, and the official host is tried next.
             RemoteFile("VOCtrainval_06-Nov-2007.tar",
-                       urls=("https://web.eecs.umich.edu/~justincj/data/VOCtrainval_06-Nov-2007.tar",)),
+                       urls=("https://web.eecs.umich.edu/~justincj/data/VOCtrainval_06-Nov-2007.tar",
+                             "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar"),
+                       md5="c52e279531787c972589f7e41ab4ae64"),
         ),
     ),
     "arithmetic": Dataset(

@@ -138,6 +138,38 @@ def test_a_cut_off_download_tries_the_next_url_and_raises_data_error(isolated_da
     assert "mirror-a.invalid" in str(err.value)
 
 
+def test_voc_archive_from_a_mirror_with_another_file_falls_through_to_the_official_host(
+        isolated_data, monkeypatch, tmp_path):
+    """The 460 MB VOC archive is md5-checked: a mirror serving something else is not kept and
+    the next URL (the official host) is tried; a wrong copy in the data root is refused."""
+    spec = store.REGISTRY["voc2007"].files["VOCtrainval_06-Nov-2007.tar"]
+    assert spec.md5 == "c52e279531787c972589f7e41ab4ae64"
+    assert spec.urls[-1].startswith("http://host.robots.ox.ac.uk/")
+    wrong = tmp_path / "wrong.tar"
+    wrong.write_bytes(b"an error page, not a tar")
+    monkeypatch.delenv("EECS598_OFFLINE")
+    real_urlopen, tried = store.urllib.request.urlopen, []
+
+    def urlopen(url, timeout=None):
+        tried.append(url)
+        if url == spec.urls[0]:
+            return real_urlopen(wrong.as_uri(), timeout=timeout)
+        raise store.urllib.error.URLError("unreachable")
+
+    monkeypatch.setattr(store.urllib.request, "urlopen", urlopen)
+    with pytest.raises(DataError) as err:
+        store.fetch("voc2007", "VOCtrainval_06-Nov-2007.tar")
+    assert tried == list(spec.urls)
+    assert "md5 mismatch" in str(err.value) and spec.md5 in str(err.value)
+    folder = store.cache_dir() / "downloads" / "voc2007"
+    assert not folder.exists() or not list(folder.iterdir()), "the wrong file must not be kept"
+
+    (isolated_data / "voc2007").mkdir()
+    (isolated_data / "voc2007" / spec.name).write_bytes(b"a damaged copy")
+    with pytest.raises(DataError, match="md5 mismatch"):
+        store.fetch("voc2007", spec.name)
+
+
 def test_truncated_file_with_known_size_is_rejected(isolated_data):
     (isolated_data / "coco_captions").mkdir()
     (isolated_data / "coco_captions" / "coco.pt").write_bytes(b"x" * 100)
