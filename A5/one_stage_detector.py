@@ -311,7 +311,10 @@ class FCOS(nn.Module):
         any_feat = next(iter(feats_per_fpn_level.values()))
         shapes = {level: feat.shape for level, feat in feats_per_fpn_level.items()}
         strides = self.backbone.fpn_strides
-        locations_per_fpn_level = get_fpn_location_coords(shapes, strides, dtype=torch.float32,
+        # Targets, locations and losses in at least float32 (bf16 features under autocast would
+        # round pixel coordinates), float64 for a float64 model.
+        cdtype = torch.promote_types(any_feat.dtype, torch.float32)
+        locations_per_fpn_level = get_fpn_location_coords(shapes, strides, dtype=cdtype,
                                                           device=any_feat.device)
         if gt_boxes is None:
             kwargs = {}
@@ -322,7 +325,7 @@ class FCOS(nn.Module):
             return self.inference(images, locations_per_fpn_level, pred_cls_logits,
                                   pred_boxreg_deltas, pred_ctr_logits, **kwargs)
 
-        gt_boxes = gt_boxes.float()
+        gt_boxes = gt_boxes.to(cdtype)
         matched_boxes, matched_deltas = [], []
         for gt in gt_boxes:
             matched = fcos_match_locations_to_gt(locations_per_fpn_level, strides, gt)
@@ -332,9 +335,9 @@ class FCOS(nn.Module):
         # (B, L, 5) and (B, L, 4) over all levels, in the same level order as the predictions.
         matched_boxes = torch.stack([self._cat_across_fpn_levels(m, dim=0) for m in matched_boxes])
         matched_deltas = torch.stack([self._cat_across_fpn_levels(d, dim=0) for d in matched_deltas])
-        pred_cls = self._cat_across_fpn_levels(pred_cls_logits).float()
-        pred_box = self._cat_across_fpn_levels(pred_boxreg_deltas).float()
-        pred_ctr = self._cat_across_fpn_levels(pred_ctr_logits).float().squeeze(-1)
+        pred_cls = self._cat_across_fpn_levels(pred_cls_logits).to(cdtype)
+        pred_box = self._cat_across_fpn_levels(pred_boxreg_deltas).to(cdtype)
+        pred_ctr = self._cat_across_fpn_levels(pred_ctr_logits).to(cdtype).squeeze(-1)
 
         num_images = gt_boxes.shape[0]
         fg = matched_boxes[:, :, 4] != -1  # (B, L)
@@ -379,9 +382,9 @@ class FCOS(nn.Module):
         ### HINT: per level: scores, threshold, top-k, decode with fcos_apply_deltas_to_locations, clip; then class_spec_nms over all levels.
         boxes_all, classes_all, scores_all = [], [], []
         for level, locations in locations_per_fpn_level.items():
-            cls_logits = pred_cls_logits[level][0].float()  # (L, C)
-            deltas = pred_boxreg_deltas[level][0].float()  # (L, 4)
-            ctr_logits = pred_ctr_logits[level][0].float()  # (L, 1)
+            cls_logits = pred_cls_logits[level][0].to(locations.dtype)  # (L, C)
+            deltas = pred_boxreg_deltas[level][0].to(locations.dtype)  # (L, 4)
+            ctr_logits = pred_ctr_logits[level][0].to(locations.dtype)  # (L, 1)
             scores = torch.sqrt(cls_logits.sigmoid() * ctr_logits.sigmoid())
             scores, classes = scores.max(dim=1)
             keep = torch.nonzero(scores > test_score_thresh).squeeze(1)
