@@ -37,8 +37,9 @@ class LinearClassifier:
         return loss_history
 
     def predict(self, X):
-        """Predicted labels (N,) int64 for the rows of X."""
-        return predict_linear_classifier(self.W, X)
+        """Predicted labels (N,) int64 for the rows of X (W is used in X's dtype and on its
+        device, so a float64 checkpoint such as the course's predicts float32 data too)."""
+        return predict_linear_classifier(self.W.to(X), X)
 
     def loss(self, W, X_batch, y_batch, reg):
         """Loss and gradient for a minibatch: (loss, dW). Subclasses override this."""
@@ -222,6 +223,7 @@ def train_linear_classifier(loss_func, W, X, y, learning_rate=1e-3, reg=1e-5, nu
     constant learning rate).
 
     Returns (W, loss_history) with loss_history a list of Python floats, one per iteration.
+    A W passed in is updated in place (and returned): pass W.clone() to keep the original.
     """
     num_train, dim = X.shape
     if W is None:

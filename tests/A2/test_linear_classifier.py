@@ -302,3 +302,18 @@ def test_linear_classifier_load_honours_device(tmp_path):
     other = lc.Softmax()
     other.load(str(tmp_path / "w.pt"), device="meta")
     assert other.W.device.type == "meta"
+
+
+def test_a_float64_checkpoint_predicts_float32_data(tmp_path):
+    """The course's svm/softmax checkpoints hold float64 W; loaded by a classifier, they predict
+    float32 data (and a float32 W predicts float64 data) as argmax of X @ W."""
+    torch.manual_seed(0)
+    for w_dtype, x_dtype in ((torch.float64, torch.float32), (torch.float32, torch.float64)):
+        model = lc.LinearSVM()
+        model.W = torch.randn(6, 4, dtype=w_dtype)
+        model.save(str(tmp_path / "w.pt"))
+        restored = lc.LinearSVM()
+        restored.load(str(tmp_path / "w.pt"))
+        X = torch.randn(9, 6, dtype=x_dtype)
+        assert torch.equal(restored.predict(X), X.double().mm(model.W.double()).argmax(dim=1))
+        assert restored.W.dtype == w_dtype  # the loaded weights themselves are not changed
