@@ -11,7 +11,7 @@ writes the usual records (`run(trained=...)`: metrics ending in "_gpu_protocol",
 field naming both machines).
 
     python A5/gpu_handoff.py export fcos OUT_DIR       # on the GPU machine
-    python A5/gpu_handoff.py evaluate fcos IN_DIR      # here; records into results/, figures into results/figures/A5/
+    python A5/gpu_handoff.py evaluate fcos IN_DIR      # here; records into results/, figures into results/figures/A5/ (full mode only)
 
 (kind: fcos or faster_rcnn). `tools/gpu_session.md` has the whole procedure, with the staging
 of the files that travel.
@@ -102,8 +102,12 @@ def main(argv=None):
         export(args.kind, args.folder, device)
         return
     from eecs598.results import write_results
+    from eecs598.utils import quick_mode
+    # As in `make reproduce`: a quick (smoke) evaluation writes no figures, so that it never
+    # replaces the measured ones (figure files carry no mode).
+    figures_dir = None if quick_mode() else Path(args.results_dir) / "figures" / "A5"
     records = _module(args.kind).run(device, trained=import_trained(args.kind, args.folder),
-                                     figures_dir=Path(args.results_dir) / "figures" / "A5")
+                                     figures_dir=figures_dir)
     write_results(args.results_dir, records)
     for r in records:
         print(f"   {r['metric']}: {r['value']} {r['unit']} ({r['device']})")

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_a2.py [--repeats 5] [--devices cpu cuda] [--threads N] [--json out.json]
 
-For every device (CPU, and CUDA when available) this measures, as the median of `--repeats`
-timed runs after one warm-up run:
+For every device (CPU, and CUDA when available) this measures, as the median of timed runs
+after one warm-up run (`--repeats` runs; in 1., the slow loop versions `repeats // 2 + 1` runs
+and the fast vectorized ones `4 * repeats`):
 
 1. the speed-up of `svm_loss_vectorized` / `softmax_loss_vectorized` over their loop versions
    on the course's check batch (128 x 3,073, float64);

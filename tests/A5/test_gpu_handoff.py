@@ -143,12 +143,26 @@ def test_evaluate_command_writes_into_the_results_dir(tmp_path, monkeypatch):
         return [make_record("A5", "fcos_map50_gpu_protocol", 1.0, "%", "voc", "x", 1.0, mode="full")]
     monkeypatch.setattr(gpu_handoff.fcos_experiments, "run", run)
     monkeypatch.setattr(gpu_handoff, "import_trained", lambda kind, folder: {"kind": kind, "folder": folder})
+    monkeypatch.delenv("EECS598_QUICK", raising=False)
     results = tmp_path / "results"
     gpu_handoff.main(["evaluate", "fcos", str(tmp_path / "in"), "--device", "cpu", "--results-dir", str(results)])
     assert seen == {"trained": {"kind": "fcos", "folder": str(tmp_path / "in")},
                     "figures_dir": results / "figures" / "A5"}
     assert [r["metric"] for r in json.loads((results / "results.json").read_text())] == ["fcos_map50_gpu_protocol"]
     assert (results / "RESULTS.md").is_file()
+
+
+def test_a_quick_evaluation_writes_no_figures(tmp_path, monkeypatch):
+    """A smoke `evaluate` (EECS598_QUICK=1) must not replace the measured figures: figure files
+    carry no mode, so run() gets no figures_dir, as under `make reproduce --quick`."""
+    import gpu_handoff
+    seen = {}
+    monkeypatch.setattr(gpu_handoff.fcos_experiments, "run",
+                        lambda device, trained=None, figures_dir=None: seen.update(figures_dir=figures_dir) or [])
+    monkeypatch.setattr(gpu_handoff, "import_trained", lambda kind, folder: None)
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    gpu_handoff.main(["evaluate", "fcos", str(tmp_path), "--device", "cpu", "--results-dir", str(tmp_path / "r")])
+    assert seen == {"figures_dir": None}
 
 
 @pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
