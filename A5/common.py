@@ -155,9 +155,10 @@ def box_iou(boxes1, boxes2):
 
 
 _NMS_BLOCK = 1024  # boxes per block in nms: memory O(block * (kept + block)), not O(N^2)
+_NMS_PER_GROUP_DEVICES = ("cpu",)  # device types where class_spec_nms runs class by class
 
 
-def _greedy_nms(boxes, scores, iou_threshold, groups=None):
+def _greedy_nms(boxes, scores, iou_threshold, groups=None, max_keep=None):
     """Greedy NMS shared by `nms` and `class_spec_nms`: kept indices in decreasing score order.
 
     torchvision's CPU kernel semantics: visit boxes in stable descending score order (equal
@@ -165,6 +166,8 @@ def _greedy_nms(boxes, scores, iou_threshold, groups=None):
     IoU > iou_threshold with it (IoU in the boxes' dtype, comparison in double precision).
     Sorted boxes are processed in blocks: a block is first tested against every box kept so far
     (vectorized), then resolved greedily with its own (block x block) "overlaps" matrix.
+    max_keep: stop once that many boxes are kept and return those (the first max_keep of the
+    full result); blocks are then smaller, so that little is computed beyond them.
     """
     device = boxes.device
     if boxes.numel() == 0:
@@ -172,14 +175,28 @@ def _greedy_nms(boxes, scores, iou_threshold, groups=None):
     keep = None
     ### BEGIN SOLUTION
     ### HINT: helper for nms and class_spec_nms (you may instead write both directly): sort by score (stable, descending), keep a box unless a kept box of the same group overlaps it with IoU > iou_threshold.
+    if groups is not None and device.type in _NMS_PER_GROUP_DEVICES and max_keep is None:
+        # Boxes of different groups never interact, so on the CPU each group runs on its own
+        # (FCOS: ~1,000 boxes of 20 classes per image, 3x faster than one IoU matrix over all
+        # pairs) and the kept boxes merge into the global order. An accelerator keeps the single
+        # pass: a loop over groups would make the host wait for it once per group.
+        kept_per_group = []
+        for g in torch.unique(groups):
+            idx = (groups == g).nonzero().squeeze(1)
+            kept_per_group.append(idx[_greedy_nms(boxes[idx], scores[idx], iou_threshold)])
+        keep = torch.sort(torch.cat(kept_per_group)).values  # index order: ties stay stable below
+        return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
     order = torch.sort(scores, descending=True, stable=True).indices
     sboxes = boxes[order]
     sgroups = groups[order] if groups is not None else None
     n = sboxes.shape[0]
+    block_size = _NMS_BLOCK if max_keep is None else min(_NMS_BLOCK, max(128, max_keep))
     kept = []  # positions in the sorted order (Python ints)
     kept_t = torch.empty(0, dtype=torch.long, device=device)
-    for start in range(0, n, _NMS_BLOCK):
-        stop = min(start + _NMS_BLOCK, n)
+    for start in range(0, n, block_size):
+        if max_keep is not None and len(kept) >= max_keep:
+            break
+        stop = min(start + block_size, n)
         block = sboxes[start:stop]
         if kept_t.numel():
             over_prev = box_iou(sboxes[kept_t], block).to(torch.float64) > iou_threshold
@@ -199,18 +216,21 @@ def _greedy_nms(boxes, scores, iou_threshold, groups=None):
                 new.append(start + i)
                 suppressed |= over[i]
         kept.extend(new)
-        kept_t = torch.tensor(kept, dtype=torch.long, device=device)
+        kept_t = torch.tensor(kept[:max_keep], dtype=torch.long, device=device)
     keep = order[kept_t]
     ### END SOLUTION
     return keep
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5):
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, max_keep=None):
     """Non-maximum suppression, from scratch, with exactly torchvision.ops.nms's semantics.
 
     Args:
         boxes: (N, 4) float (x1, y1, x2, y2); scores: (N,) float.
         iou_threshold: boxes with IoU > iou_threshold with a higher-scoring kept box are dropped.
+        max_keep (beyond the course): if given, return only the first max_keep kept boxes (the
+            search stops there). Callers still slice keep[:max_keep], so that an implementation
+            that ignores the argument gives the same result.
     Returns:
         keep: LongTensor of indices into `boxes`, in decreasing score order (equal scores: lower
         index first, as torchvision's stable sort).
@@ -220,7 +240,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5):
     keep = None
     ### BEGIN SOLUTION
     ### HINT: sort by score (stable, descending); repeatedly keep the best remaining box and drop the remaining boxes whose IoU with it is > iou_threshold.
-    keep = _greedy_nms(boxes, scores, iou_threshold)
+    keep = _greedy_nms(boxes, scores, iou_threshold, max_keep=max_keep)
     ### END SOLUTION
     return keep
 

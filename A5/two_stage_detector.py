@@ -498,7 +498,7 @@ class RPN(nn.Module):
                                      boxes[:, 2].clamp(0, img_w), boxes[:, 3].clamp(0, img_h)], dim=1)
                 ok = ((boxes[:, 2] - boxes[:, 0]) > self.min_size) & ((boxes[:, 3] - boxes[:, 1]) > self.min_size)
                 boxes, scores = boxes[ok], scores[ok]
-                keep = nms(boxes, scores, self.nms_thresh)[: self.post_nms_topk]
+                keep = nms(boxes, scores, self.nms_thresh, max_keep=self.post_nms_topk)[: self.post_nms_topk]
                 proposals_all_levels[level].append(boxes[keep])
                 ### END SOLUTION
         return proposals_all_levels

@@ -193,15 +193,35 @@ def test_class_spec_nms_equals_per_class_nms(threshold):
     assert common.class_spec_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0)).tolist() == []
 
 
-def test_class_spec_nms_spans_several_blocks(monkeypatch):
+@pytest.mark.parametrize("per_group_devices", [("cpu",), ()], ids=["class by class", "one pass"])
+def test_class_spec_nms_spans_several_blocks(monkeypatch, per_group_devices):
+    """Both ways class_spec_nms runs (class by class, on the CPU; one pass over all classes, on
+    an accelerator) give torchvision's batched_nms result, ties across classes included."""
     monkeypatch.setattr(common, "_NMS_BLOCK", 8)
+    monkeypatch.setattr(common, "_NMS_PER_GROUP_DEVICES", per_group_devices)
     g = torch.Generator().manual_seed(12)
-    n = 120
-    boxes = _random_boxes(n, g, size=60.0)
-    scores = (torch.rand(n, generator=g) * 10).floor() / 10
-    class_ids = torch.randint(0, 3, (n,), generator=g)
-    keep = common.class_spec_nms(boxes, scores, class_ids, 0.5)
-    assert torch.equal(keep, _batched_nms_reference(boxes, scores, class_ids, 0.5))
+    for n, num_classes in ((120, 3), (200, 20), (1, 1)):
+        boxes = _random_boxes(n, g, size=60.0)
+        scores = (torch.rand(n, generator=g) * 10).floor() / 10
+        class_ids = torch.randint(0, num_classes, (n,), generator=g)
+        keep = common.class_spec_nms(boxes, scores, class_ids, 0.5)
+        assert torch.equal(keep, _batched_nms_reference(boxes, scores, class_ids, 0.5)), (n, num_classes)
+
+
+@pytest.mark.parametrize("block", [16, 1024])
+def test_nms_max_keep_returns_the_first_kept_boxes(monkeypatch, block):
+    """nms(..., max_keep=k) stops early and returns exactly the first k boxes of the full result
+    (all of them when fewer survive), whether k falls inside the first block or beyond it."""
+    monkeypatch.setattr(common, "_NMS_BLOCK", block)
+    g = torch.Generator().manual_seed(13)
+    n = 400
+    boxes = _random_boxes(n, g, size=100.0, max_wh=40.0)
+    scores = (torch.rand(n, generator=g) * 40).floor() / 40
+    ref = _torchvision_nms_reference(boxes, scores, 0.5)
+    assert 40 < len(ref) < n
+    for k in (1, 5, 17, 40, len(ref), n):
+        keep = common.nms(boxes, scores, 0.5, max_keep=k)
+        assert torch.equal(keep, ref[:k]), k
 
 
 # ----------------------------------------------------------------------------- FPN
