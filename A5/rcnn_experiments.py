@@ -65,7 +65,7 @@ PROTOCOLS = {
                 pre_nms_topk=300, post_nms_topk=100, batch_size=8, learning_rate=0.02,
                 weight_decay=1e-4, max_iters=100000, warmup_iters=50, time_limit=480,
                 num_train=None, num_val=None, score_thresh=0.05, nms_thresh=0.5,
-                eval_batch_size=8),
+                eval_batch_size=2),  # 1.45x the images/s of batches of 8 here (cache-sized activations)
 }
 QUICK = dict(num_train=16, num_val=4, time_limit=8, max_iters=4, warmup_iters=1,
              fpn_channels=16, rpn_stem=[16], roi_stem=[16], batch_size=4,
@@ -103,10 +103,10 @@ def build_detector(s, pretrained=True):
 
 # --------------------------------------------------------------------------------------------
 def cache_backbone_features(extractor, dataset, device, verbose=False):
-    """Frozen c3/c4/c5 features of `dataset` in float16 on `device` (batches of 8, no mirrored
-    copies: this protocol mirrors cached features at random instead); see
-    `dt.cache_backbone_features`."""
-    return dt.cache_backbone_features(extractor, dataset, device, batch_size=8, store_device=device,
+    """Frozen c3/c4/c5 features of `dataset` in float16 on `device` (channels-last backbone, which
+    stays so for evaluation; batches of 4 on the CPU, 32 elsewhere; no mirrored copies: this
+    protocol mirrors cached features at random instead); see `dt.cache_backbone_features`."""
+    return dt.cache_backbone_features(extractor, dataset, device, channels_last=True, store_device=device,
                                       verbose=verbose)
 
 
