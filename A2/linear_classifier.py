@@ -37,9 +37,10 @@ class LinearClassifier:
         return loss_history
 
     def predict(self, X):
-        """Predicted labels (N,) int64 for the rows of X (W is used in X's dtype and on its
-        device, so a float64 checkpoint such as the course's predicts float32 data too)."""
-        return predict_linear_classifier(self.W.to(X), X)
+        """Predicted labels (N,) int64 for the rows of X (both in the promotion of their dtypes,
+        on X's device: a float64 checkpoint such as the course's predicts float32 data too)."""
+        dtype = torch.promote_types(self.W.dtype, X.dtype)
+        return predict_linear_classifier(self.W.to(device=X.device, dtype=dtype), X.to(dtype))
 
     def loss(self, W, X_batch, y_batch, reg):
         """Loss and gradient for a minibatch: (loss, dW). Subclasses override this."""

@@ -23,7 +23,7 @@ works (FCOS and FasterRCNN do).
     metric_suffix / devices_label / handoff_details / training_device_speed_record
                                    records of a detector trained elsewhere
     save_sharded / load_sharded    a state dict in files of bounded size (gpu_handoff.py)
-    save_detection_figures         PR curves and drawn detections of an evaluated detector as PNGs
+    save_detection_figures         PR curves (PNG) and drawn detections (JPEG) of an evaluated detector
 
 Settings dicts `s` (the experiments' protocols) provide: learning_rate, weight_decay, max_iters,
 time_limit (seconds or None), warmup_iters, batch_size; optional: warmup_start (default 0.001),

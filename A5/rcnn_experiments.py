@@ -18,8 +18,8 @@ Two protocols, chosen by the device (`protocol_for`):
   (the feature maps and boxes are flipped together: an approximation of the features of the
   flipped image, since the backbone is only approximately mirror-equivariant), with SGD
   momentum 0.9, linear warmup and a cosine decay over the time budget. Evaluation runs the
-  whole detector on every voc07_val image (`common.evaluate_detector` with batches of 8, which
-  go through `FasterRCNN.detect_batch`).
+  whole detector on every voc07_val image (`common.evaluate_detector` with batches of 2, which
+  go through `FasterRCNN.detect_batch`; the backbone is channels-last).
 
 The feature cache, the training loop and schedule, the dataset and checkpoint helpers come from
 `detection_training.py`, shared with the FCOS experiments.

@@ -317,3 +317,7 @@ def test_a_float64_checkpoint_predicts_float32_data(tmp_path):
         X = torch.randn(9, 6, dtype=x_dtype)
         assert torch.equal(restored.predict(X), X.double().mm(model.W.double()).argmax(dim=1))
         assert restored.W.dtype == w_dtype  # the loaded weights themselves are not changed
+    # integer pixels are not a reason to round W to integers
+    restored.W = torch.tensor([[1e-3, -1e-3], [-2e-3, 2e-3]])
+    X = torch.tensor([[200, 10], [10, 200]], dtype=torch.uint8)
+    assert restored.predict(X).tolist() == [0, 1]
