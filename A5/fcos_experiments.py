@@ -185,7 +185,7 @@ def evaluate(detector, dataset, device, score_thresh=EVAL_SCORE_THRESH, nms_thre
     the same value (on 250 val images 22,166 distinct scores of 25,000 detections, vs 24,977 of 24,998;
     an earlier CPU-protocol detector scored 37.74% in bf16 and 37.82% in float32 on all of voc07_val)."""
     device = get_device(device)
-    detector.to(device).eval()
+    detector.to(device, memory_format=torch.channels_last).eval()  # also an imported detector
     with timer() as t:
         result = common.evaluate_detector(detector, dataset, score_thresh=score_thresh,
                                           nms_thresh=nms_thresh, device=device, max_images=max_images,

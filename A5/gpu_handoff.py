@@ -102,10 +102,8 @@ def main(argv=None):
         export(args.kind, args.folder, device)
         return
     from eecs598.results import write_results
-    from eecs598.utils import quick_mode
-    # As in `make reproduce`: a quick (smoke) evaluation writes no figures, so that it never
-    # replaces the measured ones (figure files carry no mode).
-    figures_dir = None if quick_mode() else Path(args.results_dir) / "figures" / "A5"
+    from eecs598.reproduce import figures_dir_for
+    figures_dir = figures_dir_for(args.results_dir, "A5")  # None in quick mode, as `make reproduce`
     records = _module(args.kind).run(device, trained=import_trained(args.kind, args.folder),
                                      figures_dir=figures_dir)
     write_results(args.results_dir, records)

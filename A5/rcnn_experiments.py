@@ -103,9 +103,9 @@ def build_detector(s, pretrained=True):
 
 # --------------------------------------------------------------------------------------------
 def cache_backbone_features(extractor, dataset, device, verbose=False):
-    """Frozen c3/c4/c5 features of `dataset` in float16 on `device` (channels-last backbone, which
-    stays so for evaluation; batches of 4 on the CPU, 32 elsewhere; no mirrored copies: this
-    protocol mirrors cached features at random instead); see `dt.cache_backbone_features`."""
+    """Frozen c3/c4/c5 features of `dataset` in float16 on `device` (channels-last backbone;
+    batches of 4 on the CPU, 32 elsewhere; no mirrored copies: this protocol mirrors cached
+    features at random instead); see `dt.cache_backbone_features`."""
     return dt.cache_backbone_features(extractor, dataset, device, channels_last=True, store_device=device,
                                       verbose=verbose)
 
@@ -250,6 +250,7 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
     out = dict(trained) if trained is not None else train(device, protocol, verbose, checkpoint)
     s, detector, history = out["settings"], out["detector"], out["train"]
     val_set = load_voc("val", s["num_val"])
+    detector.backbone.backbone.to(memory_format=torch.channels_last)  # also an imported detector
     t = time.time()
     result = common.evaluate_detector(detector, val_set, s["score_thresh"], s["nms_thresh"], device=device,
                                       num_classes=NUM_CLASSES, verbose=False,

@@ -33,6 +33,13 @@ def load_experiments(folder: Path):
     return module
 
 
+def figures_dir_for(results_dir, assignment):
+    """<results_dir>/figures/<assignment> in full mode; None in quick mode (figure files carry no
+    mode, so a smoke run must never replace the measured ones)."""
+    from .utils import quick_mode
+    return None if quick_mode() else Path(results_dir) / "figures" / assignment
+
+
 def run_experiments(module, device, figures_dir=None):
     """``module.run(device=device)``, plus ``figures_dir`` when given and `run` accepts it."""
     kwargs = {"device": device}
@@ -66,8 +73,7 @@ def main(argv=None):
         start = time.perf_counter()
         print(f"== {folder.name}: running headline experiments on {device} "
               f"({'quick' if quick_mode() else 'full'} mode)", flush=True)
-        figures_dir = None if quick_mode() else Path(args.results_dir) / "figures" / folder.name
-        records = run_experiments(load_experiments(folder), device, figures_dir)
+        records = run_experiments(load_experiments(folder), device, figures_dir_for(args.results_dir, folder.name))
         write_results(args.results_dir, records)
         for r in records:
             print(f"   {r['metric']}: {r['value']} {r['unit']} (reference {r['reference']})")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import detection_training as dt
 from eecs598.testing import assert_close, box_iou_reference
 
 
@@ -480,17 +481,6 @@ def test_train_detector_decays_when_time_limit_stops_it():
     assert out["lr"] == pytest.approx(0.05 * 0.01)
 
 
-class _StubExtractor(torch.nn.Module):
-    """Stands in for the backbone: returns fixed c3 / c4 / c5 maps."""
-
-    def __init__(self, out_channels, feats):
-        super().__init__()
-        self.out_channels, self.feats = dict(out_channels), feats
-
-    def forward(self, images):
-        return self.feats
-
-
 def test_fpn_top_down_with_non_constant_coarse_features():
     """The random (pretrained=False) backbone's c4 / c5 are nearly constant (std about 1e-6 and
     1e-8), which hides the top-down path from test_fpn_matches_functional_reference. Random maps
@@ -500,7 +490,8 @@ def test_fpn_top_down_with_non_constant_coarse_features():
     channels = model.backbone.out_channels
     feats = {"c3": torch.randn(2, channels["c3"], 8, 12), "c4": torch.randn(2, channels["c4"], 4, 6),
              "c5": torch.randn(2, channels["c5"], 2, 3)}
-    model.backbone = _StubExtractor(channels, feats)
+    model.backbone = dt.CachedFeatures(channels)
+    model.backbone.feats = feats
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 64, 96))
         ref = _fpn_reference(feats, model.fpn_params)

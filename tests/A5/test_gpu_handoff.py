@@ -70,17 +70,29 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     if protocol == "cuda":  # the GPU protocol's loader, worker processes included, runs here too
         import rcnn_experiments as rx
         assert rx.settings(protocol)["num_workers"] == 8
-    info = gpu_handoff.export(kind, tmp_path / "out", "cpu", verbose=False, protocol=protocol)
+    module, after_training = gpu_handoff.MODULES[kind], {}
+    real_train = module.train
+
+    def train(*args, **kwargs):  # the weights training ended with
+        out = real_train(*args, **kwargs)
+        after_training.update({k: v.clone() for k, v in out["detector"].state_dict().items()})
+        return out
+    monkeypatch.setattr(module, "train", train)
+    # the CPU protocol is also the default on this device: export without naming it
+    info = gpu_handoff.export(kind, tmp_path / "out", "cpu", verbose=False,
+                              protocol=None if protocol == "cpu" else protocol)
     assert info["protocol"] == protocol
     assert info["shards"] == [f"{kind}.shard0.pt"] and info["training_device_images_per_s"] > 0
     assert info["train"]["iters"] > 0
     trained = gpu_handoff.import_trained(kind, tmp_path / "out")
     exported = dt.load_sharded(tmp_path / "out", kind)
+    assert list(exported) == list(after_training)
     for k, v in trained["detector"].state_dict().items():
-        assert torch.equal(v, exported[k]), k
+        assert torch.equal(v, exported[k]) and torch.equal(v, after_training[k]), k
 
     path = tmp_path / "out" / f"{kind}_train.json"
     doc = json.loads(path.read_text())
+    assert doc["protocol"] == protocol
     doc["device"] = "NVIDIA H200 (test)"  # as if exported on a GPU machine
     path.write_text(json.dumps(doc))
     records = gpu_handoff.MODULES[kind].run("cpu", trained=gpu_handoff.import_trained(kind, tmp_path / "out"),
@@ -163,28 +175,3 @@ def test_a_quick_evaluation_writes_no_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("EECS598_QUICK", "1")
     gpu_handoff.main(["evaluate", "fcos", str(tmp_path), "--device", "cpu", "--results-dir", str(tmp_path / "r")])
     assert seen == {"figures_dir": None}
-
-
-@pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
-def test_export_writes_the_trained_weights_and_the_devices_protocol(tmp_path, monkeypatch):
-    """export without a protocol: the device's protocol ("cpu" here) goes into the JSON, and the shards
-    hold the trained detector's weights (not a freshly built one)."""
-    import fcos_experiments as fx
-    import gpu_handoff
-    monkeypatch.setenv("EECS598_QUICK", "1")
-    monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
-    trained = {}
-    real_train = fx.train
-
-    def train(*args, **kwargs):
-        out = real_train(*args, **kwargs)
-        trained.update({k: v.clone() for k, v in out["detector"].state_dict().items()})
-        return out
-    monkeypatch.setattr(fx, "train", train)
-    info = gpu_handoff.export("fcos", tmp_path / "out", "cpu", verbose=False)
-    assert info["protocol"] == "cpu"
-    assert json.loads((tmp_path / "out" / "fcos_train.json").read_text())["protocol"] == "cpu"
-    exported = dt.load_sharded(tmp_path / "out", "fcos")
-    assert list(exported) == list(trained)
-    for k, v in trained.items():
-        assert torch.equal(exported[k], v), k
