@@ -155,7 +155,8 @@ def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none")
 
 @torch.no_grad()
 def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, gt_boxes):
-    """Assign each FPN location to at most one GT box (FCOS target assignment), for one image.
+    """Assign each FPN location to at most one GT box (FCOS target assignment), for one image
+    or for a batch of images at once.
 
     A location (x, y) of a level with stride s may match a GT box when
       1. it lies strictly inside the box: l, t, r, b > 0 with l = x - x1, t = y - y1,
@@ -171,56 +172,62 @@ def fcos_match_locations_to_gt(locations_per_fpn_level, strides_per_fpn_level, g
     Args:
         locations_per_fpn_level: {level: (L, 2)} (x, y) centres in image pixels.
         strides_per_fpn_level: {level: int stride}.
-        gt_boxes: (N, 5) rows (x1, y1, x2, y2, class), padded with -1.
+        gt_boxes: (N, 5) rows (x1, y1, x2, y2, class) of one image, padded with -1; or
+            (B, N, 5) for B images (the same rows per image as B separate calls).
     Returns:
-        {level: (L, 5)} the matched GT row per location; background locations are all -1.
+        {level: (L, 5)} (or (B, L, 5)) the matched GT row per location; background locations
+        are all -1.
     """
     matched_gt_boxes = {}
     ### BEGIN SOLUTION
-    ### HINT: per level: which GT boxes contain each location (rule 1) and fit the level's size range (rule 2); of those, the smallest area.
-    gt_boxes = gt_boxes[gt_boxes[:, 4] != -1]
+    ### HINT: per level: which GT boxes contain each location (rule 1) and fit the level's size range (rule 2); of those, the smallest area. Index the GT columns as gt_boxes[..., k] so that a leading batch dimension works too.
+    # Written without boolean indexing or data-dependent shapes, so that on a GPU the whole
+    # batch is matched with a few kernels per level and no waits for the device.
     smallest, largest = min(strides_per_fpn_level.values()), max(strides_per_fpn_level.values())
-    areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])  # (N,)
+    x1, y1, x2, y2, cls = (gt_boxes[..., None, :, k] for k in range(5))  # each (..., 1, N)
+    valid = cls != -1
+    areas = (x2 - x1) * (y2 - y1)
     for level, centers in locations_per_fpn_level.items():
         stride = strides_per_fpn_level[level]
         x, y = centers[:, 0:1], centers[:, 1:2]  # (L, 1)
-        ltrb = torch.stack([x - gt_boxes[:, 0], y - gt_boxes[:, 1],
-                            gt_boxes[:, 2] - x, gt_boxes[:, 3] - y], dim=2)  # (L, N, 4)
+        ltrb = torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=-1)  # (..., L, N, 4)
         lower = 0.0 if stride == smallest else stride * 4.0
         upper = math.inf if stride == largest else stride * 8.0
-        max_dist = ltrb.max(dim=2).values
-        match = (ltrb.min(dim=2).values > 0) & (max_dist > lower) & (max_dist <= upper)  # (L, N)
-        out = gt_boxes.new_full((centers.shape[0], 5), -1.0)
-        if gt_boxes.shape[0] > 0:
-            cost = torch.where(match, areas[None, :].expand_as(match), torch.full_like(max_dist, math.inf))
-            best = cost.argmin(dim=1)  # first minimum: ties go to the lower index
-            fg = match.any(dim=1)
-            out[fg] = gt_boxes[best[fg]]
+        max_dist = ltrb.amax(dim=-1)
+        match = valid & (ltrb.amin(dim=-1) > 0) & (max_dist > lower) & (max_dist <= upper)  # (..., L, N)
+        out = gt_boxes.new_full((*gt_boxes.shape[:-2], centers.shape[0], 5), -1.0)
+        if gt_boxes.shape[-2] > 0:
+            cost = torch.where(match, areas, math.inf)
+            best = cost.argmin(dim=-1, keepdim=True)  # (..., L, 1); first minimum: ties go to the lower index
+            rows = torch.gather(gt_boxes, -2, best.expand(*best.shape[:-1], 5))  # (..., L, 5)
+            out = torch.where(match.any(dim=-1, keepdim=True), rows, out)
         matched_gt_boxes[level] = out
     ### END SOLUTION
     return matched_gt_boxes
 
 
 def _is_background(gt_boxes):
-    """(N, >=4) -> (N,) bool: rows whose four box coordinates are all -1."""
-    return (gt_boxes[:, :4] == -1).all(dim=1)
+    """(..., >=4) -> (...) bool: rows whose four box coordinates are all -1."""
+    return (gt_boxes[..., :4] == -1).all(dim=-1)
 
 
 def fcos_get_deltas_from_locations(locations, gt_boxes, stride):
     """LTRB distances from each location to the edges of its GT box, divided by the stride.
 
     Args:
-        locations: (N, 2) (x, y) centres. gt_boxes: (N, 4 or 5) matched boxes (background: -1).
+        locations: (N, 2) (x, y) centres. gt_boxes: (N, 4 or 5) matched boxes (background: -1),
+            or (B, N, 4 or 5) for B images (locations broadcast).
         stride: the FPN level's stride.
     Returns:
-        deltas (N, 4) = (x - x1, y - y1, x2 - x, y2 - y) / stride; background rows are -1.
+        deltas (N, 4) (or (B, N, 4)) = (x - x1, y - y1, x2 - x, y2 - y) / stride; background
+        rows are -1.
     """
     ### BEGIN SOLUTION
     ### HINT: distances from (x, y) to the four edges, divided by the stride; background rows (-1) stay -1.
-    x, y = locations[:, 0], locations[:, 1]
-    deltas = torch.stack([x - gt_boxes[:, 0], y - gt_boxes[:, 1],
-                          gt_boxes[:, 2] - x, gt_boxes[:, 3] - y], dim=1) / stride
-    deltas[_is_background(gt_boxes)] = -1
+    x, y = locations[..., 0], locations[..., 1]
+    deltas = torch.stack([x - gt_boxes[..., 0], y - gt_boxes[..., 1],
+                          gt_boxes[..., 2] - x, gt_boxes[..., 3] - y], dim=-1) / stride
+    deltas = torch.where(_is_background(gt_boxes)[..., None], -1.0, deltas)
     ### END SOLUTION
     return deltas
 
@@ -243,14 +250,14 @@ def fcos_apply_deltas_to_locations(deltas, locations, stride):
 def fcos_make_centerness_targets(deltas):
     """Centerness sqrt(min(l, r) min(t, b) / (max(l, r) max(t, b))) of LTRB deltas (N, 4).
 
-    Returns (N,); background rows (deltas all -1) get -1.
+    Returns (N,); background rows (deltas all -1) get -1. Leading batch dimensions are kept:
+    (B, N, 4) -> (B, N).
     """
     ### BEGIN SOLUTION
     ### HINT: the formula in the docstring per row; guard the division; background rows get -1.
-    l, t, r, b = deltas.unbind(dim=1)
+    l, t, r, b = deltas.unbind(dim=-1)
     ratio = (torch.minimum(l, r) * torch.minimum(t, b)) / (torch.maximum(l, r) * torch.maximum(t, b)).clamp(min=1e-12)
-    centerness = torch.sqrt(ratio.clamp(min=0))
-    centerness[(deltas == -1).all(dim=1)] = -1
+    centerness = torch.where((deltas == -1).all(dim=-1), -1.0, torch.sqrt(ratio.clamp(min=0)))
     ### END SOLUTION
     return centerness
 
@@ -306,7 +313,7 @@ class FCOS(nn.Module):
         """`forward` from FPN features. `images` is only used for its shape (B, 3, H, W): a
         "meta" tensor works, which lets training run on precomputed backbone features."""
         ### BEGIN SOLUTION
-        ### HINT: pred_net -> per-level predictions; get_fpn_location_coords; no gt_boxes: return self.inference(...). Training: per image fcos_match_locations_to_gt and fcos_get_deltas_from_locations, concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
+        ### HINT: pred_net -> per-level predictions; get_fpn_location_coords; no gt_boxes: return self.inference(...). Training: fcos_match_locations_to_gt and fcos_get_deltas_from_locations on the whole batch (or per image), concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
         any_feat = next(iter(feats_per_fpn_level.values()))
         shapes = {level: feat.shape for level, feat in feats_per_fpn_level.items()}
@@ -326,15 +333,14 @@ class FCOS(nn.Module):
                                   pred_boxreg_deltas, pred_ctr_logits, **kwargs)
 
         gt_boxes = gt_boxes.to(cdtype)
-        matched_boxes, matched_deltas = [], []
-        for gt in gt_boxes:
-            matched = fcos_match_locations_to_gt(locations_per_fpn_level, strides, gt)
-            matched_boxes.append(matched)
-            matched_deltas.append({level: fcos_get_deltas_from_locations(
-                locations_per_fpn_level[level], matched[level], strides[level]) for level in matched})
-        # (B, L, 5) and (B, L, 4) over all levels, in the same level order as the predictions.
-        matched_boxes = torch.stack([self._cat_across_fpn_levels(m, dim=0) for m in matched_boxes])
-        matched_deltas = torch.stack([self._cat_across_fpn_levels(d, dim=0) for d in matched_deltas])
+        # The whole batch at once: (B, L, 5) and (B, L, 4) over all levels, in the same level
+        # order as the predictions.
+        matched = fcos_match_locations_to_gt(locations_per_fpn_level, strides, gt_boxes)
+        matched_deltas = {level: fcos_get_deltas_from_locations(locations_per_fpn_level[level], boxes,
+                                                                strides[level])
+                          for level, boxes in matched.items()}
+        matched_boxes = self._cat_across_fpn_levels(matched)
+        matched_deltas = self._cat_across_fpn_levels(matched_deltas)
         pred_cls = self._cat_across_fpn_levels(pred_cls_logits).to(cdtype)
         pred_box = self._cat_across_fpn_levels(pred_boxreg_deltas).to(cdtype)
         pred_ctr = self._cat_across_fpn_levels(pred_ctr_logits).to(cdtype).squeeze(-1)
@@ -345,7 +351,10 @@ class FCOS(nn.Module):
             self._normalizer.mul_(0.9).add_(0.1 * fg.sum() / num_images)  # on the device: no sync
 
         gt_classes = matched_boxes[:, :, 4].long()
-        cls_targets = F.one_hot(gt_classes + 1, self.num_classes + 1)[:, :, 1:].to(pred_cls.dtype)
+        # One-hot classes (background: all zeros) by comparison, which needs no host read
+        # (F.one_hot reads its input's range back on the CPU).
+        classes = torch.arange(self.num_classes, device=gt_classes.device)
+        cls_targets = (gt_classes[:, :, None] == classes).to(pred_cls.dtype)
         loss_cls = sigmoid_focal_loss(pred_cls, cls_targets)
 
         fg_f = fg.to(pred_box.dtype)
