@@ -136,20 +136,21 @@ def box_iou(boxes1, boxes2):
 
     Args:
         boxes1: (M, 4); boxes2: (N, 4). Area = (x2 - x1) * (y2 - y1) (continuous coordinates,
-        no +1); the intersection width/height is clamped at 0.
+        no +1); the intersection width/height is clamped at 0. Beyond torchvision, leading batch
+        dimensions broadcast: (..., M, 4) and (..., N, 4) give (..., M, N).
     Returns:
         (M, N) IoU in the dtype of the boxes (0 / 0 = NaN for two empty boxes, as torchvision).
     """
     iou = None
     ### BEGIN SOLUTION
     ### HINT: broadcast (M, 1, 2) against (1, N, 2) for the intersection corners; union = area1[:, None] + area2[None, :] - inter.
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
+    rb = torch.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    iou = inter / (area1[:, None] + area2[None, :] - inter)
+    iou = inter / (area1[..., :, None] + area2[..., None, :] - inter)
     ### END SOLUTION
     return iou
 

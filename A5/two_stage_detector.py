@@ -138,10 +138,11 @@ def generate_fpn_anchors(locations_per_fpn_level, strides_per_fpn_level, stride_
 
 
 def iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU, vectorized: boxes1 (M, 4), boxes2 (N, 4) xyxy -> (M, N)."""
+    """Pairwise IoU, vectorized: boxes1 (M, 4), boxes2 (N, 4) xyxy -> (M, N). Leading batch
+    dimensions broadcast: (..., M, 4) and (..., N, 4) -> (..., M, N)."""
     iou = None
     ### BEGIN SOLUTION
-    ### HINT: intersection corners by broadcasting (M, 1, 2) against (1, N, 2) (or call common.box_iou).
+    ### HINT: intersection corners by broadcasting (M, 1, 2) against (1, N, 2) (or call common.box_iou); with boxes[..., k] leading batch dimensions work too.
     iou = box_iou(boxes1, boxes2)
     ### END SOLUTION
     return iou
@@ -159,30 +160,34 @@ def rcnn_match_anchors_to_gt(anchor_boxes: torch.Tensor, gt_boxes: torch.Tensor,
     foreground too, matched to their own highest-IoU GT.
 
     Args:
-        anchor_boxes: (N, 4); gt_boxes: (M, 5) padded with -1 rows. GT boxes without area
-        (x2 <= x1 or y2 <= y1) are ignored like padding: their IoU with themselves is 0 / 0.
+        anchor_boxes: (N, 4); gt_boxes: (M, 5) padded with -1 rows, or (B, M, 5) for B images
+        with the same anchors (the same rows per image as B separate calls). GT boxes without
+        area (x2 <= x1 or y2 <= y1) are ignored like padding: their IoU with themselves is 0 / 0.
     Returns:
-        matched_gt_boxes: (N, 5) (x1, y1, x2, y2, class), -1 rows (background), -1e8 rows (neutral).
+        matched_gt_boxes: (N, 5) (or (B, N, 5)) (x1, y1, x2, y2, class), -1 rows (background),
+        -1e8 rows (neutral).
     """
-    gt_boxes = gt_boxes[(gt_boxes[:, 4] != -1) & (gt_boxes[:, 2] > gt_boxes[:, 0]) & (gt_boxes[:, 3] > gt_boxes[:, 1])]
-    if len(gt_boxes) == 0:
-        return torch.full((anchor_boxes.shape[0], 5), -1.0, dtype=anchor_boxes.dtype,
+    # Padding and boxes without area take no part: their IoU column is set to -1, below any real
+    # IoU (no boolean indexing, so on a GPU nothing waits for the device).
+    valid = (gt_boxes[..., 4] != -1) & (gt_boxes[..., 2] > gt_boxes[..., 0]) & (gt_boxes[..., 3] > gt_boxes[..., 1])
+    if gt_boxes.shape[-2] == 0:
+        return torch.full((*gt_boxes.shape[:-2], anchor_boxes.shape[0], 5), -1.0, dtype=anchor_boxes.dtype,
                           device=anchor_boxes.device)
     matched_gt_boxes = None
     ### BEGIN SOLUTION
-    ### HINT: iou matrix (N, M); max over GT per anchor; set rows by the thresholds with boolean masks.
-    match_matrix = iou(anchor_boxes, gt_boxes[:, :4])  # (N, M)
-    quality, idx = match_matrix.max(dim=1)
-    matched_gt_boxes = gt_boxes[idx].clone()
+    ### HINT: iou matrix (N, M) (masked where not valid); max over GT per anchor; set rows by the thresholds with torch.where. Index GT columns as gt_boxes[..., k] so that a leading batch dimension works too.
+    match_matrix = torch.where(valid[..., None, :], iou(anchor_boxes, gt_boxes[..., :4]), -1.0)  # (..., N, M)
+    quality, idx = match_matrix.max(dim=-1)  # (..., N); ties: the first maximum
+    matched_gt_boxes = torch.gather(gt_boxes, -2, idx[..., None].expand(*idx.shape, 5))
     background = quality <= iou_thresholds[0]
     neutral = (quality > iou_thresholds[0]) & (quality < iou_thresholds[1])
     if allow_low_quality_matches:
-        best_per_gt = match_matrix.max(dim=0).values  # (M,)
-        is_best = ((match_matrix == best_per_gt[None]) & (best_per_gt[None] > 0)).any(dim=1)
+        best_per_gt = match_matrix.amax(dim=-2, keepdim=True)  # (..., 1, M)
+        is_best = ((match_matrix == best_per_gt) & (best_per_gt > 0)).any(dim=-1)
         background &= ~is_best
         neutral &= ~is_best
-    matched_gt_boxes[background] = -1
-    matched_gt_boxes[neutral] = -1e8
+    matched_gt_boxes = torch.where(background[..., None], -1.0,
+                                   torch.where(neutral[..., None], -1e8, matched_gt_boxes))
     ### END SOLUTION
     return matched_gt_boxes
 
@@ -458,9 +463,8 @@ class RPN(nn.Module):
         box_deltas = self._cat_across_fpn_levels(pred_boxreg_deltas)  # (B, N, 4)
         loss_obj, loss_box = None, None
         ### BEGIN SOLUTION
-        ### HINT: match every image's anchors to its GT, sample batch_size_per_image anchors, BCE with targets 1 (fg) / 0 (bg), L1 on fg deltas.
-        matched = torch.stack([rcnn_match_anchors_to_gt(anchor_boxes, gt, self.anchor_iou_thresholds)
-                               for gt in gt_boxes], dim=0)  # (B, N, 5)
+        ### HINT: match every image's anchors to its GT (one call for the batch, or per image), sample batch_size_per_image anchors, BCE with targets 1 (fg) / 0 (bg), L1 on fg deltas.
+        matched = rcnn_match_anchors_to_gt(anchor_boxes, gt_boxes, self.anchor_iou_thresholds)  # (B, N, 5)
         obj_pred, obj_tgt, box_pred, box_tgt = [], [], [], []
         for b in range(num_images):
             fg_idx, bg_idx = sample_rpn_training(matched[b], self.batch_size_per_image, self.fg_fraction)

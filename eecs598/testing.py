@@ -22,6 +22,20 @@ def cifar_available():
 requires_cifar = pytest.mark.skipif(not cifar_available(), reason="CIFAR-10 not in $EECS598_DATA")
 
 
+def host_reads(fn):
+    """Run fn() under PyTorch's CPU profiler and count, by operator name, the calls that on a GPU
+    make the host wait for the device: a value read back (`aten::_local_scalar_dense`, behind
+    `.item()`) or a result whose size depends on the data (`aten::nonzero`, behind boolean
+    indexing; `masked_select`, `unique`). {} when there are none."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    reads = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique",
+             "aten::_unique2")
+    return {e.key: e.count for e in prof.key_averages() if e.key in reads}
+
+
 def assert_close(ours, reference, tol, what="value"):
     """Assert that the shapes agree (no broadcasting) and rel_error(ours, reference) < tol,
     printing both on failure."""

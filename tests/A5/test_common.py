@@ -99,6 +99,19 @@ def test_box_iou_matches_bruteforce():
     assert torch.allclose(torch.diagonal(ours[:3, :3]), torch.ones(3, dtype=torch.float64))
 
 
+def test_box_iou_leading_batch_dimensions_broadcast():
+    """(B, M, 4) with (B, N, 4), and (M, 4) with (B, N, 4): (B, M, N), each slice equal to the
+    two-dimensional call."""
+    g = torch.Generator().manual_seed(1)
+    b1 = _random_boxes(3 * 5, g, dtype=torch.float64).reshape(3, 5, 4)
+    b2 = _random_boxes(3 * 7, g, dtype=torch.float64).reshape(3, 7, 4)
+    batched, shared = common.box_iou(b1, b2), common.box_iou(b1[0], b2)
+    assert batched.shape == shared.shape == (3, 5, 7)
+    for b in range(3):
+        assert torch.equal(batched[b], common.box_iou(b1[b], b2[b]))
+        assert torch.equal(shared[b], common.box_iou(b1[0], b2[b]))
+
+
 def test_box_iou_touching_and_nested():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     b = torch.tensor([[2.0, 0.0, 4.0, 2.0], [0.5, 0.5, 1.5, 1.5], [1.0, 0.0, 3.0, 2.0]])

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import one_stage_detector as osd
-from eecs598.testing import assert_close, iou_of_two_boxes
+from eecs598.testing import assert_close, host_reads, iou_of_two_boxes
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -484,17 +484,6 @@ def test_fcos_losses_with_boxes_match_a_brute_force_reference(small_fcos):
         assert_close(losses[name].double(), torch.tensor(value / (2 * normalizer), dtype=torch.float64), 1e-5, name)
 
 
-def _host_reads(fn):
-    """Run fn() under the CPU profiler; count the operators that, on a GPU, make the host wait
-    for the device (reading a value back, or a result whose size depends on the data)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    reads = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique",
-             "aten::_unique2")
-    return {e.key: e.count for e in prof.key_averages() if e.key in reads}
-
-
 def test_a_fcos_training_step_never_waits_for_the_device(small_fcos):
     """Matching, targets, losses and backward of a batch read nothing back from the device and
     make no data-dependent shapes (on a GPU: no host waits; a per-image version with boolean
@@ -505,11 +494,11 @@ def test_a_fcos_training_step_never_waits_for_the_device(small_fcos):
     gt[0, :2] = torch.tensor([[8.0, 10.0, 60.0, 70.0, 3.0], [40.0, 30.0, 120.0, 95.0, 11.0]])
     gt[2, :1] = torch.tensor([[20.0, 20.0, 100.0, 76.0, 7.0]])
     try:
-        assert _host_reads(lambda: sum(small_fcos.train()(images, gt).values()).backward()) == {}
+        assert host_reads(lambda: sum(small_fcos.train()(images, gt).values()).backward()) == {}
     finally:
         small_fcos.zero_grad()
         small_fcos._normalizer.fill_(150.0)
-    control = _host_reads(lambda: (gt[gt[:, :, 4] != -1], gt.sum().item()))
+    control = host_reads(lambda: (gt[gt[:, :, 4] != -1], gt.sum().item()))
     assert control == {"aten::nonzero": 1, "aten::_local_scalar_dense": 1}
 
 

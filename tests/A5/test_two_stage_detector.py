@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import two_stage_detector as tsd
-from eecs598.testing import assert_close, box_iou_reference, iou_of_two_boxes
+from eecs598.testing import assert_close, box_iou_reference, host_reads, iou_of_two_boxes
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
 
@@ -147,6 +147,35 @@ def test_match_anchors_vs_brute_force(low_quality):
         strict = tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.3, 0.6), allow_low_quality_matches=False)
         assert (ours[:, 4] >= 0).sum() > (strict[:, 4] >= 0).sum()
         assert ((strict[:, 4] >= 0) <= (ours[:, 4] >= 0)).all()
+
+
+def test_batched_match_equals_per_image_calls_and_reads_nothing_back():
+    """(B, M, 5) GT against shared anchors: image b's rows equal a one-image call (and the brute
+    force), for an image with an IoU tie (a duplicate GT of another class), one with a box
+    without area beside real ones, and one of padding only; no host read (on a GPU: no wait)."""
+    gen = torch.Generator().manual_seed(4)
+    anchors = _random_boxes(150, gen=gen)
+    gt = torch.full((3, 5, 5), -1.0, dtype=torch.float64)
+    gt[0, :3, :4] = _random_boxes(3, gen=gen)
+    gt[0, :3, 4] = torch.tensor([2.0, 5.0, 9.0])
+    gt[0, 3] = gt[0, 1]
+    gt[0, 3, 4] = 11.0  # same box, other class: ties go to the lower index
+    gt[1, :2, :4] = _random_boxes(2, gen=gen)
+    gt[1, :2, 4] = torch.tensor([1.0, 4.0])
+    gt[1, 2] = torch.tensor([30.0, 30.0, 30.0, 80.0, 6.0])  # no area
+    anchors[5:7] = gt[0, [0, 1], :4] + 0.25
+    for low_quality in (True, False):
+        batched = tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.3, 0.6), allow_low_quality_matches=low_quality)
+        assert batched.shape == (3, 150, 5)
+        for b in range(3):
+            single = tsd.rcnn_match_anchors_to_gt(anchors, gt[b], (0.3, 0.6), allow_low_quality_matches=low_quality)
+            assert torch.equal(batched[b], single)
+        assert torch.equal(batched[0], _match_brute(anchors, gt[0], 0.3, 0.6, low_quality))
+        assert torch.equal(batched[1], _match_brute(anchors, gt[1, :2], 0.3, 0.6, low_quality))
+        assert (batched[2] == -1).all() and (batched[0, :, 4] == 5).any() and not (batched[0, :, 4] == 11).any()
+    assert host_reads(lambda: tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.3, 0.6))) == {}
+    empty = tsd.rcnn_match_anchors_to_gt(anchors, torch.empty(2, 0, 5, dtype=torch.float64), (0.3, 0.6))
+    assert empty.shape == (2, 150, 5) and (empty == -1).all()
 
 
 def test_gt_boxes_without_area_are_ignored_in_matching_and_the_losses_stay_finite():
@@ -542,8 +571,10 @@ def test_faster_rcnn_training_losses_match_a_reference(monkeypatch):
 
     def match_spy(anchors, gt_boxes, thresholds, **kw):
         out = real_match(anchors, gt_boxes, thresholds, **kw)
-        matches.append((anchors.detach().double(), gt_boxes.double(), tuple(thresholds),
-                        kw.get("allow_low_quality_matches", True), out.double()))
+        per_image = zip(gt_boxes, out) if gt_boxes.dim() == 3 else [(gt_boxes, out)]  # a batch: one record per image
+        for g, o in per_image:
+            matches.append((anchors.detach().double(), g.double(), tuple(thresholds),
+                            kw.get("allow_low_quality_matches", True), o.double()))
         return out
 
     def sample_spy(matched, *args, **kw):
