@@ -157,6 +157,7 @@ def box_iou(boxes1, boxes2):
 
 _NMS_BLOCK = 1024  # boxes per block in nms: memory O(block * (kept + block)), not O(N^2)
 _NMS_PER_GROUP_DEVICES = ("cpu",)  # device types where class_spec_nms runs class by class
+_NMS_ON_HOST_DEVICES = ("cpu",)  # device types where the RPN runs `nms` per image (elsewhere `nms_masks`)
 
 
 def _greedy_nms(boxes, scores, iou_threshold, groups=None, max_keep=None):
@@ -244,6 +245,53 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, m
     keep = _greedy_nms(boxes, scores, iou_threshold, max_keep=max_keep)
     ### END SOLUTION
     return keep
+
+
+@torch.no_grad()
+def nms_masks(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5, valid=None,
+              max_keep=None, rounds_per_check: int = 4):
+    """`nms` of many independent sets of boxes at once, computed on their device (beyond the course).
+
+    Args:
+        boxes: (..., K, 4); scores: (..., K): one set per leading index.
+        valid: (..., K) bool, or None (all): invalid boxes are neither kept nor suppress others,
+            as if removed beforehand.
+        max_keep: keep at most the max_keep best-scoring kept boxes of each set.
+    Returns:
+        keep: (..., K) bool, True at the boxes that `nms(boxes[valid], scores[valid])[:max_keep]`
+        keeps, set by set (a mask in input order: the kept boxes come out in `nms`'s order when
+        the input is sorted by descending score, as `topk` returns it).
+
+    Why: `nms` resolves one box at a time on the host; on a GPU that means a wait for the device
+    per block and a Python step per box, per set (the RPN has one set per image and level). Here
+    the greedy result is the fixed point of
+
+        keep[i] = valid[i] and no kept j before i in score order has IoU(j, i) > iou_threshold,
+
+    in which position i depends on earlier positions only. Iterating from keep = valid settles
+    at least one more position per round, so after at most K rounds (7-10 on RPN proposals) it
+    is exactly the greedy result; the host checks for the fixed point every `rounds_per_check`
+    rounds. Each round is a (K, K) boolean reduction per set: cheap on a GPU, O(K^2) memory and
+    work per round, which is why the CPU keeps `nms`. IoU as `nms` computes it (box dtype,
+    compared in double precision); equal scores: lower index first.
+    """
+    if valid is None:
+        valid = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    sboxes = torch.gather(boxes, -2, order[..., None].expand(*order.shape, 4))
+    svalid = torch.gather(valid, -1, order)
+    # suppresses[..., j, i]: box j comes before box i and overlaps it beyond the threshold
+    suppresses = torch.triu(box_iou(sboxes, sboxes).to(torch.float64) > iou_threshold, diagonal=1)
+    keep = svalid
+    for done in range(0, scores.shape[-1] + 1, rounds_per_check):
+        previous = keep
+        for _ in range(rounds_per_check):
+            keep = svalid & ~(suppresses & keep[..., :, None]).any(dim=-2)
+        if torch.equal(keep, previous):
+            break
+    if max_keep is not None:
+        keep = keep & (torch.cumsum(keep, dim=-1) <= max_keep)
+    return torch.zeros_like(keep).scatter_(-1, order, keep)
 
 
 def class_spec_nms(boxes: torch.Tensor, scores: torch.Tensor, class_ids: torch.Tensor,

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common import class_spec_nms, get_fpn_location_coords, nms, box_iou
+import common
+from common import box_iou, class_spec_nms, get_fpn_location_coords, nms, nms_masks
 
 # dw / dh are clamped at this value before exp (Detectron's log(1000 / 16)).
 BOX_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -221,20 +222,21 @@ def rcnn_get_deltas_from_anchors(anchors: torch.Tensor, gt_boxes: torch.Tensor) 
 
 
 def rcnn_apply_deltas_to_anchors(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rcnn_get_deltas_from_anchors`: deltas (N, 4), anchors (N, 4) -> boxes (N, 4).
+    """Inverse of `rcnn_get_deltas_from_anchors`: deltas (N, 4), anchors (N, 4) -> boxes (N, 4)
+    (leading batch dimensions work too: (..., N, 4)).
 
     dw and dh are clamped at log(1000 / 16) before exp so that a wild prediction cannot overflow.
     """
     output_boxes = None
     ### BEGIN SOLUTION
-    ### HINT: clamp deltas[:, 2:] at BOX_SCALE_CLAMP; centre = anchor centre + d * anchor size; size = anchor size * exp(d).
-    dw = deltas[:, 2].clamp(max=BOX_SCALE_CLAMP)
-    dh = deltas[:, 3].clamp(max=BOX_SCALE_CLAMP)
-    aw, ah = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
-    ax, ay = anchors[:, 0] + 0.5 * aw, anchors[:, 1] + 0.5 * ah
-    cx, cy = ax + deltas[:, 0] * aw, ay + deltas[:, 1] * ah
+    ### HINT: clamp deltas[..., 2:] at BOX_SCALE_CLAMP; centre = anchor centre + d * anchor size; size = anchor size * exp(d).
+    dw = deltas[..., 2].clamp(max=BOX_SCALE_CLAMP)
+    dh = deltas[..., 3].clamp(max=BOX_SCALE_CLAMP)
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    ax, ay = anchors[..., 0] + 0.5 * aw, anchors[..., 1] + 0.5 * ah
+    cx, cy = ax + deltas[..., 0] * aw, ay + deltas[..., 1] * ah
     w, h = aw * torch.exp(dw), ah * torch.exp(dh)
-    output_boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=1)
+    output_boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
     ### END SOLUTION
     return output_boxes
 
@@ -491,20 +493,26 @@ class RPN(nn.Module):
         img_h, img_w = image_size
         proposals_all_levels = {level: [] for level in anchors_per_fpn_level}
         for level, anchors in anchors_per_fpn_level.items():
-            for b in range(pred_obj_logits[level].shape[0]):
-                ### BEGIN SOLUTION
-                ### HINT: topk objectness, rcnn_apply_deltas_to_anchors, clamp x to [0, W] and y to [0, H], drop empty boxes, nms, [:post_nms_topk].
-                logits = pred_obj_logits[level][b]
-                k = min(self.pre_nms_topk, logits.numel())
-                scores, idx = logits.topk(k)
-                boxes = rcnn_apply_deltas_to_anchors(pred_boxreg_deltas[level][b, idx], anchors[idx])
-                boxes = torch.stack([boxes[:, 0].clamp(0, img_w), boxes[:, 1].clamp(0, img_h),
-                                     boxes[:, 2].clamp(0, img_w), boxes[:, 3].clamp(0, img_h)], dim=1)
-                ok = ((boxes[:, 2] - boxes[:, 0]) > self.min_size) & ((boxes[:, 3] - boxes[:, 1]) > self.min_size)
-                boxes, scores = boxes[ok], scores[ok]
-                keep = nms(boxes, scores, self.nms_thresh, max_keep=self.post_nms_topk)[: self.post_nms_topk]
-                proposals_all_levels[level].append(boxes[keep])
-                ### END SOLUTION
+            ### BEGIN SOLUTION
+            ### HINT: per image (or for the whole batch at once): topk objectness, rcnn_apply_deltas_to_anchors, clamp x to [0, W] and y to [0, H], drop empty boxes, nms, [:post_nms_topk].
+            # The whole batch at once up to the NMS: (B, k) best anchors per image, best first.
+            logits = pred_obj_logits[level]  # (B, A)
+            k = min(self.pre_nms_topk, logits.shape[1])
+            scores, idx = logits.topk(k, dim=1)
+            deltas = torch.gather(pred_boxreg_deltas[level], 1, idx[..., None].expand(*idx.shape, 4))
+            boxes = rcnn_apply_deltas_to_anchors(deltas, anchors[idx])  # (B, k, 4)
+            boxes = torch.stack([boxes[..., 0].clamp(0, img_w), boxes[..., 1].clamp(0, img_h),
+                                 boxes[..., 2].clamp(0, img_w), boxes[..., 3].clamp(0, img_h)], dim=-1)
+            ok = ((boxes[..., 2] - boxes[..., 0]) > self.min_size) & ((boxes[..., 3] - boxes[..., 1]) > self.min_size)
+            if boxes.device.type in common._NMS_ON_HOST_DEVICES:
+                for b in range(boxes.shape[0]):
+                    kept = boxes[b][ok[b]]
+                    keep = nms(kept, scores[b][ok[b]], self.nms_thresh, max_keep=self.post_nms_topk)
+                    proposals_all_levels[level].append(kept[keep[: self.post_nms_topk]])
+            else:  # on an accelerator, every image's NMS at once on the device (the same boxes)
+                keep = nms_masks(boxes, scores, self.nms_thresh, valid=ok, max_keep=self.post_nms_topk)
+                proposals_all_levels[level].extend(boxes[keep].split(keep.sum(dim=1).tolist()))
+            ### END SOLUTION
         return proposals_all_levels
 
     @staticmethod

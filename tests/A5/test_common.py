@@ -222,6 +222,31 @@ def test_class_spec_nms_spans_several_blocks(monkeypatch, per_group_devices):
         assert torch.equal(keep, _batched_nms_reference(boxes, scores, class_ids, 0.5)), (n, num_classes)
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_nms_masks_equal_nms_set_by_set(threshold):
+    """Six sets of 150 boxes (scores with ties, a third of the boxes invalid, one set all invalid,
+    one of identical boxes): each set's mask marks exactly torchvision's NMS of its valid boxes,
+    and with max_keep the first max_keep of them. A batch of zero boxes gives an empty mask."""
+    g = torch.Generator().manual_seed(14)
+    G, K = 6, 150
+    boxes = _random_boxes(G * K, g, size=80.0, max_wh=40.0).reshape(G, K, 4)
+    boxes[4] = boxes[4, :1]  # one set of identical boxes
+    scores = (torch.rand(G, K, generator=g) * 20).floor() / 20
+    valid = torch.rand(G, K, generator=g) > 0.33
+    valid[3] = False
+    for max_keep in (None, 7):
+        keep = common.nms_masks(boxes, scores, threshold, valid=valid, max_keep=max_keep, rounds_per_check=2)
+        assert keep.shape == (G, K) and keep.dtype == torch.bool
+        for k in range(G):
+            idx = valid[k].nonzero().squeeze(1)
+            ref = idx[_torchvision_nms_reference(boxes[k, idx], scores[k, idx], threshold)][:max_keep]
+            assert torch.equal(keep[k].nonzero().squeeze(1), ref.sort().values), (k, max_keep)
+    assert keep[3].sum() == 0 and keep[4].sum() == 1
+    assert torch.equal(common.nms_masks(boxes[0], scores[0], threshold),  # one set, all valid
+                       torch.zeros(K, dtype=torch.bool).index_fill_(0, _torchvision_nms_reference(boxes[0], scores[0], threshold), True))
+    assert common.nms_masks(torch.zeros(2, 0, 4), torch.zeros(2, 0)).shape == (2, 0)
+
+
 @pytest.mark.parametrize("block", [16, 1024])
 def test_nms_max_keep_returns_the_first_kept_boxes(monkeypatch, block):
     """nms(..., max_keep=k)[:k], as the RPN calls it, is the first k boxes of the full result

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import common
 import two_stage_detector as tsd
 from eecs598.testing import assert_close, box_iou_reference, host_reads, iou_of_two_boxes
 
@@ -389,11 +390,14 @@ def test_rpn_losses_without_proposals_are_the_same(monkeypatch):
         assert torch.equal(losses[k], full[k]), k
 
 
-def test_rpn_proposals_match_a_brute_force():
+@pytest.mark.parametrize("host_devices", [("cpu",), ()], ids=["nms per image", "nms_masks"])
+def test_rpn_proposals_match_a_brute_force(monkeypatch, host_devices):
     """predict_proposals against Python loops in float64: per level and image, the pre_nms_topk
     anchors with the highest objectness, decoded (R-CNN deltas), clipped to the image, empty
     boxes dropped, greedy NMS at nms_thresh by descending objectness, the first post_nms_topk
-    kept. The data makes the top-k cap, the clipping, the NMS and the post-NMS cap all act."""
+    kept. The data makes the top-k cap, the clipping, the NMS and the post-NMS cap all act.
+    Both ways the NMS runs: `nms` per image (the CPU) and `nms_masks` for the batch (accelerators)."""
+    monkeypatch.setattr(common, "_NMS_ON_HOST_DEVICES", host_devices)
     gen = torch.Generator().manual_seed(6)
     rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=12, post_nms_topk=5, nms_thresh=0.5)
     H, W = 80, 100
