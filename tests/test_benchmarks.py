@@ -210,3 +210,21 @@ def test_run_all_fails_when_a_benchmark_fails(tmp_path):
     (bench_dir / "bench_bad.py").write_text("if __name__ == \"__main__\":\n    raise SystemExit(3)\n")
     with pytest.raises(subprocess.CalledProcessError):
         run_all.main(["--results-dir", str(tmp_path / "results")], bench_dir=bench_dir)
+
+
+@pytest.mark.parametrize("protocol, suffix", [("cpu", ""), ("gpu", "_gpu_protocol")])
+def test_bench_a5_times_both_detectors_and_both_nms_paths(tmp_path, protocol, suffix):
+    """Quick mode, one thread, either protocol (the GPU protocol's code runs on the CPU too): the
+    three A5 rows, named by thread count (and the protocol when it is not the device's own), the
+    speed-up consistent with the two timings it comes from."""
+    records, stdout = _run("bench_a5", "--device", "cpu", "--threads", "1", "--protocol", protocol,
+                           tmp_path=tmp_path)
+    _check_records(records, "A5")
+    by_metric = {r["metric"]: r for r in records}
+    tag = "cpu_1thread" + suffix
+    assert set(by_metric) == {f"fcos_train_step_ms_{tag}", f"faster_rcnn_train_step_ms_{tag}",
+                              f"faster_rcnn_step_speedup_nms_masks_vs_host_{tag}"}
+    speedup = by_metric[f"faster_rcnn_step_speedup_nms_masks_vs_host_{tag}"]
+    assert speedup["value"] == pytest.approx(speedup["details"]["host_ms"] / speedup["details"]["masks_ms"])
+    assert by_metric[f"faster_rcnn_train_step_ms_{tag}"]["value"] == speedup["details"]["host_ms"]  # the CPU's default
+    assert "nms_masks on the device" in stdout and "per image on the host (default)" in stdout
