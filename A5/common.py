@@ -281,7 +281,8 @@ def nms_masks(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 
     sboxes = torch.gather(boxes, -2, order[..., None].expand(*order.shape, 4))
     svalid = torch.gather(valid, -1, order)
     # suppresses[..., j, i]: box j comes before box i and overlaps it beyond the threshold
-    suppresses = torch.triu(box_iou(sboxes, sboxes).to(torch.float64) > iou_threshold, diagonal=1)
+    position = torch.arange(scores.shape[-1], device=scores.device)
+    suppresses = (box_iou(sboxes, sboxes).to(torch.float64) > iou_threshold) & (position[:, None] < position)
     keep = svalid
     for done in range(0, scores.shape[-1] + 1, rounds_per_check):
         previous = keep
