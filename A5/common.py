@@ -143,7 +143,7 @@ def box_iou(boxes1, boxes2):
     """
     iou = None
     ### BEGIN SOLUTION
-    ### HINT: broadcast (M, 1, 2) against (1, N, 2) for the intersection corners; union = area1[:, None] + area2[None, :] - inter.
+    ### HINT: index coordinates as boxes[..., k] (leading batch dimensions broadcast: nms_masks relies on it); broadcast boxes1[..., :, None, :2] against boxes2[..., None, :, :2] for the intersection corners; union = area1[..., :, None] + area2[..., None, :] - inter.
     area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
     area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
     lt = torch.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])

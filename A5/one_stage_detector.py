@@ -223,7 +223,7 @@ def fcos_get_deltas_from_locations(locations, gt_boxes, stride):
         rows are -1.
     """
     ### BEGIN SOLUTION
-    ### HINT: distances from (x, y) to the four edges, divided by the stride; background rows (-1) stay -1.
+    ### HINT: distances from (x, y) to the four edges, divided by the stride; background rows (-1) stay -1. Index columns as [..., k] (and stack on dim=-1) so that a leading batch dimension works too.
     x, y = locations[..., 0], locations[..., 1]
     deltas = torch.stack([x - gt_boxes[..., 0], y - gt_boxes[..., 1],
                           gt_boxes[..., 2] - x, gt_boxes[..., 3] - y], dim=-1) / stride
@@ -254,7 +254,7 @@ def fcos_make_centerness_targets(deltas):
     (B, N, 4) -> (B, N).
     """
     ### BEGIN SOLUTION
-    ### HINT: the formula in the docstring per row; guard the division; background rows get -1.
+    ### HINT: the formula in the docstring per row; guard the division; background rows get -1. Unbind and reduce over dim=-1 so that a leading batch dimension works too.
     l, t, r, b = deltas.unbind(dim=-1)
     ratio = (torch.minimum(l, r) * torch.minimum(t, b)) / (torch.maximum(l, r) * torch.maximum(t, b)).clamp(min=1e-12)
     centerness = torch.where((deltas == -1).all(dim=-1), -1.0, torch.sqrt(ratio.clamp(min=0)))
@@ -352,7 +352,10 @@ class FCOS(nn.Module):
 
         gt_classes = matched_boxes[:, :, 4].long()
         # One-hot classes (background: all zeros) by comparison, which needs no host read
-        # (F.one_hot reads its input's range back on the CPU).
+        # (F.one_hot reads its input's range back on the CPU). A class id out of range would
+        # silently become background here, so it is checked (on a GPU, by the device).
+        torch._assert_async(((gt_classes >= -1) & (gt_classes < self.num_classes)).all(),
+                            f"GT class ids must be -1 (padding) or 0..{self.num_classes - 1}")
         classes = torch.arange(self.num_classes, device=gt_classes.device)
         cls_targets = (gt_classes[:, :, None] == classes).to(pred_cls.dtype)
         loss_cls = sigmoid_focal_loss(pred_cls, cls_targets)

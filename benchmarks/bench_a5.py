@@ -163,9 +163,15 @@ def main(argv=None):
     timing = {"steps": steps, "warmup": warmup, "repeats": repeats, "statistic": "median", "cpu_threads": threads}
 
     records, t_start = [], time.time()
+
+    def keep(record):  # written as soon as measured: a run cut short keeps what it has
+        records.append(record)
+        if args.json:
+            merge_records(args.json, [record])
+
     fcos_ms, fcos_runs, fcos_s = time_detector("fcos", device, protocol, steps, warmup, repeats)
     print(f"FCOS ({fcos_s['protocol']} protocol): {fcos_ms:.1f} ms per iteration", flush=True)
-    records.append(make_record("A5", f"fcos_train_step_ms_{tag}", fcos_ms, "ms", DATA, name, time.time() - t_start,
+    keep(make_record("A5", f"fcos_train_step_ms_{tag}", fcos_ms, "ms", DATA, name, time.time() - t_start,
                                details={**timing, "runs_ms": fcos_runs, "protocol": fcos_s["protocol"],
                                         "batch_size": fcos_s["batch_size"]}))
     default_on_host = device.type in common._NMS_ON_HOST_DEVICES
@@ -179,18 +185,16 @@ def main(argv=None):
               flush=True)
         if on_host == default_on_host:
             ms, runs, s = per_path[on_host]
-            records.append(make_record(
+            keep(make_record(
                 "A5", f"faster_rcnn_train_step_ms_{tag}", ms, "ms", DATA, name, time.time() - t0,
                 details={**timing, "runs_ms": runs, "protocol": s["protocol"], "batch_size": s["batch_size"],
                          "rpn_nms": "nms per image" if on_host else "nms_masks"}))
     speedup = per_path[True][0] / per_path[False][0]
     print(f"nms_masks speed-up on the whole iteration: {speedup:.2f}x", flush=True)
-    records.append(make_record(
+    keep(make_record(
         "A5", f"faster_rcnn_step_speedup_nms_masks_vs_host_{tag}", speedup, "x", DATA, name, time.time() - t_start,
         details={**timing, "host_ms": per_path[True][0], "masks_ms": per_path[False][0],
                  "default": "nms per image" if default_on_host else "nms_masks"}))
-    if args.json:
-        merge_records(args.json, records)
     return records
 
 

@@ -23,17 +23,42 @@ requires_cifar = pytest.mark.skipif(not cifar_available(), reason="CIFAR-10 not 
 
 
 def host_reads(fn):
-    """Run fn() under PyTorch's CPU profiler and count, by operator name, the calls that on a GPU
-    make the host wait for the device: a value read back (`aten::_local_scalar_dense`, behind
-    `.item()`) or a result whose size depends on the data (`aten::nonzero`, behind boolean
-    indexing; `masked_select`, `unique`). {} when there are none."""
+    """Run fn() (on the CPU) and count, by name, the calls that on a GPU would make the host wait
+    for the device. {} when there are none. Two kinds:
+      * operators, seen by PyTorch's profiler: a value read back (`aten::_local_scalar_dense`,
+        behind `.item()`, `float(t)`, `if t:`) and results whose size depends on the data
+        (`aten::nonzero` behind boolean indexing, `masked_select`, `unique`). A read inside
+        `torch._assert_async` is left out: on a GPU that check runs on the device.
+      * copies to the host, which on the CPU run no operator: `Tensor.tolist`, `Tensor.cpu`,
+        `Tensor.numpy`, `numpy.asarray(t)`, `torch.equal`, seen by a `TorchFunctionMode`."""
+    from torch.overrides import TorchFunctionMode
     from torch.profiler import ProfilerActivity, profile
+    import torch
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    copies = {torch.Tensor.tolist: "Tensor.tolist", torch.Tensor.cpu: "Tensor.cpu",
+              torch.Tensor.numpy: "Tensor.numpy", torch.Tensor.__array__: "Tensor.__array__",
+              torch.equal: "torch.equal"}
+    counts = {}
+
+    class CountCopies(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in copies:
+                counts[copies[func]] = counts.get(copies[func], 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof, CountCopies():
         fn()
     reads = ("aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique",
              "aten::_unique2")
-    return {e.key: e.count for e in prof.key_averages() if e.key in reads}
+    for event in prof.events():
+        if event.name not in reads:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and parent.name != "aten::_assert_async":
+            parent = parent.cpu_parent
+        if parent is None:
+            counts[event.name] = counts.get(event.name, 0) + 1
+    return counts
 
 
 def assert_close(ours, reference, tol, what="value"):

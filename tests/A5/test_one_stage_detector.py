@@ -502,6 +502,16 @@ def test_a_fcos_training_step_never_waits_for_the_device(small_fcos):
     assert control == {"aten::nonzero": 1, "aten::_local_scalar_dense": 1}
 
 
+def test_fcos_rejects_class_ids_out_of_range(small_fcos):
+    """A class id >= num_classes (a 1-based dataset, say) raises instead of training as background."""
+    gt = torch.tensor([[[10.0, 10.0, 60.0, 70.0, 20.0]]])
+    try:
+        with pytest.raises(RuntimeError, match="class ids"):
+            small_fcos.train()(torch.randn(1, 3, 96, 128), gt)
+    finally:
+        small_fcos._normalizer.fill_(150.0)
+
+
 def test_fcos_inference_matches_a_brute_force_decode(small_fcos):
     """Hand-made head outputs: per location the best class's sqrt(sigmoid(cls) * sigmoid(ctr)),
     kept above the threshold, boxes (x - l s, y - t s, x + r s, y + b s) clipped to the image;

@@ -47,3 +47,20 @@ def test_assert_close_refuses_to_broadcast():
         assert_close(torch.ones(3), torch.ones(3, 1), 1e-12)
     with pytest.raises(AssertionError, match="relative error"):
         assert_close(torch.ones(3), torch.zeros(3), 1e-12)
+
+
+def test_host_reads_counts_reads_and_copies_but_not_device_side_asserts():
+    """Each kind of call that makes a GPU's host wait is counted once per call; arithmetic and a
+    `torch._assert_async` check (which runs on the device there) are not."""
+    import numpy as np
+    import torch
+
+    from eecs598.testing import host_reads
+
+    t = torch.tensor([1.0, 2.0, 3.0])
+    assert host_reads(lambda: (t * 2 + 1).sum()) == {}
+    assert host_reads(lambda: torch._assert_async((t < 5).all(), "in range")) == {}
+    assert host_reads(lambda: (t.sum().item(), float(t[0]), t[t > 1], t.tolist(), torch.equal(t, t),
+                               t.cpu(), t.numpy(), np.asarray(t))) == {
+        "aten::_local_scalar_dense": 2, "aten::nonzero": 1, "Tensor.tolist": 1, "torch.equal": 1,
+        "Tensor.cpu": 1, "Tensor.numpy": 1, "Tensor.__array__": 1}
