@@ -62,14 +62,17 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     CPU too, in fp32): export writes shards + JSON; import_trained rebuilds the detector with
     exactly the exported weights; run(trained=...) evaluates it and, when the JSON names another
     training device, labels the records with both machines and adds that machine's speed row.
-    The GPU protocol's metrics carry the "_gpu_protocol" suffix. With figures_dir, run also
+    The GPU protocol's metrics carry the "_gpu_protocol" suffix; Faster R-CNN's runs its RPN NMS
+    as on a GPU (`common.nms_masks`), in training and evaluation. With figures_dir, run also
     writes the PR curves and three drawn detections under the metrics' prefix."""
     import gpu_handoff
     monkeypatch.setenv("EECS598_QUICK", "1")
     monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
     if protocol == "cuda":  # the GPU protocol's loader, worker processes included, runs here too
+        import common
         import rcnn_experiments as rx
         assert rx.settings(protocol)["num_workers"] == 8
+        monkeypatch.setattr(common, "_NMS_ON_HOST_DEVICES", ())  # and the RPN's NMS as on a GPU
     module, after_training = gpu_handoff.MODULES[kind], {}
     real_train = module.train
 
