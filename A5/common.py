@@ -4,7 +4,8 @@ Course API (names and signatures kept): `hello_common()`, `DetectorBackboneWithF
 `get_fpn_location_coords(...)`, `nms(boxes, scores, iou_threshold=0.5)`,
 `class_spec_nms(boxes, scores, class_ids, iou_threshold=0.5)`, plus the helpers the course kept in
 `a4_helper.py`: `infinite_loader(loader)`, `train_detector(...)`, `inference_with_detector(...)`.
-Added: `box_iou`, `hflip_boxes`, `random_hflip`, `predict_detections`, `evaluate_detector`,
+Added: `box_iou`, `nms_masks` (NMS of many box sets at once on the device, for the RPN on
+accelerators), `hflip_boxes`, `random_hflip`, `predict_detections`, `evaluate_detector`,
 `evaluate_predictions`.
 
 Differences from the reference solutions (on purpose):

@@ -13,7 +13,10 @@ What differs from the published reference solution (and why):
 * the sigmoid focal loss is written here (`sigmoid_focal_loss`), not taken from torchvision;
 * location coordinates follow the row-major flattening of the predictions
   (location k = i * W + j has x = (j + 0.5) * stride, y = (i + 0.5) * stride);
-* no torchvision and no hard-coded `.cuda()`: everything follows the input's device/dtype.
+* no torchvision and no hard-coded `.cuda()`: everything follows the input's device/dtype;
+* training assigns the targets of the whole batch at once (`fcos_match_locations_to_gt` and the
+  target helpers take a leading batch dimension), without reading anything back from the
+  device: on a GPU, no waits (the course loops over images).
 
 Conventions: boxes are (x1, y1, x2, y2) in input-image pixels; a GT row is (x1, y1, x2, y2, class)
 and padding / background rows are all -1. Levels are keyed "p3", "p4", "p5".

@@ -30,6 +30,11 @@ Differences from the reference solutions (on purpose):
   `box_regression=False` gives the course's classification-only second stage);
 * inference scores every (proposal, class) pair above the threshold (as torchvision's ROI heads)
   instead of only the best class per proposal, then `common.class_spec_nms`.
+
+Beyond the course, for GPUs: `iou`, `rcnn_match_anchors_to_gt` and `rcnn_apply_deltas_to_anchors`
+take leading batch dimensions, the RPN matches all images' anchors at once, and on an
+accelerator its proposals' NMS runs for all images of a level at once on the device
+(`common.nms_masks`; the CPU keeps `nms` per image, faster there). Same results either way.
 """
 import math
 
