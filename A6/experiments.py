@@ -297,10 +297,12 @@ def _posterior_means(model, x, y, cond, batch_size=1000):
 
 
 def latent_class_probe(model, train, test, cond=False, steps=300, lr=1e-2, seed=0):
-    """How much digit identity the latent code carries: a linear classifier (softmax
+    """How much digit identity the latent code carries LINEARLY: a linear classifier (softmax
     regression, full-batch Adam) trained on the posterior means mu of `train` = (x, y) and
     scored on those of `test`. Chance is 0.1; a code that spells out the digit scores near 1.
-    For a CVAE the encoder also sees the label, so a high score means z repeats it."""
+    For a CVAE the encoder also sees the label, so a high score means z repeats it. A lower
+    bound: on the headline CVAE this probe scores 0.31 and a one-hidden-layer probe 0.80
+    (A6/README.md)."""
     m_train = _posterior_means(model, *train, cond)
     m_test = _posterior_means(model, *test, cond)
     mean, std = m_train.mean(0), m_train.std(0).clamp_min(1e-6)
