@@ -385,13 +385,16 @@ class FastMaxPool(object):
     @staticmethod
     def _reduce(t, dim, k):
         """Max over groups of k consecutive entries along `dim` (of size a multiple of k), as
-        k strided slices. Returns (max, index of the first maximum in each group, uint8)."""
+        k strided slices. Returns (max, index of the first maximum in each group: uint8, or
+        int32 for k > 256, whose indices do not fit in a byte)."""
         def part(j):
             return t[(slice(None),) * dim + (slice(j, None, k),)]
         best, index = part(0), None
         for j in range(1, k):
             candidate = part(j)
             better = (candidate > best).view(torch.uint8)  # strict: ties keep the earlier slice
+            if k > 256:
+                better = better.int()
             index = better if index is None else torch.maximum(index, better * j)
             best = torch.maximum(best, candidate)
         if index is None:  # k == 1

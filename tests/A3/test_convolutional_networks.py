@@ -166,6 +166,21 @@ def _pool_reference(x, ph, pw, stride, dout):
     return out.detach(), xr.grad
 
 
+@pytest.mark.parametrize("k", [255, 256, 257, 300])
+def test_fast_maxpool_windows_wider_than_a_byte_route_to_the_right_pixel(k):
+    """Non-overlapping k x k windows: the position of each window's maximum is kept per row and
+    column; past 256 it must not wrap around. Maxima planted in the last column / last row."""
+    torch.manual_seed(4)
+    x = torch.randn(1, 2, k, k, dtype=DT)
+    x[0, 0, 5, k - 1] = 10.0
+    x[0, 1, k - 1, 3] = 10.0
+    dout = torch.randn(1, 2, 1, 1, dtype=DT)
+    ref_out, ref_dx = _pool_reference(x, k, k, k, dout)
+    out, cache = cn.FastMaxPool.forward(x, {"pool_height": k, "pool_width": k, "stride": k})
+    assert torch.equal(out, ref_out)
+    assert torch.equal(cn.FastMaxPool.backward(dout, cache), ref_dx)
+
+
 @pytest.mark.parametrize("layer", ["MaxPool", "FastMaxPool"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=POOL_IDS)
 def test_maxpool_forward_backward_vs_autograd(layer, case):
