@@ -9,6 +9,7 @@ from the merged file.
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 from pathlib import Path
 
@@ -50,6 +51,21 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable: {value!r}")
 
 
+def _standard_json(value):
+    """`value` as data that standard JSON can hold: tensors and numpy values through
+    `_json_default`, and NaN or infinite numbers (a diverged run's last loss) as None (null):
+    JSON has no NaN, and other readers (JavaScript's JSON.parse, for one) reject it."""
+    if isinstance(value, dict):
+        return {k: _standard_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_standard_json(v) for v in value]
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    return _standard_json(_json_default(value))
+
+
 def _write_atomically(path, text):
     """Write `text` to `path` through a temporary file in the same folder and a rename, so that
     a run killed mid-write leaves the old file, not a truncated one."""
@@ -84,13 +100,14 @@ def _locked(path):
 
 
 def merge_records(path, records):
-    """Merge `records` into the JSON list at `path` (replacing rows with the same key); return all."""
+    """Merge `records` into the JSON list at `path` (replacing rows with the same key); return all.
+    Non-finite numbers are written as null (`_standard_json`)."""
     with _locked(path):
         merged = {_key(r): r for r in load_records(path)}
         merged.update({_key(r): r for r in records})
-        rows = sorted(merged.values(), key=lambda r: (r["assignment"], r["mode"], r["metric"]))
+        rows = _standard_json(sorted(merged.values(), key=lambda r: (r["assignment"], r["mode"], r["metric"])))
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(rows, indent=2, default=_json_default) + "\n")
+        _write_atomically(path, json.dumps(rows, indent=2, allow_nan=False) + "\n")
     return rows
 
 

@@ -30,6 +30,21 @@ def test_tensor_and_numpy_details_are_written_as_numbers(tmp_path):
     assert row["value"] == 0.5 and row["details"] == {"curve": [1.0, 2.0], "count": 3, "best": 7}
 
 
+def test_non_finite_numbers_are_written_as_standard_json_null(tmp_path):
+    """A diverged run's NaN loss (or an infinity) becomes null: the file parses without
+    Python's NaN extension, and what write_results returns is what the file holds."""
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    rows = write_results(tmp_path, [_record("a", float("nan"), final_loss=float("nan"),
+                                            curve=[1.0, float("inf"), np.float64("-inf")],
+                                            t=torch.tensor([2.0, float("nan")]))])
+    (row,) = json.loads((tmp_path / "results.json").read_text(), parse_constant=reject)
+    assert row["value"] is None and row["details"] == {"final_loss": None, "curve": [1.0, None, None],
+                                                       "t": [2.0, None]}
+    assert rows == [row] and render_markdown(rows) == (tmp_path / "RESULTS.md").read_text()
+
+
 def test_unserializable_detail_fails_before_the_file_changes(tmp_path):
     write_results(tmp_path, [_record("a", 1.0)])
     before = (tmp_path / "results.json").read_text()
