@@ -75,3 +75,35 @@ def test_run_linear_keeps_the_better_model_and_tests_it_once(monkeypatch, search
     assert (out["model"] is searched) == search_is_better
     assert out["val_accuracy"] == max(acc(searched, Xv, yv), out["retrained_val_accuracy"])
     assert out["test_accuracy"] == acc(out["model"], Xte, yte)
+
+
+@pytest.mark.parametrize("search_is_better", [True, False])
+def test_run_two_layer_keeps_the_better_model_on_validation_and_tests_it_once(monkeypatch, search_is_better):
+    """The search's net (scripted: an oracle or an anti-oracle) against the retrained one (a
+    learning rate that learns nothing, or one that learns): the better on VALIDATION is kept,
+    and the test set is predicted exactly once, by the kept model (no peeking to choose)."""
+    exp = load_experiments(A2)
+    g = torch.Generator().manual_seed(0)
+    (Xtr, ytr), (Xv, yv), (Xte, yte) = _blobs(90, g), _blobs(60, g), _blobs(60, g)
+    data = {"X_train": Xtr, "y_train": ytr, "X_val": Xv, "y_val": yv, "X_test": Xte, "y_test": yte}
+    acc = lambda m, X, y: 100.0 * (m.predict(X) == y).double().mean().item()  # noqa: E731
+    searched = exp.tln.TwoLayerNet(4, 4, 3)
+    searched.params.update(W1=torch.eye(4), b1=torch.zeros(4), b2=torch.zeros(3),
+                           W2=torch.eye(4, 3) * (1.0 if search_is_better else -1.0))  # (anti-)oracle
+    searched.hparams = {"learning_rate": 1e-12 if search_is_better else 0.5, "hidden_size": 8,
+                        "reg": 0.0, "learning_rate_decay": 1.0}
+    searched_val = acc(searched, Xv, yv)
+    monkeypatch.setattr(exp.tln, "find_best_net", lambda *a, **k: (searched, {}, searched_val / 100))
+    monkeypatch.setattr(exp, "two_layer_settings", lambda: {
+        "search_iters": 1, "final_iters": 60, "batch_size": 30, "std": 1e-2, "augment_flips": False,
+        "max_hidden": None, "max_values_per_list": None})
+    predicted_test = []
+    predict = exp.tln.TwoLayerNet.predict
+    monkeypatch.setattr(exp.tln.TwoLayerNet, "predict",
+                        lambda self, X: (predicted_test.append(self) if X is Xte else None) or predict(self, X))
+    out = exp.run_two_layer(data, verbose=False)
+    assert out["retrained"] == (not search_is_better)
+    assert (out["model"] is searched) == search_is_better
+    assert out["val_accuracy"] == max(searched_val, out["retrained_val_accuracy"])
+    assert predicted_test == [out["model"]]
+    assert out["test_accuracy"] == acc(out["model"], Xte, yte)
