@@ -524,7 +524,8 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
         "scores" (M,), "gt_boxes" (K, 4) and "gt_classes" (K,) long (padding rows dropped),
         all CPU tensors; with `keep_images`, also "image": the input image (3, H, W) as the
         loader gave it. With `return_stats=True`, also a dict with "images_per_s" (model
-        time only, data loading excluded) and "num_images".
+        time only, data loading excluded), "num_images" and "batch_size" (images per
+        detector call).
     """
     device = torch.device(device)
     detector.to(device)
@@ -561,7 +562,7 @@ def predict_detections(detector, dataset_or_loader, score_thresh=0.05, nms_thres
                 break
     if return_stats:
         return results, {"images_per_s": len(results) / max(model_seconds, 1e-9),
-                         "num_images": len(results)}
+                         "num_images": len(results), "batch_size": step}
     return results
 
 
@@ -578,7 +579,8 @@ def evaluate_detector(detector, dataset, score_thresh=0.05, nms_thresh=0.5, devi
     Returns:
         dict with "map" (all-point AP, VOC2010+, in [0, 1]), "map_07" (VOC2007 11-point),
         "ap_per_class" {class name: AP}, "ap07_per_class", "pr_curves", "num_gt_per_class",
-        "images_per_s", "num_images", "used_difficult" and "predictions" (predict_detections).
+        "images_per_s", "num_images", "batch_size", "used_difficult" and "predictions"
+        (predict_detections).
         `batch_size` as in `predict_detections`.
     """
     preds, stats = predict_detections(detector, dataset, score_thresh, nms_thresh, device,

@@ -42,19 +42,20 @@ def _module(kind):
 
 
 def measure_speed(kind, out, device):
-    """Inference speed (images/s, batch as in the module's evaluation) of a trained detector (`out`
-    as `train` returns it) on the first SPEED_IMAGES training images. Returns (images/s, seconds,
-    number of images)."""
+    """Inference speed (images/s, in batches of the module's `eval_batch_size(device)`) of a trained
+    detector (`out` as `train` returns it) on the first SPEED_IMAGES training images. Returns
+    (images/s, seconds, number of images, batch size)."""
     s, detector = out["settings"], out["detector"]
     images = dt.load_voc("train", min(SPEED_IMAGES, out["num_train"]))
     t0 = time.time()
+    batch_size = _module(kind).eval_batch_size(device)
     if kind == "fcos":
-        result = fcos_experiments.evaluate(detector, images, device, verbose=False)
+        result = fcos_experiments.evaluate(detector, images, device, verbose=False, batch_size=batch_size)
     else:
         result = common.evaluate_detector(detector, images, s["score_thresh"], s["nms_thresh"], device=device,
                                           num_classes=rcnn_experiments.NUM_CLASSES, verbose=False,
-                                          batch_size=s.get("eval_batch_size", 1))
-    return result["images_per_s"], time.time() - t0, len(images)
+                                          batch_size=batch_size)
+    return result["images_per_s"], time.time() - t0, len(images), result["batch_size"]
 
 
 def export(kind, out_dir, device=None, verbose=True, protocol=None):
@@ -62,12 +63,13 @@ def export(kind, out_dir, device=None, verbose=True, protocol=None):
     <kind>.shard<k>.pt and <kind>_train.json to `out_dir`. Returns the JSON's content."""
     device = get_device(device)
     out = _module(kind).train(device, protocol, verbose=verbose, checkpoint=True)
-    speed, seconds, num = measure_speed(kind, out, device)
+    speed, seconds, num, batch_size = measure_speed(kind, out, device)
     shards = dt.save_sharded(out["detector"].state_dict(), out_dir, kind)
     history = {k: v for k, v in out["train"].items() if isinstance(v, (int, float, list, dict, str))}
     info = {"kind": kind, "settings": out["settings"], "protocol": out["protocol"], "device": out["device"],
             "torch_version": torch.__version__, "num_train": out["num_train"], "phases": out["phases"],
             "train": history, "training_device_images_per_s": speed, "training_device_eval_seconds": seconds,
+            "training_device_batch_size": batch_size,
             "training_device_speed_images": f"the first {num} voc07_train images",
             "shards": [os.path.basename(p) for p in shards]}
     Path(out_dir, f"{kind}_train.json").write_text(json.dumps(info))

@@ -316,24 +316,14 @@ class FCOS(nn.Module):
         """`forward` from FPN features. `images` is only used for its shape (B, 3, H, W): a
         "meta" tensor works, which lets training run on precomputed backbone features."""
         ### BEGIN SOLUTION
-        ### HINT: pred_net -> per-level predictions; get_fpn_location_coords; no gt_boxes: return self.inference(...). Training: fcos_match_locations_to_gt and fcos_get_deltas_from_locations on the whole batch (or per image), concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
+        ### HINT: pred_net -> per-level predictions; self.fpn_locations (their coordinates); no gt_boxes: return self.inference(..., **self._thresholds(test_score_thresh, test_nms_thresh)). Training: fcos_match_locations_to_gt and fcos_get_deltas_from_locations on the whole batch (or per image), concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
-        any_feat = next(iter(feats_per_fpn_level.values()))
-        shapes = {level: feat.shape for level, feat in feats_per_fpn_level.items()}
         strides = self.backbone.fpn_strides
-        # Targets, locations and losses in at least float32 (bf16 features under autocast would
-        # round pixel coordinates), float64 for a float64 model.
-        cdtype = torch.promote_types(any_feat.dtype, torch.float32)
-        locations_per_fpn_level = get_fpn_location_coords(shapes, strides, dtype=cdtype,
-                                                          device=any_feat.device)
+        locations_per_fpn_level = self.fpn_locations(feats_per_fpn_level)
+        cdtype = next(iter(locations_per_fpn_level.values())).dtype
         if gt_boxes is None:
-            kwargs = {}
-            if test_score_thresh is not None:
-                kwargs["test_score_thresh"] = test_score_thresh
-            if test_nms_thresh is not None:
-                kwargs["test_nms_thresh"] = test_nms_thresh
-            return self.inference(images, locations_per_fpn_level, pred_cls_logits,
-                                  pred_boxreg_deltas, pred_ctr_logits, **kwargs)
+            return self.inference(images, locations_per_fpn_level, pred_cls_logits, pred_boxreg_deltas,
+                                  pred_ctr_logits, **self._thresholds(test_score_thresh, test_nms_thresh))
 
         gt_boxes = gt_boxes.to(cdtype)
         # The whole batch at once: (B, L, 5) and (B, L, 4) over all levels, in the same level
@@ -373,6 +363,42 @@ class FCOS(nn.Module):
         normalizer = self._normalizer * num_images
         return {"loss_cls": loss_cls.sum() / normalizer, "loss_box": loss_box.sum() / normalizer,
                 "loss_ctr": loss_ctr.sum() / normalizer}
+
+    def fpn_locations(self, feats_per_fpn_level):
+        """{level: (H_l * W_l, 2)} (x, y) image coordinates of the FPN locations, ordered as the
+        flattened predictions (`get_fpn_location_coords`), in at least float32 (bf16 features
+        under autocast would round pixel coordinates; a float64 model gets float64)."""
+        any_feat = next(iter(feats_per_fpn_level.values()))
+        shapes = {level: feat.shape for level, feat in feats_per_fpn_level.items()}
+        return get_fpn_location_coords(shapes, self.backbone.fpn_strides,
+                                       dtype=torch.promote_types(any_feat.dtype, torch.float32),
+                                       device=any_feat.device)
+
+    @staticmethod
+    def _thresholds(test_score_thresh, test_nms_thresh):
+        """The keyword arguments of `inference` that are set (None: its default)."""
+        kwargs = {"test_score_thresh": test_score_thresh, "test_nms_thresh": test_nms_thresh}
+        return {k: v for k, v in kwargs.items() if v is not None}
+
+    @torch.no_grad()
+    def detect_batch(self, images, test_score_thresh=None, test_nms_thresh=None):
+        """Eval-mode detections for a batch of any size: backbone, FPN and head run on the whole
+        batch, then `inference` on each image's predictions.
+
+        Args:
+            images: (B, 3, H, W) ImageNet-normalized.
+        Returns:
+            a list of B tuples (pred_boxes (M, 4), pred_classes (M,), pred_scores (M,)), as
+            `forward` gives for one image.
+        """
+        feats_per_fpn_level = self.backbone(images)
+        predictions = self.pred_net(feats_per_fpn_level)  # (cls, box, ctr), each {level: (B, L, .)}
+        locations_per_fpn_level = self.fpn_locations(feats_per_fpn_level)
+        thresholds = self._thresholds(test_score_thresh, test_nms_thresh)
+        return [self.inference(images[b:b + 1], locations_per_fpn_level,
+                               *({level: p[b:b + 1] for level, p in pred.items()} for pred in predictions),
+                               **thresholds)
+                for b in range(images.shape[0])]
 
     @staticmethod
     def _cat_across_fpn_levels(dict_with_fpn_levels, dim=1):

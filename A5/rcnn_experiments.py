@@ -59,7 +59,8 @@ PROTOCOLS = {
                  roi_batch_per_image=128, pre_nms_topk=1000, post_nms_topk=200,
                  batch_size=16, learning_rate=0.02, weight_decay=1e-4, max_iters=20000,
                  warmup_iters=300, time_limit=360, num_workers=8, num_train=None, num_val=None,
-                 score_thresh=0.05, nms_thresh=0.5),
+                 score_thresh=0.05, nms_thresh=0.5,
+                eval_batch_size=32),  # not measured against other sizes (no GPU lent so far)
     "cpu": dict(backbone="efficientnet_lite0", freeze_backbone=True, fpn_channels=64,
                 rpn_stem=[64], roi_stem=[64], rpn_batch_per_image=256, roi_batch_per_image=64,
                 pre_nms_topk=300, post_nms_topk=100, batch_size=8, learning_rate=0.02,
@@ -79,6 +80,12 @@ def protocol_for(device):
 def protocol_name(protocol):
     """"cuda" or "cpu" ("gpu", fcos_experiments' name, is taken as "cuda"); ValueError otherwise."""
     return dt.protocol_name(protocol, "cuda")
+
+
+def eval_batch_size(device):
+    """Images per `FasterRCNN.detect_batch` call on `device`: its protocol's eval_batch_size (a
+    detector trained elsewhere is evaluated with this machine's)."""
+    return settings(protocol_for(device))["eval_batch_size"]
 
 
 def settings(protocol):
@@ -254,7 +261,7 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
     t = time.time()
     result = common.evaluate_detector(detector, val_set, s["score_thresh"], s["nms_thresh"], device=device,
                                       num_classes=NUM_CLASSES, verbose=False,
-                                      batch_size=s.get("eval_batch_size", 1))
+                                      batch_size=eval_batch_size(device))
     preds, images_per_s = result["predictions"], result["images_per_s"]
     phases = dict(out["phases"], eval_s=time.time() - t)
     if verbose:
@@ -302,11 +309,12 @@ def run(device=None, trained=None, figures_dir=None):
                     "% mAP@0.5 (VOC07 11-point)", DATA, dev, secs, reference=None, details=details),
         make_record(ASSIGNMENT, f"faster_rcnn_images_per_s{suffix}", out["images_per_s"], "images/s",
                     DATA, device_name(device), out["phases"]["eval_s"], reference=None,
-                    details={"protocol": s["protocol"], "batch": s.get("eval_batch_size", 1),
+                    details={"protocol": s["protocol"], "batch": out["result"]["batch_size"],
                              "note": "model time only (data loading excluded), score_thresh 0.05"}),
     ]
     if dt.handoff_details(out, device):  # trained elsewhere: that machine's inference speed too
         records.append(dt.training_device_speed_record(
             ASSIGNMENT, f"faster_rcnn_images_per_s{suffix}_training_device", out, "images/s", DATA,
-            {"protocol": s["protocol"], "note": "model time only (data loading excluded), score_thresh 0.05"}))
+            {"protocol": s["protocol"], "batch": out.get("training_device_batch_size", 1),
+             "note": "model time only (data loading excluded), score_thresh 0.05"}))
     return records

@@ -138,12 +138,14 @@ def test_speed_is_timed_on_training_images(kind, monkeypatch):
     import gpu_handoff
     loaded = []
     monkeypatch.setattr(dt, "load_voc", lambda split, n: loaded.append((split, n)) or [object()] * n)
-    fake = lambda *args, **kwargs: {"images_per_s": 7.0}
+    fake = lambda *args, **kwargs: {"images_per_s": 7.0, "batch_size": kwargs["batch_size"]}
     monkeypatch.setattr(fcos_experiments, "evaluate", fake)
     monkeypatch.setattr(common, "evaluate_detector", fake)
     out = {"settings": {"score_thresh": 0.05, "nms_thresh": 0.5}, "detector": None, "num_train": 3}
-    speed, _, num = gpu_handoff.measure_speed(kind, out, "cpu")
+    speed, _, num, batch_size = gpu_handoff.measure_speed(kind, out, "cpu")
     assert loaded == [("train", 3)] and speed == 7.0 and num == 3
+    # in the batches of the measuring machine's protocol, which the export reports
+    assert batch_size == gpu_handoff.MODULES[kind].settings("cpu")["eval_batch_size"]
 
 
 def test_evaluate_command_writes_into_the_results_dir(tmp_path, monkeypatch):

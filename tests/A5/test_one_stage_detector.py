@@ -374,6 +374,35 @@ def test_fcos_inference_returns_valid_boxes(small_fcos):
             assert union <= 0 or inter / union <= 0.5 + 1e-6
 
 
+def test_fcos_detect_batch_matches_one_image_at_a_time():
+    """detect_batch runs backbone and head on the whole batch, then each image's `inference`: the
+    detections of `forward` on that image alone (float64, so near-tied random scores keep their
+    order); through `common.predict_detections` with batch_size 2 as well, with a last batch of 1."""
+    import common
+    torch.manual_seed(5)
+    model = osd.FCOS(num_classes=20, fpn_channels=16, stem_channels=[16], pretrained=False).double().eval()
+    images = torch.randn(3, 3, 96, 128, dtype=torch.float64)
+    with torch.no_grad():
+        batched = model.detect_batch(images, test_score_thresh=0.04, test_nms_thresh=0.5)
+        singles = [model(images[b:b + 1], test_score_thresh=0.04, test_nms_thresh=0.5) for b in range(3)]
+    assert len(batched) == 3 and sum(len(s) for _, _, s in singles) > 0
+    for (bb, bc, bs), (sb, sc, ss) in zip(batched, singles):
+        assert bb.shape == sb.shape and torch.equal(bc, sc)
+        torch.testing.assert_close(bb, sb, rtol=0, atol=1e-9)
+        torch.testing.assert_close(bs, ss, rtol=0, atol=1e-12)
+    dataset = [(f"{i}", images[i], torch.full((4, 5), -1.0)) for i in range(3)]
+    preds, stats = common.predict_detections(model, dataset, 0.04, 0.5, batch_size=2, return_stats=True)
+    assert stats["batch_size"] == 2 and [p["image_path"] for p in preds] == ["0", "1", "2"]
+    for p, (sb, sc, ss) in zip(preds, singles):
+        assert torch.equal(p["classes"], sc)
+        torch.testing.assert_close(p["boxes"], sb.float(), rtol=0, atol=1e-4)
+    # default thresholds are inference's own (0.3 / 0.5)
+    with torch.no_grad():
+        default = model.detect_batch(images[:1])[0]
+        own = model(images[:1])
+    assert all(torch.equal(a, b) for a, b in zip(default, own))
+
+
 def test_fcos_inference_top_k_and_class_specific_nms_match_a_brute_force(small_fcos):
     """Hand-made head outputs through the whole of inference with pre_nms_topk = 6: per level the
     6 best locations above the threshold (by their best class's score), boxes decoded and
