@@ -34,6 +34,11 @@ def _float_dtype(*tensors):
     return dtype if dtype.is_floating_point else torch.float32
 
 
+def _as_rows(x, dtype):
+    """(N, D1, ..., Dk) samples as an (N, D1 * ... * Dk) matrix of `dtype` (N may be 0)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:])).to(dtype)
+
+
 def compute_distances_two_loops(x_train, x_test):
     """Squared Euclidean distances with a naive double loop over training and test points.
 
@@ -50,9 +55,9 @@ def compute_distances_two_loops(x_train, x_test):
     dtype = _float_dtype(x_train, x_test)
     dists = torch.zeros(num_train, num_test, dtype=dtype, device=x_train.device)
     ### BEGIN SOLUTION
-    ### HINT: flatten each sample, then for every (i, j) sum the squared differences.
-    a = x_train.reshape(num_train, -1).to(dtype)
-    b = x_test.reshape(num_test, -1).to(dtype)
+    ### HINT: flatten each sample (_as_rows), then for every (i, j) sum the squared differences.
+    a = _as_rows(x_train, dtype)
+    b = _as_rows(x_test, dtype)
     for i in range(num_train):
         for j in range(num_test):
             diff = a[i] - b[j]
@@ -72,8 +77,8 @@ def compute_distances_one_loop(x_train, x_test):
     dists = torch.zeros(num_train, num_test, dtype=dtype, device=x_train.device)
     ### BEGIN SOLUTION
     ### HINT: for row i, broadcast a[i] of shape (D,) against b of shape (num_test, D).
-    a = x_train.reshape(num_train, -1).to(dtype)
-    b = x_test.reshape(num_test, -1).to(dtype)
+    a = _as_rows(x_train, dtype)
+    b = _as_rows(x_test, dtype)
     for i in range(num_train):
         diff = b - a[i]
         dists[i] = (diff * diff).sum(dim=1)
@@ -96,8 +101,8 @@ def compute_distances_no_loops(x_train, x_test):
     dtype = _float_dtype(x_train, x_test)
     ### BEGIN SOLUTION
     ### HINT: the squared norms of the rows of a (num_train,) and b (num_test,), and a @ b.T (num_train, num_test).
-    a = x_train.reshape(num_train, -1).to(dtype)
-    b = x_test.reshape(num_test, -1).to(dtype)
+    a = _as_rows(x_train, dtype)
+    b = _as_rows(x_test, dtype)
     # einsum sums the products row by row without a (num_train, D) temporary like (a * a)
     a_sq = torch.einsum("ij,ij->i", a, a)
     b_sq = torch.einsum("ij,ij->i", b, b)
@@ -128,8 +133,8 @@ def compute_distances_l1(x_train, x_test, max_elements=None):
         max_elements = 2 ** 20 if x_train.device.type == "cpu" else 2 ** 27
     ### BEGIN SOLUTION
     ### HINT: loop over blocks of test and training rows; per block, broadcast, abs, sum over D.
-    a = x_train.reshape(num_train, -1).to(dtype)
-    b = x_test.reshape(num_test, -1).to(dtype)
+    a = _as_rows(x_train, dtype)
+    b = _as_rows(x_test, dtype)
     dim = max(1, a.shape[1])
     pairs = max(1, max_elements // dim)  # (train, test) pairs per block
     test_block = max(1, min(num_test, int(pairs ** 0.5)))

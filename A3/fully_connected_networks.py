@@ -46,8 +46,8 @@ class Linear(object):
         """
         out = None
         ### BEGIN SOLUTION
-        ### HINT: reshape x to (N, D) (x.reshape(x.shape[0], -1)), then out = x_flat @ w + b.
-        out = x.reshape(x.shape[0], -1).mm(w) + b
+        ### HINT: reshape x to (N, D) (x.reshape(x.shape[0], w.shape[0]); -1 for D would fail for N = 0), then out = x_flat @ w + b.
+        out = x.reshape(x.shape[0], w.shape[0]).mm(w) + b
         ### END SOLUTION
         cache = (x, w, b)
         return out, cache
@@ -74,7 +74,7 @@ class Linear(object):
         ### BEGIN SOLUTION
         ### HINT: dx = dout @ w^T reshaped like x; dw = x_flat^T @ dout; db = dout summed over the batch.
         dx = dout.mm(w.t()).reshape(x.shape)
-        dw = x.reshape(x.shape[0], -1).t().mm(dout)
+        dw = x.reshape(x.shape[0], w.shape[0]).t().mm(dout)
         db = dout.sum(dim=0)
         ### END SOLUTION
         return dx, dw, db

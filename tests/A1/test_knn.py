@@ -180,6 +180,20 @@ def _clusters():
     return x_train, y_train, x_test
 
 
+@pytest.mark.parametrize("fn", DISTANCE_FUNCTIONS + [knn.compute_distances_l1], ids=lambda f: f.__name__)
+def test_distances_with_no_test_or_no_training_points(fn):
+    """An empty side gives an empty matrix of the right shape, not a reshape error."""
+    x = torch.randn(3, 2, 4)
+    assert fn(x, x[:0]).shape == (3, 0) and fn(x[:0], x).shape == (0, 3)
+
+
+def test_classifier_predicts_nothing_for_no_test_points():
+    x_train, y_train, x_test = _clusters()
+    for metric in ("l2", "l1"):
+        y_pred = knn.KnnClassifier(x_train, y_train, metric=metric).predict(x_test[:0], k=1)
+        assert y_pred.shape == (0,) and y_pred.dtype == torch.int64
+
+
 def test_classifier_predict_known_answers():
     x_train, y_train, x_test = _clusters()
     clf = knn.KnnClassifier(x_train, y_train)

@@ -60,6 +60,15 @@ def test_linear_forward_backward_vs_autograd(x_shape, M):
     assert_close(db, ref_db, 1e-12, "Linear db")
 
 
+def test_linear_empty_batch():
+    """N = 0 (an empty last batch, say): out (0, M), dx like x, dw and db zero."""
+    x, w, b = _randn(0, 2, 3, seed=1), _randn(6, 4, seed=2), _randn(4, seed=3)
+    out, cache = fc.Linear.forward(x, w, b)
+    dx, dw, db = fc.Linear.backward(_randn(0, 4, seed=4), cache)
+    assert out.shape == (0, 4) and dx.shape == (0, 2, 3)
+    assert torch.equal(dw, torch.zeros_like(w)) and torch.equal(db, torch.zeros_like(b))
+
+
 def test_linear_course_forward_values():
     """The course's linspace check, with the expected values printed in the course notebook."""
     num_inputs, input_shape, output_dim = 2, (4, 5, 6), 3
