@@ -95,13 +95,22 @@ def box_iou_reference(boxes1, boxes2):
     return out
 
 
+# What autograd_or_nn_uses flags, with everything under it: torch.nn, autograd, the function
+# transforms (torch.func.vjp / grad work even under no_grad and inference_mode), and the
+# switches that turn autograd back on inside a no_grad test.
+AUTOGRAD_OR_NN_ROOTS = ("torch.nn", "torch.autograd", "torch.func", "functorch", "torch.enable_grad",
+                        "torch.set_grad_enabled")
+
+
 def autograd_or_nn_uses(module):
     """Names in `module`'s source that would make it lean on autograd or torch.nn: attributes,
-    names and imports under torch.nn / torch.autograd, with import aliases resolved (`from
+    names and imports under `AUTOGRAD_OR_NN_ROOTS` (torch.nn, torch.autograd, torch.func,
+    functorch, torch.enable_grad, torch.set_grad_enabled), with import aliases resolved (`from
     torch import nn; nn.Linear` gives `torch.nn.Linear`, `import torch as T; T.autograd.grad`
-    gives `torch.autograd.grad`), and anything with requires_grad. The from-scratch assignment
-    files must give an empty list. (A tensor's `.backward()` cannot be told apart from a
-    layer's by name; tests catch it by computing gradients under `torch.no_grad()` /
+    gives `torch.autograd.grad`), and anything with requires_grad, as a name or as a keyword
+    argument (`torch.empty(3, requires_grad=True)` gives "requires_grad="). The from-scratch
+    assignment files must give an empty list. (A tensor's `.backward()` cannot be told apart
+    from a layer's by name; tests catch it by computing gradients under
     `torch.inference_mode()`, where it fails.)"""
     import ast
     import inspect
@@ -126,9 +135,10 @@ def autograd_or_nn_uses(module):
         return aliases.get(head, head) + dot + rest
 
     used = {resolved(ast.unparse(node)) for node in ast.walk(tree) if isinstance(node, (ast.Attribute, ast.Name))}
+    used |= {f"{node.arg}=" for node in ast.walk(tree) if isinstance(node, ast.keyword) and node.arg}
 
     def flagged(name):
-        return (any(name == root or name.startswith(root + ".") for root in ("torch.nn", "torch.autograd"))
+        return (any(name == root or name.startswith(root + ".") for root in AUTOGRAD_OR_NN_ROOTS)
                 or "requires_grad" in name)
 
     return sorted(n for n in used | imported if flagged(n))

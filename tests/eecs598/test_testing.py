@@ -24,6 +24,16 @@ def load_module(tmp_path, source, name="probe_module"):
     ("from torch import autograd\ndef f(y, x):\n    return autograd.grad(y, x)\n", "torch.autograd.grad"),
     ("from torch.nn import functional as F\ndef f(x):\n    return F.conv2d(x, x)\n", "torch.nn.functional.conv2d"),
     ("import torch\ndef f(x):\n    return x.requires_grad_()\n", "x.requires_grad_"),
+    # function transforms work even under no_grad / inference_mode
+    ("from torch.func import vjp\ndef f(x, d):\n    return vjp(lambda t: t.clamp(min=0), x)[1](d)[0]\n",
+     "torch.func.vjp"),
+    ("import torch\ndef f(x):\n    return torch.func.grad(lambda t: t.sum())(x)\n", "torch.func.grad"),
+    ("import functorch\ndef f(x):\n    return functorch.grad(lambda t: t.sum())(x)\n", "functorch.grad"),
+    # switching autograd back on inside a test's no_grad
+    ("import torch\ndef f(x):\n    with torch.enable_grad():\n        return x * 2\n", "torch.enable_grad"),
+    ("import torch\ndef f(x):\n    torch.set_grad_enabled(True)\n    return x\n", "torch.set_grad_enabled"),
+    # requires_grad as a keyword argument
+    ("import torch\ndef f(x):\n    return torch.empty_like(x, requires_grad=True)\n", "requires_grad="),
 ])
 def test_flags_torch_nn_and_autograd_under_any_alias(tmp_path, source, expected):
     assert expected in autograd_or_nn_uses(load_module(tmp_path, source))
