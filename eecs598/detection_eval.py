@@ -46,7 +46,10 @@ def _np(x, dtype, shape):
     if x is None:
         return np.zeros(tuple(0 if d == -1 else d for d in shape), dtype=dtype)
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.double()  # numpy has no bfloat16 (detections of a bf16 autocast model)
+        x = x.numpy()
     return np.asarray(x, dtype=dtype).reshape(shape)
 
 

@@ -29,6 +29,9 @@ def read_idx(path):
     zero, dtype, ndim = raw[0] << 8 | raw[1], raw[2], raw[3]
     if zero != 0 or dtype != 0x08 or ndim < 1:
         raise store.DataError(f"{path}: not a uint8 IDX file (header bytes {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise store.DataError(f"{path}: truncated IDX header ({len(raw)} bytes; {ndim} dimensions need "
+                              f"{4 + 4 * ndim})")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     body = raw[4 + 4 * ndim:]
     expected = 1

@@ -69,6 +69,16 @@ def _extract_safely(tar, tar_path, dest):
     tar.extractall(dest)
 
 
+# The course's server JSON files write image paths as "./here/VOCdevkit/..." (the course's own
+# loader strips the prefix too); paths are kept relative to the folder holding VOCdevkit.
+_COURSE_PATH_PREFIX = "./here/"
+
+
+def _relative_image_path(path: str) -> str:
+    """An image path of the course JSON without the course server's "./here/" prefix."""
+    return path[len(_COURSE_PATH_PREFIX):] if path.startswith(_COURSE_PATH_PREFIX) else path
+
+
 def _images_root(json_path: Path, sample_rel_path: str) -> Path:
     """Folder against which the JSON's relative image paths resolve (data root or download cache)."""
     for base in (json_path.parent, store.dataset_dir("voc2007"),
@@ -110,7 +120,8 @@ class VOC2007Detection(torch.utils.data.Dataset):
             if not 1 <= num_images <= len(instances):
                 raise ValueError(f"num_images must be in [1, {len(instances)}], got {num_images}")
             instances = instances[:num_images]
-        self.instances = instances
+        self.instances = [[_relative_image_path(path), anns] for path, anns in instances]
+        instances = self.instances
         self.root = _images_root(json_path, instances[0][0])
         self.image_size, self.max_boxes = image_size, max_boxes
         self.class_to_idx = {c: i for i, c in enumerate(VOC_CLASSES)}
@@ -162,19 +173,35 @@ class VOC2007Detection(torch.utils.data.Dataset):
                         + [float(self.class_to_idx[obj.findtext("name").strip()])])
         if not rows:
             return torch.zeros(0, 5)
-        with Image.open(self.root / self.instances[index][0]) as img:
+        with self._open_image(index) as img:
             w, h = img.size  # header only: no decoding
         out = torch.tensor(rows, dtype=torch.float32)
         boxes, valid = self._to_crop(out[:, :4], w, h)
         return torch.cat([boxes, out[:, 4:]], dim=1)[valid]
 
+    def _open_image(self, index):
+        """PIL image `index` (lazily decoded); DataError, with where to get the images, if the
+        file is missing (a partial copy of the VOCdevkit tree)."""
+        from PIL import Image
+
+        path = self.root / self.instances[index][0]
+        try:
+            return Image.open(path)
+        except FileNotFoundError as e:
+            raise store.DataError(
+                f"voc2007: image {path} is missing (the first image of the split was found, so the "
+                f"copy under {self.root} is incomplete).\n"
+                f"  Put the whole VOCdevkit/VOC2007 tree under {self.root}.\n"
+                f"  Get it from: {store.REGISTRY['voc2007'].files['VOCtrainval_06-Nov-2007.tar'].urls[0]}"
+            ) from e
+
     def __getitem__(self, index):
         from PIL import Image
         import numpy as np
 
-        rel_path, anns = self.instances[index]
-        path = self.root / rel_path
-        with Image.open(path) as img:
+        anns = self.instances[index][1]
+        path = self.root / self.instances[index][0]
+        with self._open_image(index) as img:
             img = img.convert("RGB")
             w, h = img.size
             new_w, new_h, left, top = self._geometry(w, h)

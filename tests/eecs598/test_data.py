@@ -438,6 +438,10 @@ def test_read_idx_round_trip_and_truncation(tmp_path):
     notidx.write_bytes(gzip.compress(b"\x01\x02\x03\x04rest"))
     with pytest.raises(DataError, match="not a uint8 IDX"):
         read_idx(notidx)
+    short_header = tmp_path / "h.gz"  # 3 dimensions announced, 2 bytes of them present
+    short_header.write_bytes(gzip.compress(_idx_bytes(x)[:6]))
+    with pytest.raises(DataError, match="truncated IDX header"):
+        read_idx(short_header)
 
 
 def test_mnist_with_wrong_content_is_rejected(isolated_data):
@@ -499,6 +503,25 @@ def test_voc_transform_on_synthetic_image(isolated_data):
     assert torch.all(gt[1:] == -1)
 
 
+def test_voc_course_server_paths_and_a_partial_copy(isolated_data):
+    """The course's server JSON writes "./here/VOCdevkit/..." (its loader strips the prefix): such
+    paths resolve like plain ones. An image missing from an otherwise present copy is a
+    DataError that names the file and where to get the tree, not a bare FileNotFoundError."""
+    from PIL import Image
+    folder = isolated_data / "voc2007"
+    (folder / "VOCdevkit" / "JPEGImages").mkdir(parents=True)
+    Image.new("RGB", (240, 240), (0, 0, 0)).save(folder / "VOCdevkit" / "JPEGImages" / "a.jpg")
+    box = [{"name": "dog", "xyxy": [10.0, 20.0, 30.0, 40.0]}]
+    (folder / "voc07_train.json").write_text(json.dumps([["./here/VOCdevkit/JPEGImages/a.jpg", box],
+                                                         ["./here/VOCdevkit/JPEGImages/b.jpg", box]]))
+    ds = VOC2007Detection("train", image_size=224, max_boxes=2)
+    path, image, gt = ds[0]
+    assert path == str(folder / "VOCdevkit" / "JPEGImages" / "a.jpg") and image.shape == (3, 224, 224)
+    assert ds.instances[1][0] == "VOCdevkit/JPEGImages/b.jpg"
+    with pytest.raises(DataError, match=r"(?s)b\.jpg is missing.*VOCdevkit/VOC2007 tree.*Get it from: http"):
+        ds[1]
+
+
 def test_voc_transform_scales_and_crops_a_portrait_image(isolated_data):
     """A 300 x 500 (w x h) image: the shorter side is scaled to 224 (x 224/300; 500 -> 373 rows)
     and the centre crop drops (373 - 224) // 2 = 74 rows at the top. A red rectangle drawn where
@@ -544,9 +567,13 @@ def test_arithmetic_real_copy():
 
 
 def test_arithmetic_wrong_checksum(isolated_data):
+    """A file of the right size and keys but other content fails on its checksum (an empty "{}"
+    would fail on its size or keys even without one)."""
     (isolated_data / "arithmetic").mkdir()
-    (isolated_data / "arithmetic" / "two_digit_op.json").write_text("{}")
-    with pytest.raises(DataError):
+    size = store.REGISTRY["arithmetic"].files["two_digit_op.json"].size
+    content = json.dumps({"inp_expression": [], "out_expression": []})
+    (isolated_data / "arithmetic" / "two_digit_op.json").write_text(content + " " * (size - len(content)))
+    with pytest.raises(DataError, match="sha256 mismatch"):
         arithmetic_expressions()
 
 

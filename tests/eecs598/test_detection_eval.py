@@ -49,6 +49,16 @@ def test_hand_computed_tp_fp_duplicate_and_miss():
     np.testing.assert_allclose(prec, [1, 1 / 2, 2 / 3, 1 / 2])
 
 
+def test_bfloat16_detections_are_read():
+    """Detections of a bf16 autocast model: the same AP as their float32 values (numpy has no
+    bfloat16)."""
+    gts = [_gt([A, B], [0, 0]), _gt([C], [0])]
+    preds = [_det([A, [0.5, 0, 10, 10], B, [80, 80, 90, 90]], [0, 0, 0, 0], [0.9, 0.8, 0.7, 0.6]),
+             _det([], [], [])]
+    bf16 = [{k: (v.bfloat16() if v.is_floating_point() else v) for k, v in p.items()} for p in preds]
+    assert de.evaluate_detections(bf16, gts, num_classes=1)["map"] == pytest.approx(5 / 9)
+
+
 def test_score_order_not_input_order():
     # The lower-scoring duplicate comes first in the input: it must still be the FP.
     gts = [_gt([A], [0])]

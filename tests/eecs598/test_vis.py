@@ -51,7 +51,9 @@ def test_course_top_level_names():
     assert eecs598.utils.visualize_dataset is visualize_dataset
 
 
-def test_decode_captions_in_utils_as_in_the_course():
+def test_decode_captions_in_utils_drops_start_and_end():
+    """The project's variant: the course's decode_captions keeps <START> and <END> ("<START> a dog
+    <END>"); this one gives the words only (stopping at <END>), as BLEU and the plots want."""
     from eecs598.utils import decode_captions
 
     idx_to_word = ["<NULL>", "<START>", "<END>", "a", "dog"]
