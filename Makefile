@@ -38,7 +38,9 @@ $(VENV)/.installed: pyproject.toml requirements.txt $(CONSTRAINTS) $(VENV)/.inst
 	  $(PY) -m pip install -q torch; }; }
 	$(PY) -m pip install -q -r requirements.txt $(PIP_C) || { \
 	  echo "warning: could not install the versions in $(CONSTRAINTS); installing the newest within range" >&2; \
-	  $(PY) -m pip install -q -r requirements.txt; }
+	  $(PY) -m pip install -q -r requirements.txt || { \
+	  echo "warning: that failed too (offline?); trying without build isolation, with the venv's own setuptools" >&2; \
+	  $(PY) -m pip install -q --no-build-isolation -r requirements.txt $(PIP_C); }; }
 	touch $@
 
 ## Rewrite constraints.txt (its comment lines kept) from the venv, after a green `make test`.

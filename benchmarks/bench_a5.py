@@ -124,7 +124,8 @@ def time_detector(kind, device, protocol, steps, warmup, repeats, nms_on_host=No
     if nms_on_host is not None:
         common._NMS_ON_HOST_DEVICES = (device.type,) if nms_on_host else ()
     try:
-        train_steps(kind, detector, s, device, data, warmup)
+        if warmup:  # --warmup 0: none (train_steps' schedule needs at least one iteration)
+            train_steps(kind, detector, s, device, data, warmup)
         runs = [1000 * train_steps(kind, detector, s, device, data, steps) / steps for _ in range(repeats)]
     finally:
         common._NMS_ON_HOST_DEVICES = saved

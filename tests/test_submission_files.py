@@ -41,6 +41,12 @@ def code_cells(folder):
 
 
 def test_there_are_written_files():
+    """The parametrized test below is not vacuous: from A2 on, assignments submit weights or
+    images (A1 submits only sources, so an A1-only student release has none)."""
+    present = [a for a in sorted(SUBMISSION_FILES) if (ROOT / a).is_dir()]
+    assert present, f"no assignment folder of SUBMISSION_FILES under {ROOT}"
+    if present == ["A1"]:
+        pytest.skip("an A1-only copy: A1 submits only source files")
     assert WRITTEN_FILES, "SUBMISSION_FILES lists no weight file or image at all"
 
 

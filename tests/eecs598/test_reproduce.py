@@ -94,10 +94,12 @@ def test_main_runs_only_the_named_assignments_on_the_named_device(tmp_path, monk
         return [make_record(module, "acc", 1.0, "%", "d", str(device), 1.0)]
     monkeypatch.setattr(reproduce, "load_experiments", lambda folder: folder.name)
     monkeypatch.setattr(reproduce, "run_experiments", run_experiments)
-    reproduce.main(["--only", "A2", "A3", "--device", "cuda:1", "--results-dir", str(tmp_path)]
+    # the last two assignments of this copy (a partial student release has fewer folders)
+    names = [folder.name for folder in assignment_dirs()][-2:]
+    reproduce.main(["--only", *names, "--device", "cuda:1", "--results-dir", str(tmp_path)]
                    + (["--quick"] if quick else []))
     figures = (lambda name: None) if quick else (lambda name: tmp_path / "figures" / name)
-    assert calls == [("A2", "device<cuda:1>", figures("A2")), ("A3", "device<cuda:1>", figures("A3"))]
+    assert calls == [(name, "device<cuda:1>", figures(name)) for name in names]
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert [(r["assignment"], r["mode"]) for r in rows] == [("A2", "quick" if quick else "full"),
-                                                            ("A3", "quick" if quick else "full")]
+    assert [(r["assignment"], r["mode"]) for r in rows] == [(name, "quick" if quick else "full")
+                                                            for name in names]
