@@ -193,9 +193,10 @@ def evaluate(detector, dataset, device, score_thresh=EVAL_SCORE_THRESH, nms_thre
              max_images=None, verbose=True, batch_size=1):
     """VOC mAP@0.5 of `detector` on `dataset` via common.evaluate_detector (all images unless
     `max_images`; images go through `FCOS.detect_batch` in batches of `batch_size`, which gives
-    the same detections as one at a time), in float32 whatever the training used: bf16 logits round many scores to
-    the same value (on 250 val images 22,166 distinct scores of 25,000 detections, vs 24,977 of 24,998;
-    an earlier CPU-protocol detector scored 37.74% in bf16 and 37.82% in float32 on all of voc07_val)."""
+    the same detections as one at a time), in float32 whatever the training used: bf16 logits
+    round many scores to the same value (on 250 val images 22,166 distinct scores of 25,000
+    detections, vs 24,977 of 24,998; an earlier CPU-protocol detector scored 37.74% in bf16 and
+    37.82% in float32 on all of voc07_val)."""
     device = get_device(device)
     detector.to(device, memory_format=torch.channels_last).eval()  # also an imported detector
     with timer() as t:

@@ -320,7 +320,7 @@ class FCOS(nn.Module):
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
         strides = self.backbone.fpn_strides
         locations_per_fpn_level = self.fpn_locations(feats_per_fpn_level)
-        cdtype = next(iter(locations_per_fpn_level.values())).dtype
+        cdtype = next(iter(locations_per_fpn_level.values())).dtype  # targets and losses too
         if gt_boxes is None:
             return self.inference(images, locations_per_fpn_level, pred_cls_logits, pred_boxreg_deltas,
                                   pred_ctr_logits, **self._thresholds(test_score_thresh, test_nms_thresh))
