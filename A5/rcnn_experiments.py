@@ -10,7 +10,8 @@ Two protocols, chosen by the device (`protocol_for`):
 * "cuda" (one GPU, ~6 minutes): end to end. EfficientNet-Lite0 (ImageNet weights) + FPN 128 +
   RPN + ROI head, all trained with `common.train_detector` (SGD momentum 0.9, warmup, steps at
   60% / 90% of the iteration or time budget, whichever comes first, horizontal flips, bf16
-  autocast, time_limit 360 s, checkpoint/resume under $EECS598_CACHE/checkpoints/A5), evaluated with `common.evaluate_detector` (batch 1) on all 2,510
+  autocast, time_limit 360 s, checkpoint/resume under $EECS598_CACHE/checkpoints/A5), evaluated
+  with `common.evaluate_detector` (batches of 32 through `FasterRCNN.detect_batch`) on all 2,510
   voc07_val images. Target: mAP@0.5 >= 40%.
 * "cpu" (~20 minutes of one CPU thread in total): the backbone is frozen, so its c3/c4/c5
   features are computed once (float16, in memory) for the 2,501 voc07_train images; the FPN,
