@@ -37,6 +37,7 @@ feature cache, the training loop, the schedule and the bf16 policy are those of
     run(device)                 the above as result records
 """
 import os
+import sys
 import time
 
 import torch
@@ -135,10 +136,27 @@ def train_on_cached_features(detector, cache, s, device, seed=0, log_period=50, 
                                        verbose=verbose, checkpoint_path=checkpoint_path)
 
 
-def load_images_to_device(dataset, device, dtype=torch.float16, batch_size=64):
-    """All images of `dataset` as one (N, 3, H, W) tensor on `device` plus GT (N, 40, 5)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                         num_workers=min(8, os.cpu_count() or 1) if get_device(device).type == "cuda" else 0)
+def load_images_to_device(dataset, device, dtype=torch.float16, batch_size=64, num_workers=None):
+    """All images of `dataset` as one (N, 3, H, W) tensor on `device` plus GT (N, 40, 5).
+
+    num_workers: DataLoader worker processes decoding the JPEGs (None: up to 8 for a CUDA
+    device, none otherwise). If the workers fail (a worker killed, e.g. by a "Bus error" when
+    /dev/shm is too small for the batches in flight), the images are loaded again in this
+    process, with a warning, rather than losing the run."""
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if get_device(device).type == "cuda" else 0
+    try:
+        return _load_images(dataset, device, dtype, batch_size, num_workers)
+    except RuntimeError as e:
+        if num_workers == 0:
+            raise
+        print(f"warning: loading the images with {num_workers} workers failed ({e}); "
+              "loading them in this process", file=sys.stderr, flush=True)
+        return _load_images(dataset, device, dtype, batch_size, 0)
+
+
+def _load_images(dataset, device, dtype, batch_size, num_workers):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     images, gts = [], []
     for _, x, gt in loader:
         images.append(x.to(device, dtype))
@@ -249,7 +267,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
         torch.save(detector.state_dict(), checkpoint_path(f"{tag}.pt"))
         os.remove(train_ckpt)
     return {"settings": s, "train": history, "phases": phases, "detector": detector,
-            "num_train": len(train_set), "protocol": protocol, "device": device_name(device)}
+            "num_train": len(train_set), "protocol": protocol, "device": device_name(device),
+            "bf16_autocast": use_bf16(s, device)}
 
 
 def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True, trained=None):
@@ -292,7 +311,7 @@ def run(device=None, trained=None, figures_dir=None):
         "score_thresh": EVAL_SCORE_THRESH, "nms_thresh": EVAL_NMS_THRESH,
         "threads": torch.get_num_threads(), "phases_s": {k: round(v, 1) for k, v in phases.items()},
         "process_cpu_s": round(cpu_total, 1), "training_cpu_s": round(train["cpu_seconds"], 1),
-        "load_average_at_start": load_before, "bf16_autocast": use_bf16(s, device),
+        "load_average_at_start": load_before, "bf16_autocast": out.get("bf16_autocast", use_bf16(s, device)),
         "final_loss": (sum(train["loss_history"][-50:]) / len(train["loss_history"][-50:])
                        if train["loss_history"] else None),
         "course_target": COURSE_TARGET_MAP, "gpu_target": GPU_TARGET_MAP,

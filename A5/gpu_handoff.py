@@ -69,7 +69,7 @@ def export(kind, out_dir, device=None, verbose=True, protocol=None):
     info = {"kind": kind, "settings": out["settings"], "protocol": out["protocol"], "device": out["device"],
             "torch_version": torch.__version__, "num_train": out["num_train"], "phases": out["phases"],
             "train": history, "training_device_images_per_s": speed, "training_device_eval_seconds": seconds,
-            "training_device_batch_size": batch_size,
+            "training_device_batch_size": batch_size, "bf16_autocast": out.get("bf16_autocast"),
             "training_device_speed_images": f"the first {num} voc07_train images",
             "shards": [os.path.basename(p) for p in shards]}
     Path(out_dir, f"{kind}_train.json").write_text(json.dumps(info))

@@ -212,6 +212,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     phases = {}
     tag = f"faster_rcnn_{protocol}{'_quick' if eecs598.quick_mode() else ''}"
     ckpt = dt.checkpoint_path(f"{tag}_{dt.settings_digest(s)}_train.pt") if checkpoint else None  # resume
+    bf16 = dt.use_bf16(s, device)  # the CPU protocol's policy (its settings ask for none)
     if protocol == "cpu":
         cache = cache_backbone_features(detector.backbone.backbone, train_set, device, verbose=verbose)
         phases["feature_extraction_s"] = cache["seconds"]
@@ -228,6 +229,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
         # common.train_detector's steps come at 60% / 90% of max_iters or of time_limit,
         # whichever is reached first, so the schedule completes within the time budget.
         autocast = torch.bfloat16 if device.type == "cuda" and dt.cuda_has_fast_bf16(device) else None
+        bf16 = autocast is not None
         max_iters = s["max_iters"]
         history = common.train_detector(detector, loader, learning_rate=s["learning_rate"],
                                         weight_decay=s["weight_decay"], max_iters=max_iters,
@@ -242,7 +244,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
         torch.save(detector.state_dict(), ckpt_path)
     return {"settings": s, "train": history, "phases": phases, "detector": detector,
             "num_train": len(train_set), "protocol": protocol, "device": device_name(device),
-            "checkpoint": ckpt_path}
+            "checkpoint": ckpt_path, "bf16_autocast": bf16}
 
 
 def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True, trained=None):
@@ -297,6 +299,7 @@ def run(device=None, trained=None, figures_dir=None):
         "settings": {k: v for k, v in s.items() if k != "protocol"},
         "torch_threads": torch.get_num_threads(), "load_average_at_start": load_before,
         "final_loss": round(sum(out["loss_history"][-20:]) / max(len(out["loss_history"][-20:]), 1), 3),
+        "bf16_autocast": out.get("bf16_autocast"),  # in training (evaluation runs in float32)
         **dt.handoff_details(out, device),
     }
     dev, secs, suffix = dt.devices_label(out, device), out["total_seconds"], dt.metric_suffix(out["protocol"])

@@ -337,3 +337,28 @@ def test_train_loop_follows_lr_factor_and_clips_gradients(monkeypatch):
     dt.train_loop(model, lambda: (None, None), huge, {**s, "weight_decay": 3e-4, "max_iters": 1}, "cpu",
                   verbose=False)
     assert seen[0][1] == 3e-4
+
+
+def test_image_loading_falls_back_to_this_process_when_workers_fail(monkeypatch, capsys):
+    """fcos_experiments.load_images_to_device: a DataLoader whose workers die (as with a /dev/shm
+    too small for the batches in flight) costs a warning and a reload in this process, not the
+    run; the images and boxes are those of the dataset, in order. Without workers an error stays
+    an error."""
+    import fcos_experiments as fx
+    real_loader = torch.utils.data.DataLoader
+    calls = []
+
+    def loader(*args, num_workers=0, **kwargs):
+        calls.append(num_workers)
+        if num_workers:
+            raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Bus error.")
+        return real_loader(*args, num_workers=num_workers, **kwargs)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    data = [(str(i), torch.full((3, 4, 4), float(i)), torch.full((40, 5), -1.0)) for i in range(5)]
+    images, gts = fx.load_images_to_device(data, "cpu", batch_size=2, num_workers=3)
+    assert calls == [3, 0] and "Bus error" in capsys.readouterr().err
+    assert images.dtype == torch.float16 and images.shape == (5, 3, 4, 4) and gts.shape == (5, 40, 5)
+    assert images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    monkeypatch.setattr(torch.utils.data, "DataLoader", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError, match="x"):
+        fx.load_images_to_device(data, "cpu", num_workers=0)

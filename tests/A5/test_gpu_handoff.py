@@ -95,8 +95,11 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
 
     path = tmp_path / "out" / f"{kind}_train.json"
     doc = json.loads(path.read_text())
-    assert doc["protocol"] == protocol
-    doc["device"] = "NVIDIA H200 (test)"  # as if exported on a GPU machine
+    assert doc["protocol"] == protocol and isinstance(doc["bf16_autocast"], bool)
+    assert doc["training_device_batch_size"] == module.eval_batch_size("cpu")
+    # as if exported on a GPU machine: there, training ran under bf16 autocast and inference was
+    # timed in batches of 32; the records must say so, not what this CPU would have done
+    doc.update(device="NVIDIA H200 (test)", bf16_autocast=True, training_device_batch_size=32)
     path.write_text(json.dumps(doc))
     records = gpu_handoff.MODULES[kind].run("cpu", trained=gpu_handoff.import_trained(kind, tmp_path / "out"),
                                             figures_dir=tmp_path / "figures")
@@ -114,6 +117,9 @@ def test_export_then_evaluate_elsewhere_in_quick_mode(kind, protocol, tmp_path, 
     assert map50["device"].startswith("NVIDIA H200 (test) (training); ")
     assert map50["details"]["trained_on"] == "NVIDIA H200 (test)" and 0 <= map50["value"] <= 100
     assert metrics[f"{name}_images_per_s{suffix}_training_device"]["device"] == "NVIDIA H200 (test)"
+    assert map50["details"]["bf16_autocast"] is True
+    speed = metrics[f"{name}_images_per_s{suffix}_training_device"]
+    assert "batch 32" in speed["unit"] if kind == "fcos" else speed["details"]["batch"] == 32
 
 
 def test_both_detectors_take_either_name_of_the_gpu_protocol_and_refuse_others():
