@@ -1066,7 +1066,7 @@ class DeepConvNet(object):
         self.dtype = dtype
 
         ### BEGIN SOLUTION
-        ### HINT: for macro layer i (1-based) create W{i} (F_i, F_{i-1}, 3, 3) with kaiming_initializer(F_{i-1}, F_i, K=3, ...) when weight_scale == "kaiming" (else weight_scale * randn), b{i} zeros and, with batchnorm, gamma{i} ones and beta{i} zeros. Track the spatial size (each pool halves it); the final W{L} maps F_{L-1} * H * W features to num_classes (kaiming with relu=False).
+        ### HINT: for macro layer i (1-based) create W{i} (F_i, F_{i-1}, 3, 3) with weight_initializer(F_{i-1}, F_i, 3, True, device, dtype) if one is given, else kaiming_initializer(F_{i-1}, F_i, K=3, ...) when weight_scale == "kaiming" (else weight_scale * randn), b{i} zeros and, with batchnorm, gamma{i} ones and beta{i} zeros. Track the spatial size (each pool halves it); the final W{L} maps F_{L-1} * H * W features to num_classes (kaiming with relu=False).
         C, H, W = input_dims
 
         def init(Din, Dout, K, relu):

@@ -951,3 +951,49 @@ def test_conv_nets_train_without_autograd():
     assert set(grads) == set(model.params) and all(torch.isfinite(g).all() for g in grads.values())
     assert autograd_or_nn_uses(cn) == []
     assert autograd_or_nn_uses(resnet_from_scratch) == []
+
+
+# --- gaps found by mutation testing: initialization of the models -------------------------
+
+def _assert_normal(t, std, name):
+    """`t` looks drawn from N(0, std^2): sample std and mean within 6 standard errors."""
+    n = t.numel()
+    assert abs(t.std().item() / std - 1) < 6 / math.sqrt(2 * n), (name, t.std().item(), std)
+    assert abs(t.mean().item()) < 6 * std / math.sqrt(n), (name, t.mean().item())
+
+
+def test_three_layer_convnet_init_follows_weight_scale():
+    torch.manual_seed(0)
+    model = cn.ThreeLayerConvNet(input_dims=(3, 8, 8), num_filters=16, filter_size=5, hidden_dim=50,
+                                 num_classes=10, weight_scale=0.05, dtype=DT)
+    for k in ("W1", "W2", "W3"):
+        _assert_normal(model.params[k], 0.05, k)
+    for k in ("b1", "b2", "b3"):
+        assert not model.params[k].any(), k
+
+
+def test_deep_convnet_init_with_a_numeric_weight_scale():
+    torch.manual_seed(0)
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[16, 16], max_pools=[0], batchnorm=True,
+                           weight_scale=0.05, dtype=DT)
+    for i in (1, 2, 3):
+        assert not model.params[f"b{i}"].any()
+        _assert_normal(model.params[f"W{i}"], 0.05, f"W{i}")
+    for i in (1, 2):
+        assert not model.params[f"beta{i}"].any()
+        assert torch.equal(model.params[f"gamma{i}"], torch.ones(16, dtype=DT))
+
+
+def test_deep_convnet_uses_the_given_weight_initializer():
+    """The course API's `weight_initializer(Din, Dout, K, relu, device, dtype)` replaces the
+    weight_scale / Kaiming choice for every layer, and its weights are the ones used."""
+    calls = []
+
+    def init(Din, Dout, K, relu, device, dtype):
+        calls.append((Din, Dout, K, relu))
+        shape = (Din, Dout) if K is None else (Dout, Din, K, K)
+        return torch.full(shape, 0.25, dtype=dtype, device=device)
+
+    model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 5], max_pools=[0], weight_initializer=init)
+    assert calls == [(3, 4, 3, True), (4, 5, 3, True), (5 * 4 * 4, 10, None, False)]
+    assert all((model.params[f"W{i}"] == 0.25).all() for i in (1, 2, 3))

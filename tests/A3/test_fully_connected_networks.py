@@ -656,3 +656,63 @@ def test_create_solver_instance_training_settings():
     solver = fc.create_solver_instance(data, torch.float32, "cpu")
     assert (solver.lr_decay, solver.num_epochs, solver.batch_size) == (0.95, 10, 100)
     assert solver.update_rule.__name__ == "sgd"
+
+
+# --- gaps found by mutation testing: exact zeros, non-default hyperparameters, zero biases --
+
+def test_relu_backward_is_zero_at_zero():
+    """The kink: no gradient where x == 0 (as torch's relu; the docstring's "x <= 0"). Random
+    normal inputs never hit it, but a zero-bias net on an all-zero input does."""
+    x = torch.tensor([[-1.0, 0.0, 2.0], [0.0, 3.0, -0.5]], dtype=F64)
+    dout = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=F64)
+    leaf = x.clone().requires_grad_()
+    F.relu(leaf).backward(dout)
+    _, cache = fc.ReLU.forward(x)
+    assert torch.equal(fc.ReLU.backward(dout, cache), leaf.grad)
+
+
+def _three_updates(rule, config):
+    """Three steps of `rule` from fixed weights and seeded gradients: (final w, the gradients)."""
+    w = torch.linspace(-0.4, 0.6, 6, dtype=F64)
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(6, generator=gen, dtype=F64) for _ in range(3)]
+    for dw in grads:
+        w, config = rule(w.clone(), dw, config)
+    return w, grads
+
+
+def test_update_rules_read_non_default_hyperparameters():
+    """Every hyperparameter comes from `config` (the other tests use the defaults, so rules
+    with 1e-2, 0.9, 0.99, 0.999 or 1e-8 written in would pass them): three steps against the
+    update formulas written out."""
+    w0 = torch.linspace(-0.4, 0.6, 6, dtype=F64)
+    ours, grads = _three_updates(fc.sgd, {"learning_rate": 0.3})
+    assert_close(ours, w0 - 0.3 * sum(grads), 1e-12, "sgd learning_rate")
+
+    ours, grads = _three_updates(fc.sgd_momentum, {"learning_rate": 0.2, "momentum": 0.5})
+    w, v = w0.clone(), torch.zeros_like(w0)
+    for dw in grads:
+        v = 0.5 * v - 0.2 * dw
+        w = w + v
+    assert_close(ours, w, 1e-12, "sgd_momentum momentum")
+
+    ours, grads = _three_updates(fc.rmsprop, {"learning_rate": 3e-3, "decay_rate": 0.5, "epsilon": 1e-2})
+    w, cache = w0.clone(), torch.zeros_like(w0)
+    for dw in grads:
+        cache = 0.5 * cache + 0.5 * dw ** 2
+        w = w - 3e-3 * dw / (cache.sqrt() + 1e-2)
+    assert_close(ours, w, 1e-12, "rmsprop decay_rate / epsilon / learning_rate")
+
+    ours, grads = _three_updates(fc.adam, {"learning_rate": 3e-3, "beta1": 0.5, "beta2": 0.8, "epsilon": 1e-2})
+    w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
+    for t, dw in enumerate(grads, 1):
+        m = 0.5 * m + 0.5 * dw
+        v = 0.8 * v + 0.2 * dw ** 2
+        w = w - 3e-3 * (m / (1 - 0.5 ** t)) / ((v / (1 - 0.8 ** t)).sqrt() + 1e-2)
+    assert_close(ours, w, 1e-12, "adam beta1 / beta2 / epsilon")
+
+
+def test_fully_connected_net_biases_start_at_zero():
+    torch.manual_seed(0)
+    net = fc.FullyConnectedNet([20, 30], input_dim=15, num_classes=5, weight_scale=0.1)
+    assert all(torch.equal(net.params[f"b{i}"], torch.zeros(d)) for i, d in ((1, 20), (2, 30), (3, 5)))
