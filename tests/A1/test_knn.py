@@ -357,3 +357,53 @@ def test_check_accuracy_without_test_samples_is_a_clear_error():
     classifier = knn.KnnClassifier(torch.rand(4, 3), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="at least one test sample"):
         classifier.check_accuracy(torch.rand(0, 3), torch.zeros(0, dtype=torch.long), quiet=True)
+
+
+# --- memory bounds and labels beyond 9 (gaps found by mutation testing) -----------------
+
+def test_predict_builds_no_distance_block_larger_than_max_elements(monkeypatch):
+    """KnnClassifier.predict's contract: at most `max_elements` distances at once (50,000 x
+    10,000 CIFAR images would otherwise be a 2 GB matrix); every test point still predicted once."""
+    blocks = []
+    real = knn.METRICS["l2"]
+
+    def recording(x_train, x_test):
+        dists = real(x_train, x_test)
+        blocks.append(tuple(dists.shape))
+        return dists
+    monkeypatch.setitem(knn.METRICS, "l2", recording)
+    g = torch.Generator().manual_seed(0)
+    x_train, x_test = torch.randn(200, 3, 8, 8, generator=g), torch.randn(50, 3, 8, 8, generator=g)
+    y_train = torch.randint(10, (200,), generator=g)
+    y_pred = knn.KnnClassifier(x_train, y_train).predict(x_test, k=3, max_elements=1000)
+    assert len(blocks) > 1 and all(n * m <= 1000 for n, m in blocks)
+    assert sum(m for _, m in blocks) == 50 and y_pred.shape == (50,)
+
+
+def test_l1_distances_build_no_difference_tensor_larger_than_max_elements():
+    """compute_distances_l1's contract: the (train block, test block, D) differences it builds
+    stay within `max_elements` (the notebook's 5,000 x 500 CIFAR L1 cell would otherwise need
+    30 GB); the result is still exact."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestDifference(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ == "sub" and isinstance(out, torch.Tensor):
+                self.largest = max(self.largest, out.numel())
+            return out
+    g = torch.Generator().manual_seed(1)
+    x_train, x_test = torch.randn(200, 3, 8, 8, generator=g), torch.randn(50, 3, 8, 8, generator=g)
+    with LargestDifference() as rec:
+        dists = knn.compute_distances_l1(x_train, x_test, max_elements=16384)
+    assert 0 < rec.largest <= 16384
+    ref = (x_train.reshape(200, 1, -1) - x_test.reshape(1, 50, -1)).abs().sum(dim=2)
+    assert_close(dists, ref, 1e-5, "blocked L1")
+
+
+def test_predict_labels_takes_labels_beyond_nine():
+    """Labels are any integers in [0, num_classes): 12 wins the vote, no fixed 10 classes."""
+    dists = torch.tensor([[0.1], [0.2], [0.3]])
+    assert knn.predict_labels(dists, torch.tensor([12, 3, 12]), k=3).tolist() == [12]

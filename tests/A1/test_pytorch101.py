@@ -383,6 +383,13 @@ def test_challenge_mean_tensors_float64_and_long_inputs():
     assert_close(y, ref, 1e-12, "challenge_mean_tensors float64")
 
 
+def test_challenge_mean_tensors_of_an_empty_tensor_is_nan():
+    """As torch.mean of an empty tensor (the docstring): nan, not 0."""
+    xs = [torch.tensor([1.0, 3.0]), torch.tensor([]), torch.tensor([5.0])]
+    y = pytorch101.challenge_mean_tensors(xs, [2, 0, 1])
+    assert y[0] == 2.0 and torch.isnan(y[1]) and torch.isnan(torch.tensor([]).mean()) and y[2] == 5.0
+
+
 def test_challenge_get_uniques_first_occurrence():
     x = torch.tensor([3, 1, 3, 2, 1, 5, 2, 3, 5, 5, 0, 1], dtype=torch.int64)
     x0 = x.clone()

@@ -149,8 +149,10 @@ def test_train_linear_classifier_sgd_update_and_decay():
 
     _, X, y = make_problem(seed=6)
     W0 = torch.randn(D, C, dtype=torch.float64)
-    W, hist = lc.train_linear_classifier(constant_grad_loss, W0.clone(), X, y, learning_rate=0.1,
+    W_in = W0.clone()
+    W, hist = lc.train_linear_classifier(constant_grad_loss, W_in, X, y, learning_rate=0.1,
                                          reg=0.25, num_iters=7, batch_size=5)
+    assert W is W_in, "a W passed in is updated in place and returned (the docstring)"
     assert hist == [3.0] * 7 and len(calls) == 7
     assert all(shape == (5, D) and reg == 0.25 for shape, reg in calls)
     assert_close(W, W0 - 0.1 * 7 * G, 1e-12, "W after 7 constant-gradient SGD steps")
@@ -293,6 +295,26 @@ def test_classifier_train_and_test_one_param_set_pass_their_settings(monkeypatch
         assert_close(clf.W, W_ref, 1e-12, f"{cls.__name__} W")
         assert train_acc == pytest.approx(100 * (X.mm(W_ref).argmax(1) == y).double().mean().item())
         assert val_acc == pytest.approx(100 * (X[:15].mm(W_ref).argmax(1) == y[:15]).double().mean().item())
+
+
+def test_test_one_param_set_passes_the_learning_rate_decay(monkeypatch):
+    """learning_rate_decay / decay_every reach the training loop: the W of the same training
+    with the decay, not the W without it."""
+    torch.manual_seed(0)
+    X, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    data = {"X_train": X, "y_train": y, "X_val": X[:15], "y_val": y[:15]}
+
+    def trained_w(decay):
+        monkeypatch.setattr(lc, "sample_batch", _fixed_batches(X, y)[0])
+        torch.manual_seed(0)  # what Softmax() does, for the initial W
+        return lc.train_linear_classifier(lc.Softmax().loss, None, X, y, 0.3, 0.02, 6, 4,
+                                          learning_rate_decay=decay, decay_every=2)[0]
+    with_decay, without = trained_w(0.1), trained_w(1.0)
+    assert not torch.allclose(with_decay, without)
+    monkeypatch.setattr(lc, "sample_batch", _fixed_batches(X, y)[0])
+    clf, _, _ = lc.test_one_param_set(lc.Softmax(), data, 0.3, 0.02, num_iters=6, batch_size=4,
+                                      learning_rate_decay=0.1, decay_every=2)
+    assert_close(clf.W, with_decay, 1e-12, "W trained with the decay")
 
 
 def test_linear_classifier_load_honours_device(tmp_path):

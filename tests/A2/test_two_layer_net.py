@@ -270,13 +270,14 @@ def test_find_best_net_returns_the_best_of_a_tiny_grid(lrs):
                                       learning_rate=lr, learning_rate_decay=decay, reg=reg,
                                       num_iters=40, batch_size=30)
                     val = (net.predict(data["X_val"]) == data["y_val"]).double().mean().item()
-                    runs.append((val, net, stats))
+                    runs.append((val, net, stats, {"learning_rate": lr, "hidden_size": hs, "reg": reg,
+                                                   "learning_rate_decay": decay}))
                     assert results[(lr, hs, reg, decay)]["loss_history"] == stats["loss_history"]
     assert len(results) == 8 * len(lrs)
     if lrs == [3.0]:  # the case is what it says: the best peak is not reached by the best final net
-        assert max(max(stats["val_acc_history"]) for _, _, stats in runs) > max(r[0] for r in runs)
+        assert max(max(stats["val_acc_history"]) for _, _, stats, _ in runs) > max(r[0] for r in runs)
     ref_val = max(r[0] for r in runs)
-    ref_net, ref_stats = next((net, stats) for val, net, stats in runs if val == ref_val)
+    ref_net, ref_stats, ref_hparams = next((net, stats, hp) for val, net, stats, hp in runs if val == ref_val)
     assert best_val == pytest.approx(ref_val, abs=1e-12)
     # The returned net, as it is, reproduces the returned accuracy.
     assert (best_net.predict(data["X_val"]) == data["y_val"]).double().mean().item() == best_val
@@ -284,6 +285,35 @@ def test_find_best_net_returns_the_best_of_a_tiny_grid(lrs):
     assert best_net.params["W1"].shape == ref_net.params["W1"].shape
     for k in NAMES:
         assert_close(best_net.params[k], ref_net.params[k], 1e-12, f"best net {k}")
+    # its record of its own settings (run_two_layer retrains and reports with it)
+    assert best_net.hparams == ref_hparams
+
+
+def test_find_best_net_records_the_settings_of_the_net_it_returns():
+    """The best of the grid comes last in every list (one hidden unit cannot separate three
+    classes; sixteen can): its hparams are its own, not the first or the last values tried."""
+    torch.manual_seed(0)
+    y = torch.arange(90) % 3
+    X = 0.3 * torch.randn(90, 6, dtype=torch.float64)
+    X[torch.arange(90), y] += 1.0
+    data = {"X_train": X[:60], "y_train": y[:60], "X_val": X[60:], "y_val": y[60:]}
+    best_net, _, best_val = tln.find_best_net(data, lambda: ([1e-4, 0.5], [1, 16], [1e-3, 1e-4], [0.9, 1.0]),
+                                              num_iters=60, batch_size=30, std=0.1)
+    assert best_val > 0.9 and best_net.params["W1"].shape[1] == 16
+    assert best_net.hparams["hidden_size"] == 16 and best_net.hparams["learning_rate"] == 0.5
+
+
+def test_find_best_net_returns_a_net_when_no_setting_scores_on_validation():
+    """Every configuration at 0% validation accuracy (the labels are a class the nets never
+    predict): the first net is still returned, not None."""
+    torch.manual_seed(0)
+    X = torch.randn(40, 5, dtype=torch.float64)
+    data = {"X_train": X[:30], "y_train": torch.arange(30) % 3, "X_val": X[30:],
+            "y_val": torch.full((10,), 7)}
+    best_net, best_stat, best_val = tln.find_best_net(data, lambda: ([0.1, 0.2], [4], [1e-3], [1.0]),
+                                                      num_iters=5, batch_size=10, std=0.1)
+    assert isinstance(best_net, tln.TwoLayerNet) and best_val == 0.0
+    assert best_net.hparams["learning_rate"] == 0.1
 
 
 @pytest.mark.parametrize("fn", [tln.nn_get_search_params])
