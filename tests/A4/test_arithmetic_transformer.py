@@ -637,3 +637,100 @@ def test_load_splits_real_data():
     q, _, a, _ = ds.tensors()
     assert q.shape == (500, 9) and a.shape == (500, 5)
     assert torch.all(a[:, 0] == at.BOS) and torch.all(a[:, -1] == at.EOS)
+
+
+# --- gaps found by mutation testing: key != value, per-head weights, the encoder mask, dropout
+# in training mode, inference / val in eval mode ------------------------------------------
+
+def test_attention_with_distinct_keys_and_values_and_per_head_weights():
+    """key != value (every other test passes the same tensor twice): SelfAttention vs SDPA,
+    MultiHeadAttention vs nn.MultiheadAttention; and each head's weights_softmax, as set by the
+    MultiHeadAttention forward (before any head is called on its own), is that head's slice."""
+    N, Kq, Kk, E, H = 2, 3, 5, 8, 2
+    q, k, v = _randn(N, Kq, E, seed=1), _randn(N, Kk, E, seed=2), _randn(N, Kk, E, seed=3)
+    torch.manual_seed(0)
+    sa = at.SelfAttention(E, 4, 6).to(DT)
+    ref = F.scaled_dot_product_attention(F.linear(q, sa.q.weight, sa.q.bias), F.linear(k, sa.k.weight, sa.k.bias),
+                                         F.linear(v, sa.v.weight, sa.v.bias))
+    assert_close(sa(q, k, v), ref, 1e-10, "SelfAttention, key != value")
+    mha = at.MultiHeadAttention(H, E, E // H).to(DT)
+    torch_mha = nn.MultiheadAttention(E, H, batch_first=True, dtype=DT)
+    _load_mha(torch_mha, mha)
+    ref_y, ref_w = torch_mha(q, k, v, need_weights=True, average_attn_weights=False)
+    assert_close(mha(q, k, v), ref_y, 1e-10, "MultiHeadAttention, key != value")
+    for h, head in enumerate(mha.heads):
+        assert_close(head.weights_softmax, ref_w[:, h], 1e-10, f"head {h} weights_softmax")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_encoder_block_applies_its_mask(norm_first):
+    """EncoderBlock.forward(x, mask) vs nn.TransformerEncoderLayer(src_mask=mask) (True = not allowed)."""
+    E, H, FF, N, K = 16, 4, 24, 3, 6
+    torch.manual_seed(0)
+    ours = at.EncoderBlock(H, E, FF, 0.0, norm_first=norm_first).to(DT).eval()
+    ref = nn.TransformerEncoderLayer(E, H, FF, dropout=0.0, batch_first=True, norm_first=norm_first,
+                                     dtype=DT).eval()
+    _load_mha(ref.self_attn, ours.attention)
+    with torch.no_grad():
+        for a, b in ((ref.linear1, ours.feed_forward.linear1), (ref.linear2, ours.feed_forward.linear2)):
+            a.weight.copy_(b.weight)
+            a.bias.copy_(b.bias)
+    ours.norm1.epsilon = ours.norm2.epsilon = ref.norm1.eps
+    x = _randn(N, K, E, seed=1)
+    torch.manual_seed(2)
+    mask = torch.rand(N, K, K) < 0.5
+    mask[:, :, 0] = False
+    y_ref = ref(x, src_mask=mask.repeat_interleave(H, dim=0))
+    assert_close(ours(x, mask), y_ref, 1e-10, "masked EncoderBlock")
+    assert (ours(x, mask) - ours(x)).abs().max() > 1e-6  # the mask matters here
+
+
+def _ln(x, norm):
+    return F.layer_norm(x, x.shape[-1:], norm.scale, norm.shift, norm.epsilon)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_blocks_drop_each_sublayer_output_before_the_residual_sum(norm_first):
+    """Training mode with dropout p = 1 zeroes every sublayer's output (the paper's placement,
+    as documented): post-norm blocks reduce to their norms in sequence, pre-norm blocks to the
+    identity. (Reference: F.layer_norm with the blocks' own scale/shift.)"""
+    E, H, FF = 8, 2, 12
+    torch.manual_seed(0)
+    enc = at.EncoderBlock(H, E, FF, 1.0, norm_first=norm_first).to(DT).train()
+    dec = at.DecoderBlock(H, E, FF, 1.0, norm_first=norm_first).to(DT).train()
+    with torch.no_grad():
+        for p in list(enc.parameters()) + list(dec.parameters()):
+            if p.dim() == 1:
+                p.copy_(torch.randn_like(p))  # random norm scales/shifts
+    x, mem = _randn(2, 5, E, seed=1), _randn(2, 4, E, seed=2)
+    mask = at.get_subsequent_mask(torch.zeros(2, 5, dtype=torch.long))
+    if norm_first:
+        assert_close(enc(x), x, 1e-12, "pre-norm encoder block, all dropped")
+        assert_close(dec(x, mem, mask), x, 1e-12, "pre-norm decoder block, all dropped")
+    else:
+        assert_close(enc(x), _ln(_ln(x, enc.norm1), enc.norm2), 1e-10, "post-norm encoder block, all dropped")
+        assert_close(dec(x, mem, mask), _ln(_ln(_ln(x, dec.norm1), dec.norm2), dec.norm3), 1e-10,
+                     "post-norm decoder block, all dropped")
+
+
+def test_inference_and_val_run_in_eval_mode_and_restore_the_mode():
+    """A model with dropout left in training mode: `inference` and `val` give the eval-mode
+    results (no dropout) and leave the model in training mode."""
+    d = at.generate_token_dict(at.VOCAB)
+    inputs = [f"BOS POSITIVE {a:02d} add POSITIVE {b:02d} EOS" for a, b in [(12, 30), (45, 7), (3, 3), (20, 11)]]
+    outputs = [f"BOS POSITIVE {a + b:02d} EOS" for a, b in [(12, 30), (45, 7), (3, 3), (20, 11)]]
+    ds = at.AddSubDataset(inputs, outputs, d, at.SPECIAL_TOKENS, 8, at.position_encoding_sinusoid)
+    torch.manual_seed(0)
+    model = at.Transformer(2, 8, 16, 0.5, 1, 1, len(at.VOCAB))
+    q, qp, a, ap = ds.tensors()
+    model.eval()
+    tok_eval, logits_eval = at.inference(model, q, qp[:1], ap[:1], 5)
+    val_eval = at.val(model, at.TensorBatches(ds, 2), at.CrossEntropyLoss)
+    model.train()
+    torch.manual_seed(1)
+    tok, logits = at.inference(model, q, qp[:1], ap[:1], 5)
+    assert model.training
+    assert torch.equal(tok, tok_eval)
+    assert_close(logits, logits_eval, 1e-6, "inference logits in training mode")
+    assert at.val(model, at.TensorBatches(ds, 2), at.CrossEntropyLoss) == pytest.approx(val_eval, rel=1e-6)
+    assert model.training
