@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import one_stage_detector as osd
@@ -616,3 +617,61 @@ def test_a_float64_fcos_computes_in_float64(small_fcos):
     with torch.no_grad():
         boxes, _, scores = model(images, test_score_thresh=0.0)
     assert boxes.dtype == scores.dtype == torch.float64 and boxes.shape[0] > 0
+
+
+# --- gaps found by mutation testing: head layout, stems, level ranges, thresholds ----------
+
+def test_fcos_head_cls_and_box_are_flattened_row_major():
+    """class_logits / boxreg_deltas row k = feature (i, j) with k = i * W + j (non-square maps)."""
+    torch.manual_seed(0)
+    net = osd.FCOSPredictionNetwork(num_classes=3, in_channels=8, stem_channels=[])
+    with torch.no_grad():
+        for head in (net.pred_cls, net.pred_box):  # output channel o = input channel o (centre tap)
+            head.weight.zero_(); head.bias.zero_()
+            for o in range(head.out_channels):
+                head.weight[o, o, 1, 1] = 1.0
+    feats = {"p3": torch.randn(2, 8, 5, 7), "p4": torch.randn(2, 8, 3, 4)}
+    cls, box, _ = net(feats)
+    for lvl, f in feats.items():
+        ref = f.permute(0, 2, 3, 1).reshape(2, -1, 8)
+        assert torch.allclose(cls[lvl], ref[..., :3], atol=1e-6), lvl
+        assert torch.allclose(box[lvl], ref[..., :4], atol=1e-6), lvl
+
+
+def test_fcos_head_centerness_is_on_the_box_branch_and_stems_have_relu():
+    torch.manual_seed(0)
+    net = osd.FCOSPredictionNetwork(num_classes=3, in_channels=8, stem_channels=[8, 8])
+    f = torch.randn(2, 8, 4, 5)
+    for stem in (net.stem_cls, net.stem_box):  # a ReLU after each of the two convolutions
+        assert sum(isinstance(m, nn.ReLU) for m in stem) == 2 and (stem(f) >= 0).all()
+    _, _, ctr = net({"p3": f})
+    ref = net.pred_ctr(net.stem_box(f)).permute(0, 2, 3, 1).reshape(2, -1, 1)
+    assert torch.allclose(ctr["p3"], ref, atol=1e-6)
+
+
+def test_fcos_coarsest_level_has_no_upper_bound():
+    """A box larger than 8 * 32 = 256 px from the location still matches p5 (range (128, inf))."""
+    locations = {"p3": torch.tensor([[300.0, 300.0]]), "p4": torch.tensor([[304.0, 304.0]]),
+                 "p5": torch.tensor([[16.0, 16.0]])}
+    gt = torch.tensor([[0.0, 0.0, 600.0, 600.0, 7.0]])
+    out = osd.fcos_match_locations_to_gt(locations, STRIDES, gt)
+    assert out["p5"][0, 4] == 7 and out["p3"][0, 4] == -1 and out["p4"][0, 4] == -1
+
+
+def test_fcos_inference_honours_test_nms_thresh():
+    model = osd.FCOS(num_classes=2, fpn_channels=8, stem_channels=[], pretrained=False)
+    locations = {"p3": torch.tensor([[50.0, 50.0], [54.0, 50.0]])}
+    cls = {"p3": torch.tensor([[[5.0, -9.0], [4.0, -9.0]]])}
+    box = {"p3": torch.full((1, 2, 4), 20.0 / 8)}  # boxes (30,30,70,70) and (34,30,74,70): IoU 0.818
+    ctr = {"p3": torch.full((1, 2, 1), 5.0)}
+    img = torch.zeros(1, 3, 224, 224)
+    loose = model.inference(img, locations, cls, box, ctr, test_score_thresh=0.1, test_nms_thresh=0.9)
+    tight = model.inference(img, locations, cls, box, ctr, test_score_thresh=0.1, test_nms_thresh=0.5)
+    assert len(loose[0]) == 2 and len(tight[0]) == 1
+
+
+def test_focal_loss_alpha_zero_weights_positives_zero():
+    """torchvision semantics: alpha >= 0 applies alpha_t, so alpha = 0 zeroes the positives' loss."""
+    x = torch.randn(50)
+    loss = osd.sigmoid_focal_loss(x, torch.ones(50), alpha=0.0)
+    assert torch.count_nonzero(loss) == 0

@@ -10,10 +10,12 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import common
 import two_stage_detector as tsd
+from common import DetectorBackboneWithFPN
 from eecs598.testing import assert_close, box_iou_reference, host_reads, iou_of_two_boxes
 
 STRIDES = {"p3": 8, "p4": 16, "p5": 32}
@@ -707,3 +709,94 @@ def test_faster_rcnn_inference_clips_non_square_and_caps_detections():
     boxes, _, scores = det.inference(torch.zeros(1, 3, 50, 120), proposals, logits, 0.5, 0.5)
     assert len(boxes) == 4 and (scores[:-1] > scores[1:]).all()
     assert_close(boxes, torch.cat([clipped, proposals[2:4]]), 1e-6, "the best 4")
+
+
+# --- gaps found by mutation testing: stems, NMS threshold, matching boundaries, sampling, ROI
+# inference scores --------------------------------------------------------------------------
+
+def _frcnn(**kw):
+    backbone = DetectorBackboneWithFPN(16, pretrained=False)
+    rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=50, post_nms_topk=7)
+    return tsd.FasterRCNN(backbone, rpn, [8], num_classes=20, batch_size_per_image=16, **kw)
+
+def test_rpn_and_roi_head_stems_have_relu():
+    """A ReLU after each stem convolution (without, a stem is one linear map)."""
+    torch.manual_seed(0)
+    head = tsd.RPNPredictionNetwork(8, [8, 8], num_anchors=3)
+    x = torch.randn(2, 8, 5, 6)
+    assert sum(isinstance(m, nn.ReLU) for m in head.stem_rpn) == 2 and (head.stem_rpn(x) >= 0).all()
+    det = _frcnn()
+    roi = torch.randn(3, 16, 7, 7)
+    assert sum(isinstance(m, nn.ReLU) for m in det.stem) == 1 and (det.stem(roi) >= 0).all()
+
+
+def test_rpn_proposals_honour_nms_thresh():
+    rpn = tsd.RPN(8, [], batch_size_per_image=8, nms_thresh=0.9, pre_nms_topk=10, post_nms_topk=10)
+    anchors = {"p3": torch.tensor([[30.0, 30, 70, 70], [34, 30, 74, 70]])}  # IoU 0.818
+    props = rpn.predict_proposals(anchors, {"p3": torch.tensor([[2.0, 1.0]])},
+                                  {"p3": torch.zeros(1, 2, 4)}, (224, 224))
+    assert len(props["p3"][0]) == 2
+    rpn.nms_thresh = 0.5
+    props = rpn.predict_proposals(anchors, {"p3": torch.tensor([[2.0, 1.0]])},
+                                  {"p3": torch.zeros(1, 2, 4)}, (224, 224))
+    assert len(props["p3"][0]) == 1
+
+
+def test_match_threshold_boundaries():
+    """IoU == thresholds[1] is foreground, IoU == thresholds[0] background (exact in float)."""
+    gt = torch.tensor([[0.0, 0, 10, 10, 5]])
+    anchors = torch.tensor([[0.0, 0, 10, 5], [0.0, 0, 10, 2.5], [0.0, 0, 10, 4]])  # IoU 0.5, 0.25, 0.4
+    out = tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.25, 0.5), allow_low_quality_matches=False)
+    assert out[0, 4] == 5 and out[1, 4] == -1 and out[2, 4] == -1e8
+
+
+def test_low_quality_matches_need_positive_iou():
+    """A GT box that overlaps no anchor must not turn every anchor into foreground."""
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    gt = torch.tensor([[100.0, 100, 110, 110, 3], [-1, -1, -1, -1, -1]])
+    out = tsd.rcnn_match_anchors_to_gt(anchors, gt, (0.3, 0.6), allow_low_quality_matches=True)
+    assert (out[:, 4] == -1).all()
+
+
+def test_sample_rpn_training_is_random_and_floors_the_fraction():
+    matched = torch.full((1000, 5), -1.0)
+    matched[:500, 4] = 1.0
+    torch.manual_seed(0)
+    seen_fg, seen_bg = set(), set()
+    for _ in range(50):
+        fg, bg = tsd.sample_rpn_training(matched, 64, 0.5)
+        seen_fg |= set(fg.tolist()); seen_bg |= set(bg.tolist())
+    # each index has a 1 - (1 - 32/500)^50 = 96% chance of being drawn; first-k would give 32
+    assert len(seen_fg) > 400 and len(seen_bg) > 400
+    fg, bg = tsd.sample_rpn_training(matched, 10, 0.25)  # int(2.5) = 2 foreground at most
+    assert len(fg) == 2 and len(bg) == 8
+
+
+def test_roi_head_sampling_uses_its_fg_fraction(monkeypatch):
+    torch.manual_seed(0)
+    det = _frcnn(fg_fraction=1 / 16).train()  # 16 per image: at most 1 foreground
+    gt = torch.full((1, 4, 5), -1.0)
+    gt[0, 0] = torch.tensor([20.0, 30, 120, 170, 3])
+    gt[0, 1] = torch.tensor([150.0, 10, 200, 60, 11])
+    calls, real = [], tsd.sample_rpn_training
+    def spy(matched, *a, **k):
+        fg, bg = real(matched, *a, **k)
+        calls.append(len(fg))
+        return fg, bg
+    monkeypatch.setattr(tsd, "sample_rpn_training", spy)
+    det(torch.randn(1, 3, 224, 224), gt)
+    assert calls[-1] == 1  # the ROI head's call (after the RPN's); GT boxes give >= 2 candidates
+
+
+def test_roi_inference_scores_include_background_and_every_class():
+    det = _frcnn().eval()
+    prop = torch.tensor([[10.0, 10, 50, 50], [100.0, 100, 150, 150]])
+    logits = torch.full((2, 21), -10.0)
+    logits[0, 0], logits[0, 3] = 5.0, 3.0   # background wins: p(class 2) = 0.12 < 0.5
+    logits[1, 2], logits[1, 6] = 0.0, 0.0   # classes 1 and 5 at ~0.5 each
+    img = torch.zeros(1, 3, 224, 224)
+    boxes, classes, scores = det.inference(img, prop[:1], logits[:1], 0.5, 0.5)
+    assert len(boxes) == 0
+    boxes, classes, scores = det.inference(img, prop[1:], logits[1:], 0.2, 0.5)
+    assert sorted(classes.tolist()) == [1, 5]
+    assert torch.allclose(scores, F.softmax(logits[1], 0)[[2, 6]], atol=1e-6)

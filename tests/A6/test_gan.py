@@ -473,3 +473,10 @@ def test_classifier_records_floor_is_real_train_versus_test(monkeypatch):
     assert real_fd == pytest.approx(expected, rel=1e-4)
     floor = [r for r in records if r["metric"] == "real_train_vs_test_frechet_distance"]
     assert len(floor) == 1 and floor[0]["value"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_dc_classifier_leaky_relu_slopes_are_001():
+    """The docstring's LeakyReLU(0.01) after each hidden layer (a mutation testing gap: the other
+    tests count parameters and layer types)."""
+    slopes = [m.negative_slope for m in gan.build_dc_classifier() if isinstance(m, nn.LeakyReLU)]
+    assert slopes == [0.01, 0.01, 0.01]
