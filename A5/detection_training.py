@@ -14,6 +14,7 @@ works (FCOS and FasterRCNN do).
     load_voc                       VOC 2007 split at 224 px (the experiments' datasets)
     checkpoint_path                $EECS598_CACHE/checkpoints/A5/<name>
     cpu_has_fast_bf16 / use_bf16 / autocast_for   bf16 autocast policy of a settings dict
+    eval_batch_size                images per inference call (1 on a one-thread CPU)
     lr_factor                      warmup + cosine over max(iteration, time) progress
     cache_backbone_features        frozen-backbone features of a dataset (+ mirror images)
     CachedFeatures / cached_backbone   the pass-through stand-in for the backbone extractor
@@ -94,6 +95,19 @@ def autocast_for(s, device):
     """`torch.autocast` context (bf16) enabled when `use_bf16(s, device)`."""
     device = get_device(device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16(s, device))
+
+
+# ----------------------------------------------------------------------------- inference
+def eval_batch_size(s, device):
+    """Images per inference call on `device` for settings `s` (the device's protocol):
+    s["eval_batch_size"], except 1 on a CPU running one thread. On this 2-core AMD EPYC
+    (`common.predict_detections`, trained CPU-protocol weights, 400 val images, medians of 3
+    interleaved rounds), batches help only with two threads: FCOS 67.8 images/s in batches of
+    4 against 61.7 one at a time with two threads, but 36.8 against 43.6 with one; Faster R-CNN
+    50.9 in batches of 2 against 39.2 with two threads, 23.8 against 27.2 with one."""
+    if get_device(device).type == "cpu" and torch.get_num_threads() == 1:
+        return 1
+    return s.get("eval_batch_size", 1)
 
 
 # ----------------------------------------------------------------------------- schedule

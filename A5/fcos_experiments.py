@@ -69,9 +69,10 @@ CPU_PROTOCOL = {
     "freeze_backbone": True, "batch_size": 16, "learning_rate": 0.02, "weight_decay": 1e-4,
     "warmup_iters": 100, "max_iters": 100000, "time_limit": 480.0, "grad_clip": 10.0,
     "amp_bf16": "auto", "num_train": None, "num_val": None, "flip_copies": True,
-    # Inference in batches of 4: 67.8 images/s against 61.7 one at a time and 49.0 in batches of
-    # 8 in `common.predict_detections` on this 2-core CPU (trained CPU-protocol weights, 400 val
-    # images, medians of 3 interleaved rounds). The same mAP to 1e-6.
+    # Inference in batches of 4 (one at a time on one thread: `dt.eval_batch_size`): with two
+    # threads 67.8 images/s against 61.7 one at a time and 49.0 in batches of 8 on this 2-core
+    # CPU (`common.predict_detections`, trained CPU-protocol weights, 400 val images, medians of 3
+    # interleaved rounds). The same mAP to 1e-6.
     "eval_batch_size": 4,
 }
 # Evaluation thresholds (low score threshold for mAP, as usual; the course drew at 0.3-0.5).
@@ -98,9 +99,9 @@ def settings(protocol):
 
 
 def eval_batch_size(device):
-    """Images per inference call on `device`: its protocol's eval_batch_size (a detector trained
-    elsewhere is evaluated with this machine's)."""
-    return settings(protocol_for(device))["eval_batch_size"]
+    """Images per inference call on `device`: its protocol's (a detector trained elsewhere is
+    evaluated with this machine's), as `dt.eval_batch_size` adjusts it."""
+    return dt.eval_batch_size(settings(protocol_for(device)), device)
 
 
 def build_fcos(s, pretrained=True):

@@ -362,3 +362,18 @@ def test_image_loading_falls_back_to_this_process_when_workers_fail(monkeypatch,
     monkeypatch.setattr(torch.utils.data, "DataLoader", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
     with pytest.raises(RuntimeError, match="x"):
         fx.load_images_to_device(data, "cpu", num_workers=0)
+
+
+def test_eval_batch_size_is_one_on_a_one_thread_cpu():
+    """Batches only pay with more than one CPU thread (measured: see dt.eval_batch_size); other
+    devices take the protocol's size."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert dt.eval_batch_size({"eval_batch_size": 4}, "cpu") == 1
+        assert dt.eval_batch_size({"eval_batch_size": 32}, "meta") == 32
+        torch.set_num_threads(2)
+        assert dt.eval_batch_size({"eval_batch_size": 4}, "cpu") == 4
+        assert dt.eval_batch_size({}, "cpu") == 1
+    finally:
+        torch.set_num_threads(threads)

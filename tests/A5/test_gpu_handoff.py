@@ -151,7 +151,7 @@ def test_speed_is_timed_on_training_images(kind, monkeypatch):
     speed, _, num, batch_size = gpu_handoff.measure_speed(kind, out, "cpu")
     assert loaded == [("train", 3)] and speed == 7.0 and num == 3
     # in the batches of the measuring machine's protocol, which the export reports
-    assert batch_size == gpu_handoff.MODULES[kind].settings("cpu")["eval_batch_size"]
+    assert batch_size == gpu_handoff.MODULES[kind].eval_batch_size("cpu")
 
 
 def test_evaluate_command_writes_into_the_results_dir(tmp_path, monkeypatch):
