@@ -61,7 +61,7 @@ PROTOCOLS = {
                  batch_size=16, learning_rate=0.02, weight_decay=1e-4, max_iters=20000,
                  warmup_iters=300, time_limit=360, num_workers=8, num_train=None, num_val=None,
                  score_thresh=0.05, nms_thresh=0.5,
-                eval_batch_size=32),  # not measured against other sizes (no GPU lent so far)
+                 eval_batch_size=32),  # not measured against other sizes (no GPU lent so far)
     "cpu": dict(backbone="efficientnet_lite0", freeze_backbone=True, fpn_channels=64,
                 rpn_stem=[64], roi_stem=[64], rpn_batch_per_image=256, roi_batch_per_image=64,
                 pre_nms_topk=300, post_nms_topk=100, batch_size=8, learning_rate=0.02,
