@@ -243,3 +243,80 @@ def test_an_image_without_detections_may_be_an_empty_dict_and_lengths_must_agree
     assert result["ap_per_class"][0] == pytest.approx(0.5) and result["num_det_per_class"][0] == 1
     with pytest.raises(ValueError, match=r"prediction 0 \(classes, scores, boxes\): lengths \[1, 0, 1\]"):
         de.evaluate_detections([{"boxes": [[0, 0, 10, 10]], "classes": [0]}], gts[:1], 1)
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_detection_does_not_match_gt_of_another_class():
+    # class-0 detection sits exactly on a class-1 GT; class-0 GT elsewhere
+    gts = [_gt([[0, 0, 10, 10], [50, 50, 60, 60]], [1, 0])]
+    preds = [_det([[0, 0, 10, 10], [50, 50, 60, 60]], [0, 0], [0.9, 0.8])]
+    r = de.evaluate_detections(preds, gts, num_classes=2)
+    # class 0: FP then TP -> precision envelope 0.5 at recall 1 -> AP 0.5
+    assert r["ap_per_class"][0] == pytest.approx(0.5)
+
+
+def test_disjoint_boxes_have_zero_iou():
+    # det lies below-right of GT: both overlaps negative; product must not count as intersection
+    gts = [_gt([[0, 0, 10, 10]], [0])]
+    preds = [_det([[11, 11, 12, 12]], [0], [0.9])]
+    assert de.evaluate_detections(preds, gts, num_classes=1)["ap_per_class"][0] == 0.0
+    gts = [_gt([[0, 0, 10, 10]], [0])]
+    preds = [_det([[20, 20, 29, 29]], [0], [0.9])]   # (-10)*(-10)=100 "intersection" under the mutant
+    assert de.evaluate_detections(preds, gts, num_classes=1)["ap_per_class"][0] == 0.0
+
+
+def test_11_point_counts_a_recall_of_exactly_three_tenths():
+    recall = np.array([1, 2, 3]) / 10
+    precision = np.array([1.0, 1.0, 1.0])
+    assert de.voc_ap(recall, precision, use_07_metric=True) == pytest.approx(4 / 11)
+
+
+def test_equal_scores_keep_input_order():
+    # 20 detections with equal score in one image, one GT matching only the LAST one.
+    boxes = [[100 + 3 * i, 100, 101 + 3 * i, 101] for i in range(19)] + [[0, 0, 10, 10]]
+    preds = [_det(boxes, [0] * 20, [0.5] * 20)]
+    gts = [_gt([[0, 0, 10, 10]], [0])]
+    rec, prec = de.evaluate_detections(preds, gts, num_classes=1)["pr_curves"][0]
+    assert rec.tolist() == [0.0] * 19 + [1.0]
+
+
+def test_coco_map_class_without_gt_is_nan_and_max_dets_used():
+    pytest.importorskip("pycocotools")
+    gts = [_gt([[0, 0, 10, 10]], [0])]
+    preds = [_det([[0, 0, 10, 10], [0, 0, 10, 10]], [0, 1], [0.9, 0.8])]
+    m, per = de.coco_map(preds, gts, num_classes=2)
+    assert per[0] == pytest.approx(1.0) and math.isnan(per[1]) and m == pytest.approx(1.0)
+    # 150 FPs with high scores before the TP: capped at max_dets=100 the TP is dropped
+    boxes = [[200 + 2 * i, 200, 201 + 2 * i, 201] for i in range(150)] + [[0, 0, 10, 10]]
+    preds = [_det(boxes, [0] * 151, [1.0 - i * 1e-3 for i in range(151)])]
+    m200, _ = de.coco_map(preds, gts, num_classes=1, max_dets=200)
+    assert m200 > 0
+
+
+def test_equal_scores_keep_input_order_on_large_inputs():
+    rng = np.random.default_rng(0)
+    n = 3000
+    scores = np.round(rng.random(n), 1)
+    is_tp = rng.random(n) < 0.5
+    preds, gts = [], []
+    for i in range(n):   # one image per detection
+        gts.append(_gt([[0, 0, 10, 10]], [0]))
+        box = [0, 0, 10, 10] if is_tp[i] else [50, 50, 60, 60]
+        preds.append(_det([box], [0], [float(scores[i])]))
+    rec, _ = de.evaluate_detections(preds, gts, num_classes=1)["pr_curves"][0]
+    order = np.argsort(-scores, kind="stable")
+    np.testing.assert_array_equal(rec, np.cumsum(is_tp[order]) / n)
+
+
+def test_format_ap_table_columns():
+    r = {"ap_per_class": {"cat": 0.5}, "ap07_per_class": {"cat": 0.25}, "num_gt_per_class": {"cat": 4},
+         "map": 0.5, "map_07": 0.25}
+    assert "| cat | 50.0 | 25.0 | 4 |" in de.format_ap_table(r)
+
+
+def test_coco_map_rejects_difficult_boxes():
+    pytest.importorskip("pycocotools")
+    gts = [dict(_gt([[0, 0, 10, 10]], [0]), difficult=torch.tensor([True]))]
+    with pytest.raises(ValueError):
+        de.coco_map([_det([[0, 0, 10, 10]], [0], [0.9])], gts, num_classes=1)

@@ -130,3 +130,11 @@ def test_differences_are_centred(capsys):
     assert (grad - 2 * x).abs().max().item() < 1e-10
     errors = grad_check_sparse(f, x.clone(), 2 * x, num_checks=6, h=1e-2)
     assert max(errors) < 1e-10
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_grad_check_sparse_zero_gradient_is_not_a_crash():
+    x = torch.zeros(3, dtype=torch.float64)
+    errs = grad_check_sparse(lambda x: torch.tensor(1.0), x, torch.zeros(3), num_checks=2)
+    assert errs == [0.0, 0.0]

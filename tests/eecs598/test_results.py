@@ -88,3 +88,15 @@ def test_mode_defaults_to_the_current_mode(monkeypatch):
     assert make_record("A9", "a", 1.0, "%", "toy", "cpu", 1.0)["mode"] == "quick"
     monkeypatch.setenv("EECS598_QUICK", "")
     assert make_record("A9", "a", 1.0, "%", "toy", "cpu", 1.0)["mode"] == "full"
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_merge_replaces_same_key_from_another_day(tmp_path):
+    from eecs598 import results
+    p = tmp_path / "r.json"
+    old = results.make_record("A1", "acc", 0.1, "%", "d", "cpu", 1.0, mode="quick")
+    old["date"] = "2020-01-01"
+    results.merge_records(p, [old])
+    rows = results.merge_records(p, [results.make_record("A1", "acc", 0.2, "%", "d", "cpu", 1.0, mode="quick")])
+    assert len(rows) == 1 and rows[0]["value"] == 0.2

@@ -431,3 +431,112 @@ def test_accuracy_checks_use_num_train_samples_of_train_and_num_val_samples_of_v
     Solver(model, data, update_rule=lambda w, dw, config: (w, config), batch_size=30, num_epochs=1,
            num_train_samples=10, num_val_samples=100, verbose=False).train()
     assert model.seen == [10, 25]
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+class _TinySoftmax:
+    """Linear softmax classifier; loss returns a tensor; params updated in place by sgd."""
+    def __init__(self, D=4, C=3, zero=False):
+        g = torch.Generator().manual_seed(0)
+        self.params = {"W": torch.zeros(D, C) if zero else torch.randn(D, C, generator=g) * 0.01}
+        self.calls = []
+    def loss(self, X, y=None):
+        self.calls.append(X.shape[0])
+        s = X @ self.params["W"]
+        if y is None:
+            return s
+        W = self.params["W"].detach().requires_grad_()
+        l = torch.nn.functional.cross_entropy(X @ W, y)
+        l.backward()
+        return l.detach(), {"W": W.grad}
+
+
+def _tiny_data(N=50, D=4, C=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(N, D, generator=g)
+    y = torch.randint(C, (N,), generator=g)
+    return {"X_train": X, "y_train": y, "X_val": X[:40].clone(), "y_val": y[:40].clone()}
+
+
+def test_num_val_samples_is_used():
+    m = _TinySoftmax()
+    s = Solver(m, _tiny_data(), num_epochs=1, batch_size=50, num_val_samples=7, num_train_samples=5, verbose=False)
+    m.calls.clear()
+    s._check_accuracies_and_keep_best()
+    assert m.calls == [5, 7]
+
+
+def test_loss_history_holds_python_floats():
+    s = Solver(_TinySoftmax(), _tiny_data(), num_epochs=1, batch_size=25, verbose=False)
+    s.train()
+    assert all(type(v) is float for v in s.loss_history)
+
+
+def test_first_check_records_best_params_even_at_zero_accuracy():
+    d = _tiny_data()
+    d["y_val"] = torch.full_like(d["y_val"], 2)
+    m = _TinySoftmax(zero=True)   # scores all 0 -> argmax 0 -> val acc 0
+    s = Solver(m, d, num_epochs=1, batch_size=50, verbose=False, optim_config={"learning_rate": 0.0})
+    s.train()
+    assert s.best_params and s.best_val_acc == 0
+
+
+def test_best_params_are_not_aliased_to_the_model_after_train():
+    m = _TinySoftmax()
+    s = Solver(m, _tiny_data(), num_epochs=1, batch_size=25, verbose=False)
+    s.train()
+    assert m.params["W"].data_ptr() != s.best_params["W"].data_ptr()
+
+
+def test_time_limit_after_epoch_end_check_does_not_check_twice(monkeypatch):
+    import eecs598.solver as S
+    clock = iter(range(0, 10 ** 6))
+    monkeypatch.setattr(S.time, "time", lambda: next(clock))
+    s = Solver(_TinySoftmax(), _tiny_data(), num_epochs=5, batch_size=50, verbose=False)  # 1 iter per epoch
+    s.train(time_limit=8.5)
+    # every iteration is checked (epoch end), so the stop must not add a duplicate check
+    assert s.epoch >= 2 and len(s.val_acc_history) == s.epoch
+
+
+def test_print_every_and_print_acc_every(capsys):
+    import re
+    s = Solver(_TinySoftmax(), _tiny_data(), num_epochs=4, batch_size=25, print_every=3, print_acc_every=2)
+    s.train()
+    out = capsys.readouterr().out
+    assert len(re.findall(r"Iteration \d+ / 8\) loss", out)) == 3   # t = 0, 3, 6
+    assert [int(e) for e in re.findall(r"\(Epoch (\d+) /", out)] == [0, 2, 4]
+
+
+def test_check_accuracy_on_empty_set_is_zero():
+    s = Solver(_TinySoftmax(), _tiny_data(), verbose=False)
+    assert s.check_accuracy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)) == 0.0
+
+
+def test_checkpoint_holds_per_parameter_configs_and_best_val_acc(tmp_path):
+    name = str(tmp_path / "ck")
+    s = Solver(_TinySoftmax(), _tiny_data(), num_epochs=3, batch_size=25, lr_decay=0.5, verbose=False,
+               optim_config={"learning_rate": 0.1}, checkpoint_name=name)
+    s.train()
+    ck = torch.load(name + "_epoch_3.pkl")
+    assert ck["optim_configs"]["W"]["learning_rate"] == pytest.approx(0.1 * 0.5 ** 3)
+    assert ck["best_val_acc"] == max(ck["val_acc_history"])
+
+
+def test_best_val_acc_in_checkpoint_when_last_check_is_worse(tmp_path):
+    name = str(tmp_path / "ck")
+    s = Solver(_TinySoftmax(), _tiny_data(), num_epochs=6, batch_size=25, verbose=False,
+               optim_config={"learning_rate": 5.0}, checkpoint_name=name)
+    s.train()
+    for e in range(7):
+        ck = torch.load(f"{name}_epoch_{e}.pkl")
+        assert ck["best_val_acc"] == max(ck["val_acc_history"])
+
+
+def test_restored_bn_state_is_not_aliased():
+    m = _TinySoftmax()
+    m.bn_params = [{"mode": "train", "running_mean": torch.zeros(3)}]
+    s = Solver(m, _tiny_data(), num_epochs=1, batch_size=50, verbose=False)
+    s.train()
+    m.bn_params[0]["running_mean"] += 1   # a later in-place update
+    assert torch.equal(s.best_bn_state[0]["running_mean"], torch.zeros(3))

@@ -171,3 +171,57 @@ def test_the_courses_graded_files_are_in_the_zips():
     assert {"svm_best_model.pt", "softmax_best_model.pt", "nn_best_model.pt"} <= set(SUBMISSION_FILES["A2"])
     assert {"best_overfit_five_layer_net.pth", "one_minute_deepconvnet.pth",
             "overfit_deepconvnet.pth"} <= set(SUBMISSION_FILES["A3"])
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_submission_lists_hold_every_student_file():
+    """Every notebook of A1 / A3 / A4 / A6 and every weight file the A3 notebooks save is in
+    SUBMISSION_FILES (an entry deleted from the lists went unnoticed); assignments absent from a
+    partial student release are skipped."""
+    import os
+    import re
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for a in ("A1", "A3", "A4", "A6"):
+        if not os.path.isdir(os.path.join(root, a)):
+            continue
+        for nb in os.listdir(os.path.join(root, a)):
+            if nb.endswith(".ipynb"):
+                assert nb in submit.SUBMISSION_FILES[a], (a, nb)
+    # weight files the A3 notebooks save
+    for a, nbs in (("A3", ["fully_connected_networks.ipynb", "convolutional_networks.ipynb"]),):
+        for nb in nbs if os.path.isdir(os.path.join(root, a)) else []:
+            text = open(os.path.join(root, a, nb)).read()
+            for w in set(re.findall(r"[a-z_]+\.pth", text)):
+                assert w in submit.SUBMISSION_FILES[a], w
+    for f in ("gan.py", "vae.py", "caption_decoding.py", "knn.py", "pytorch101.py"):
+        assert any(f in v for v in submit.SUBMISSION_FILES.values()), f
+
+
+def test_one_missing_file_is_reported_and_no_zip(tmp_path):
+    files = submit.SUBMISSION_FILES["A1"]
+    for f in files[1:]:
+        (tmp_path / f).write_text("x")
+    with pytest.raises(submit.MissingSubmissionFiles):
+        submit.make_a1_submission(tmp_path, uniquename="u", umid="1")
+    assert not list(tmp_path.glob("*.zip"))
+
+
+def test_names_are_stripped_and_empty_env_means_unset(tmp_path, monkeypatch):
+    for f in submit.SUBMISSION_FILES["A1"]:
+        (tmp_path / f).write_text("x")
+    z = submit.make_a1_submission(tmp_path, uniquename=" u ", umid=" 1\n")
+    assert Path(z).name == "u_1_A1.zip"
+    monkeypatch.setenv("EECS598_UNIQUENAME", "")
+    monkeypatch.setattr(submit, "_can_prompt", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda q: "v")
+    assert submit._get_user_info(None, "2") == ("v", "2")
+
+
+def test_second_submission_replaces_the_zip(tmp_path):
+    for f in submit.SUBMISSION_FILES["A1"]:
+        (tmp_path / f).write_text("x")
+    submit.make_a1_submission(tmp_path, uniquename="u", umid="1")
+    z = submit.make_a1_submission(tmp_path, uniquename="u", umid="1")
+    names = zipfile.ZipFile(z).namelist()
+    assert sorted(names) == sorted(submit.SUBMISSION_FILES["A1"])

@@ -132,3 +132,35 @@ def test_reset_seed_seeds_torch_and_python():
     a, ra = torch.rand(3), random.random()
     utils.reset_seed(3)
     assert torch.equal(a, torch.rand(3)) and ra == random.random()
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_pick_and_env_flag(monkeypatch):
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    assert utils.pick(full=5000, quick=500) == 500
+    monkeypatch.setenv("EECS598_QUICK", "0")
+    assert not utils.quick_mode() and utils.pick(full=5000, quick=500) == 5000
+    monkeypatch.setenv("EECS598_QUICK", "no")
+    assert not utils.env_flag("EECS598_QUICK")
+
+
+def test_median_time_is_median_not_mean(monkeypatch):
+    ticks = iter([0, 1, 10, 11, 20, 30])   # times 1, 1, 10: median 1, mean 4
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: next(ticks))
+    med, times = utils.median_time(lambda: None, repeats=3, warmup=0)
+    assert times == [1, 1, 10] and med == 1
+
+
+def test_timer_synchronizes_cuda_at_both_ends(monkeypatch):
+    log = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: log.append("sync"))
+    with utils.timer():
+        log.append("work")
+    assert log == ["sync", "work", "sync"]
+
+
+def test_get_device_auto_uses_cuda_when_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert utils.get_device().type == "cuda" and utils.get_device("auto").type == "cuda"
