@@ -107,3 +107,39 @@ def test_run_two_layer_keeps_the_better_model_on_validation_and_tests_it_once(mo
     assert out["val_accuracy"] == max(searched_val, out["retrained_val_accuracy"])
     assert predicted_test == [out["model"]]
     assert out["test_accuracy"] == acc(out["model"], Xte, yte)
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_a2_full_settings_match_the_documented_protocol(monkeypatch):
+    from eecs598.reproduce import load_experiments
+    exp = load_experiments(A2)
+    monkeypatch.setenv("EECS598_QUICK", "0")
+    lin, two = exp.linear_settings(), exp.two_layer_settings()
+    assert (lin["search_iters"], lin["batch_size"], lin["final_iters"], lin["final_decay"]) == (2000, 200, 8000, 0.5)
+    assert lin["final_iters"] // lin["final_decay_steps"] == 2000 and lin["max_settings"] is None
+    assert (two["search_iters"], two["final_iters"], two["batch_size"], two["std"]) == (1000, 6000, 200, 1e-2)
+    assert two["augment_flips"] is True and two["max_hidden"] is None
+
+
+def test_run_two_layer_retrains_on_the_flipped_set_with_the_settings_std(monkeypatch):
+    from eecs598.reproduce import load_experiments
+    exp = load_experiments(A2)
+    g = torch.Generator().manual_seed(0)
+    data = {"X_train": torch.randn(8, 3072, generator=g), "y_train": torch.randint(3, (8,), generator=g),
+            "X_val": torch.randn(6, 3072, generator=g), "y_val": torch.randint(3, (6,), generator=g),
+            "X_test": torch.randn(6, 3072, generator=g), "y_test": torch.randint(3, (6,), generator=g)}
+    searched = exp.tln.TwoLayerNet(3072, 4, 3)
+    searched.hparams = {"learning_rate": 1e-3, "hidden_size": 4, "reg": 0.0, "learning_rate_decay": 1.0}
+    monkeypatch.setattr(exp.tln, "find_best_net", lambda *a, **k: (searched, {}, 0.0))
+    monkeypatch.setattr(exp, "two_layer_settings", lambda: {
+        "search_iters": 1, "final_iters": 2, "batch_size": 4, "std": 0.123, "augment_flips": True,
+        "max_hidden": None, "max_values_per_list": None})
+    inits, trains = [], []
+    init, train = exp.tln.TwoLayerNet.__init__, exp.tln.TwoLayerNet.train
+    monkeypatch.setattr(exp.tln.TwoLayerNet, "__init__", lambda self, *a, **k: inits.append(k) or init(self, *a, **k))
+    monkeypatch.setattr(exp.tln.TwoLayerNet, "train",
+                        lambda self, X, y, *a, **k: trains.append((X.shape[0], y.shape[0])) or train(self, X, y, *a, **k))
+    out = exp.run_two_layer(data, verbose=False)
+    assert inits[-1].get("std") == 0.123
+    assert trains == [(16, 16)] and out["num_train_trained_on"] == 16

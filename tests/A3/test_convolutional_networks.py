@@ -997,3 +997,164 @@ def test_deep_convnet_uses_the_given_weight_initializer():
     model = cn.DeepConvNet(input_dims=(3, 8, 8), num_filters=[4, 5], max_pools=[0], weight_initializer=init)
     assert calls == [(3, 4, 3, True), (4, 5, 3, True), (5 * 4 * 4, 10, None, False)]
     assert all((model.params[f"W{i}"] == 0.25).all() for i in (1, 2, 3))
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+
+class _FakeResNet:
+    """Stands in for ResNet9 in train_resnet: records the batches, returns chosen gradients.
+    Test mode (y None): scores 3*e[left pixel] + 2*e[second pixel] of channel 0, row 0."""
+
+    def __init__(self):
+        self.params = {"c.w": torch.ones(3, dtype=DT), "c.gamma": torch.ones(3, dtype=DT),
+                       "fc.b": torch.ones(3, dtype=DT)}
+        self.seen = []
+
+    def loss(self, X, y=None):
+        if y is None:
+            row = X[:, 0, 0].long()
+            return 3.0 * F.one_hot(row[:, 0], 10).to(DT) + 2.0 * F.one_hot(row[:, 1], 10).to(DT)
+        self.seen.append((X.clone(), y.clone()))
+        return torch.tensor(0.0), {"c.w": torch.zeros(3, dtype=DT), "c.gamma": torch.ones(3, dtype=DT),
+                                   "fc.b": torch.zeros(3, dtype=DT)}
+
+
+def _train_fake():
+    import resnet_from_scratch as rs
+    N = 20
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(N, 2, 8, 8, generator=g, dtype=DT)
+    X[:, 0] = torch.arange(N, dtype=DT).view(N, 1, 1)  # channel 0: the sample's index, everywhere
+    # test images: row 0 of channel 0 reads [a, b, ..., b, b]: plain says a, the mirror says b
+    Xt = torch.zeros(4, 2, 8, 8, dtype=DT)
+    a, b = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+    Xt[:, 0, 0, :] = b.to(DT).view(4, 1)
+    Xt[:, 0, 0, 0] = a.to(DT)
+    data = {"X_train": X, "y_train": torch.arange(N), "X_test": Xt, "y_test": a}
+    config = {**rs.settings(), "batch_size": 5, "epochs": 2, "learning_rate": 0.4, "momentum": 0.0,
+              "weight_decay": 0.1, "crop_pad": 2, "flip": True, "tta": True, "eval_batch": 4,
+              "allow_tf32": False}
+    model = _FakeResNet()
+    return rs, model, X, config, rs.train_resnet(model, data, config, seed=0)
+
+
+def test_train_resnet_batches_schedule_weight_decay_and_tta_accuracy():
+    rs, model, X, config, res = _train_fake()
+    total = 2 * (20 // 5)
+    assert res["steps"] == total and len(model.seen) == total
+    # labels stay with their images (channel 0 carries the index through crops and flips)
+    for Xb, yb in model.seen:
+        assert torch.equal(Xb[:, 0, 0, 0].long(), yb)
+    # every epoch visits each image once
+    for e in range(2):
+        ys = torch.cat([yb for _, yb in model.seen[4 * e:4 * e + 4]])
+        assert sorted(ys.tolist()) == list(range(20))
+    # the images are augmented (channel 1 is not just the stored image)
+    assert any(not torch.equal(Xb[:, 1], X[yb, 1]) for Xb, yb in model.seen)
+    # schedule: gamma gets gradient 1, no momentum, no decay -> 1 - sum of lr_at over all steps
+    lrs = [rs.lr_at(s, total, 0.4) for s in range(total)]
+    assert torch.allclose(model.params["c.gamma"], torch.full((3,), 1 - sum(lrs), dtype=DT))
+    # weight decay on ".w" only: c.w shrinks by prod(1 - lr * wd); fc.b (zero grad) is untouched
+    assert torch.allclose(model.params["c.w"], torch.full((3,), math.prod(1 - lr * 0.1 for lr in lrs),
+                                                          dtype=DT))
+    assert torch.equal(model.params["fc.b"], torch.ones(3, dtype=DT))
+    # test_acc is the flip-averaged prediction (says b: wrong), test_acc_no_tta the plain one (a)
+    assert res["test_acc"] == 0.0 and res["test_acc_no_tta"] == 1.0
+
+
+def test_resnet9_test_mode_matches_torch_composition_with_running_statistics():
+    """Test mode: every batch norm uses its running statistics, and the scores are scaled."""
+    import resnet_from_scratch as rs
+    torch.manual_seed(3)
+    model = rs.ResNet9(widths=(2, 3, 4, 4), num_classes=5, scale=0.5, dtype=DT)
+    stats = {}
+    for name, bn in model.bn_params.items():
+        C = model.params[f"{name}.gamma"].numel()
+        stats[name] = (0.3 * torch.randn(C, dtype=DT), torch.rand(C, dtype=DT) + 0.5)
+        bn.update(running_mean=stats[name][0].clone(), running_var=stats[name][1].clone())
+        model.params[f"{name}.gamma"] = torch.rand(C, dtype=DT) + 0.5
+        model.params[f"{name}.beta"] = 0.1 * torch.randn(C, dtype=DT)
+    X = torch.randn(3, 3, 16, 16, dtype=DT)
+    p = model.params
+
+    def layer(name, h, pool):
+        h = F.conv2d(h, p[f"{name}.w"], padding=1)
+        if pool:
+            h = F.max_pool2d(h, 2, 2)
+        rm, rv = stats[name]
+        return torch.relu(F.batch_norm(h, rm, rv, p[f"{name}.gamma"], p[f"{name}.beta"], training=False, eps=1e-5))
+
+    h = layer("layer1", layer("prep", X, False), True)
+    h = h + layer("res1b", layer("res1a", h, False), False)
+    h = layer("layer3", layer("layer2", h, True), True)
+    h = h + layer("res3b", layer("res3a", h, False), False)
+    ref = 0.5 * (h.amax(dim=(2, 3)) @ p["fc.w"] + p["fc.b"])
+    assert torch.allclose(model.loss(X), ref, atol=1e-10)
+
+
+def test_resnet_augment_reaches_every_shift_in_both_axes():
+    """Offsets 0 .. 2*pad inclusive, in rows and in columns (no flips: each window is unique)."""
+    import resnet_from_scratch as rs
+    many = torch.arange(400 * 6 * 8, dtype=DT).view(400, 1, 6, 8)
+    out = rs.augment(many, pad=2, flip=False, generator=torch.Generator().manual_seed(0))
+    ref_pad = F.pad(many, (2, 2, 2, 2), mode="reflect")
+    shifts = set()
+    for n in range(400):
+        found = [(i, j) for i in range(5) for j in range(5) if torch.equal(out[n], ref_pad[n, :, i:i + 6, j:j + 8])]
+        assert len(found) == 1
+        shifts.add(found[0])
+    assert shifts == {(i, j) for i in range(5) for j in range(5)}
+
+
+def test_resnet_load_data_normalizes_both_splits_with_training_statistics(monkeypatch):
+    import resnet_from_scratch as rs
+    g = torch.Generator().manual_seed(0)
+    xtr = torch.rand(50, 3, 4, 4, generator=g) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+    xte = torch.rand(20, 3, 4, 4, generator=g) + 5.0  # a different distribution: must not be re-centred
+    ytr, yte = torch.randint(10, (50,), generator=g), torch.randint(10, (20,), generator=g)
+    monkeypatch.setattr(rs.eecs598.data, "cifar10", lambda *a, **k: (xtr, ytr, xte, yte))
+    monkeypatch.setattr(rs.eecs598.data, "load_cifar10_uint8", lambda *a, **k: {"source": "fake"})
+    data, source = rs.load_data("cpu")
+    mean = xtr.mean(dim=(0, 2, 3), keepdim=True)
+    std = xtr.std(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose(data["X_train"], (xtr - mean) / std, atol=1e-6)
+    assert torch.allclose(data["X_test"], (xte - mean) / std, atol=1e-6)
+    assert torch.allclose(data["X_train"].std(dim=(0, 2, 3)), torch.ones(3), atol=1e-5)
+
+
+def test_run_resnet_builds_the_model_from_the_config(monkeypatch):
+    import resnet_from_scratch as rs
+    data = {"X_train": torch.zeros(1, 3, 8, 8), "y_train": torch.zeros(1, dtype=torch.long),
+            "X_test": torch.zeros(1, 3, 8, 8), "y_test": torch.zeros(1, dtype=torch.long)}
+    monkeypatch.setattr(rs, "load_data", lambda *a, **k: (data, "fake"))
+    monkeypatch.setattr(rs, "train_resnet", lambda model, data, config, **k: {"model_seen": model})
+    config = {**rs.settings(), "widths": (2, 3, 4, 5), "scale": 0.3, "label_smoothing": 0.15}
+    model = rs.run_resnet("cpu", config=config)["model"]
+    assert model.widths == (2, 3, 4, 5) and model.scale == 0.3 and model.label_smoothing == 0.15
+
+
+def test_resnet9_init_is_kaiming_fan_in():
+    """conv weights ~ N(0, 2 / (9 * C_in)), fc.w ~ N(0, 1 / w3); gamma 1, beta 0, fc.b 0."""
+    import resnet_from_scratch as rs
+    torch.manual_seed(0)
+    w = (32, 64, 64, 128)
+    m = rs.ResNet9(widths=w, dtype=DT)
+    cin = {"prep": 3, "layer1": w[0], "res1a": w[1], "res1b": w[1], "layer2": w[1], "layer3": w[2],
+           "res3a": w[3], "res3b": w[3]}
+    for name, c in cin.items():
+        t, std = m.params[f"{name}.w"], math.sqrt(2.0 / (9 * c))
+        assert abs(t.std().item() / std - 1) < 6 / math.sqrt(2 * t.numel()), name
+    t = m.params["fc.w"]
+    assert abs(t.std().item() / math.sqrt(1.0 / w[3]) - 1) < 6 / math.sqrt(2 * t.numel())
+
+
+def test_resnet_full_settings_match_the_documented_recipe(monkeypatch):
+    """The module docstring's GPU recipe: 50k images, batch 512, 10 epochs, label smoothing,
+    crops + flips, test-time flips (values as recorded in results/)."""
+    import resnet_from_scratch as rs
+    monkeypatch.setenv("EECS598_QUICK", "0")
+    s = rs.settings()
+    assert (s["num_train"], s["batch_size"], s["epochs"], s["widths"]) == (None, 512, 10, (64, 128, 256, 512))
+    assert (s["learning_rate"], s["momentum"], s["weight_decay"], s["label_smoothing"]) == (0.4, 0.9, 5e-4, 0.2)
+    assert (s["crop_pad"], s["flip"], s["tta"], s["scale"]) == (4, True, True, 0.125)
