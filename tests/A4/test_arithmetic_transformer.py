@@ -734,3 +734,43 @@ def test_inference_and_val_run_in_eval_mode_and_restore_the_mode():
     assert_close(logits, logits_eval, 1e-6, "inference logits in training mode")
     assert at.val(model, at.TensorBatches(ds, 2), at.CrossEntropyLoss) == pytest.approx(val_eval, rel=1e-6)
     assert model.training
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def _fake_splits():
+    mk = lambda tag, n: ([f"{tag}{i}" for i in range(n)], [f"o{tag}{i}" for i in range(n)])
+    return {"train": mk("tr", 6), "test": mk("te", 3), "fit": mk("fi", 4), "val": mk("va", 2),
+            "overlap": [False] * 3, "source": "fake"}
+
+
+class _Seen(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fn, train_key, eval_key", [("headline", "train", "test"), ("selection_run", "fit", "val")])
+def test_experiment_split_selection(monkeypatch, fn, train_key, eval_key):
+    """headline trains on train / measures on test; selection_run trains on fit / measures on val
+    (kills: headline on splits["val"] -- test never measured; selection_run on splits["test"] -- leakage)."""
+    splits = _fake_splits()
+
+    def fake(train_pair, eval_pair, *a, **k):
+        raise _Seen(train_pair, eval_pair)
+
+    monkeypatch.setattr(tx, "train_and_evaluate", fake)
+    with pytest.raises(_Seen) as e:
+        getattr(tx, fn)("cpu", splits=splits)
+    train_pair, eval_pair = e.value.args
+    assert set(train_pair[0]) <= set(splits[train_key][0])
+    assert list(eval_pair[0]) == splits[eval_key][0]
+
+
+def test_train_loader_shuffles(monkeypatch):
+    """train_and_evaluate's training loader shuffles (kills shuffle=False)."""
+    calls = []
+    real = tx.loader
+    monkeypatch.setattr(tx, "loader", lambda pair, cfg, shuffle=False, batch_size=None:
+                        calls.append((pair, shuffle)) or (_ for _ in ()).throw(_Seen()))
+    with pytest.raises(_Seen):
+        tx.train_and_evaluate((["1+1"], ["2"]), (["1+1"], ["2"]), "cpu")
+    assert calls[0][1] is True

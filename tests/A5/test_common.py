@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 import torch.nn.functional as F
 
 import common
@@ -559,3 +560,174 @@ def test_train_detector_clips_gradients():
     assert out["iters"] == 1
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (before - after).norm().item() == pytest.approx(0.1, rel=1e-5)
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+class _Clock:
+    """A fake `time.perf_counter` that advances only when a fake model "runs"."""
+    now = 0.0
+
+    @classmethod
+    def read(cls):
+        return cls.now
+
+
+class _Fixed(nn.Module):
+    """Returns one box whose x1 is the image's first pixel value (identifies the image); each
+    call takes `sleep` seconds of the fake clock."""
+    def __init__(self, sleep=0.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(()))
+        self.sleep = sleep
+
+    def forward(self, images, test_score_thresh=None, test_nms_thresh=None):
+        _Clock.now += self.sleep
+        v = images[0, 0, 0, 0]
+        return torch.stack([v, v, v + 1, v + 1])[None], torch.zeros(1, dtype=torch.long), torch.ones(1)
+
+
+class _DS(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        gt = torch.full((2, 5), -1.0)
+        gt[0] = torch.tensor([i, i, i + 1, i + 1, i % 3])
+        return f"img{i}", torch.full((3, 4, 4), float(i)), gt
+
+    def difficult_boxes(self, i):
+        return torch.tensor([[i + 10.0, 0, i + 11.0, 1, 0]])
+
+
+def test_predict_detections_pairs_detections_with_their_image_in_a_batched_loader():
+    """A DataLoader of batch 3 with a one-image detector: image k's detections, path and gt stay
+    together (kills enumerate(outs) without `start`, and images[start])."""
+    loader = torch.utils.data.DataLoader(_DS(6), batch_size=3, shuffle=False)
+    preds = common.predict_detections(_Fixed(), loader, keep_images=True)
+    assert [p["image_path"] for p in preds] == [f"img{i}" for i in range(6)]
+    for i, p in enumerate(preds):
+        assert p["boxes"][0, 0].item() == i == p["gt_boxes"][0, 0].item() == p["image"][0, 0, 0].item()
+
+
+def test_predict_detections_images_per_s_counts_all_calls(monkeypatch):
+    """images_per_s = images / summed model time (kills `model_seconds =` and `/ step`)."""
+    monkeypatch.setattr(common.time, "perf_counter", _Clock.read)
+    _, stats = common.predict_detections(_Fixed(sleep=0.02), _DS(5), return_stats=True)
+    assert stats["num_images"] == 5
+    assert stats["images_per_s"] == pytest.approx(50.0)  # 5 images in 5 x 0.02 s
+
+
+def test_evaluate_predictions_uses_each_images_difficult_boxes(monkeypatch):
+    """difficult boxes of image i go with image i (kills difficult_boxes(0))."""
+    from eecs598 import detection_eval
+    seen = {}
+    monkeypatch.setattr(detection_eval, "evaluate_detections",
+                        lambda preds, gts, *a, **k: seen.setdefault("gts", gts) and {})
+    ds = _DS(3)
+    preds = common.predict_detections(_Fixed(), ds)
+    common.evaluate_predictions(preds, ds, num_classes=3)
+    assert [g["boxes"][-1, 0].item() for g in seen["gts"]] == [10.0, 11.0, 12.0]
+
+
+def test_lr_factor_steps_at_60_and_90_percent():
+    assert common._lr_factor(85, 100, 0) == pytest.approx(0.1)  # kills 0.8 for the second step
+    assert common._lr_factor(90, 100, 0) == pytest.approx(0.01)
+
+
+class _TwoLoss(nn.Module):
+    """Two losses on two parameters; records the gt boxes it saw."""
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(()))
+        self.b = nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, images, gt_boxes):
+        self.seen.append(gt_boxes.clone())
+        return {"loss_a": self.a ** 2, "loss_b": self.b ** 2}
+
+
+def _loader():
+    return torch.utils.data.DataLoader(_DS(4), batch_size=4, shuffle=False)
+
+
+def test_train_detector_sums_all_losses_and_flips_with_augment():
+    """Every "loss*" term is minimized (kills loss_names[:1]); augment=True mirrors some batches
+    (kills `if augment` dropped); augment=False never does."""
+    torch.manual_seed(0)
+    det = _TwoLoss()
+    common.train_detector(det, _loader(), max_iters=20, log_period=5, verbose=False, augment=True)
+    assert det.a.item() < 0.9 and det.b.item() < 0.9
+    first = _loader().dataset[1][2][0, 0].item()
+    assert any(s[1, 0, 0].item() != first for s in det.seen)
+    det2 = _TwoLoss()
+    common.train_detector(det2, _loader(), max_iters=5, verbose=False, augment=False)
+    assert all(s[1, 0, 0].item() == first for s in det2.seen)
+
+
+def test_train_detector_default_warmup():
+    """default warmup min(500, max_iters // 10): 10 iterations end at lr * 0.01 (kills max(...))."""
+    r = common.train_detector(_TwoLoss(), _loader(), learning_rate=0.1, max_iters=10, verbose=False)
+    assert r["lr"] == pytest.approx(0.1 * 0.01)
+
+
+def test_train_detector_checkpoint_elapsed_accumulates(tmp_path):
+    """The checkpoint's elapsed includes earlier runs' time (kills elapsed = this run's time only)."""
+    path = str(tmp_path / "ck.pt")
+    common.train_detector(_TwoLoss(), _loader(), max_iters=2, verbose=False, checkpoint_path=path)
+    st = torch.load(path, weights_only=False)
+    st["elapsed"] = 1000.0
+    torch.save(st, path)
+    r = common.train_detector(_TwoLoss(), _loader(), max_iters=4, verbose=False, checkpoint_path=path)
+    assert r["resumed_at_s"] == 1000.0
+    assert torch.load(path, weights_only=False)["elapsed"] >= 1000.0
+
+
+def test_train_loop_checkpoint_elapsed_accumulates(tmp_path):
+    """train_loop's checkpoint elapsed includes the resumed time (kills perf_counter() - start)."""
+    det = _TwoLoss()
+    s = {"learning_rate": 0.01, "weight_decay": 0.0, "max_iters": 4, "warmup_iters": 0}
+    path = str(tmp_path / "ck.pt")
+    step = lambda: (None, None)
+    fn = lambda inp, gt: det(torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 5))
+    dt.train_loop(det, step, fn, dict(s, max_iters=2), "cpu", verbose=False, checkpoint_path=path)
+    st = torch.load(path, weights_only=False)
+    st["elapsed"] = 5.0
+    torch.save(st, path)
+    dt.train_loop(det, step, fn, dict(s, max_iters=4, time_limit=1e6), "cpu", verbose=False, checkpoint_path=path)
+    assert torch.load(path, weights_only=False)["elapsed"] >= 5.0
+
+
+def test_train_loop_uses_warmup_start(monkeypatch):
+    """s["warmup_start"] reaches lr_factor (kills the dropped argument)."""
+    got = []
+    real = dt.lr_factor
+    monkeypatch.setattr(dt, "lr_factor", lambda *a: got.append(a) or real(*a))
+    det = _TwoLoss()
+    s = {"learning_rate": 0.01, "weight_decay": 0.0, "max_iters": 1, "warmup_iters": 1, "warmup_start": 0.5}
+    dt.train_loop(det, lambda: (None, None), lambda i, g: det(None, torch.zeros(1, 1, 5)), s, "cpu", verbose=False)
+    assert got[0][-1] == 0.5
+
+
+class _Batched(_Fixed):
+    def detect_batch(self, images, score_thresh, nms_thresh):
+        _Clock.now += self.sleep
+        sleep, self.sleep = self.sleep, 0.0
+        try:
+            return [self.forward(images[k:k + 1]) for k in range(images.shape[0])]
+        finally:
+            self.sleep = sleep
+
+
+def test_predict_detections_batched_images_and_speed(monkeypatch):
+    """detect_batch path: kept images are each image's own (kills images[start]); images_per_s
+    counts images, not calls (kills len(results) / step)."""
+    monkeypatch.setattr(common.time, "perf_counter", _Clock.read)
+    preds, stats = common.predict_detections(_Batched(sleep=0.03), _DS(6), batch_size=3, keep_images=True,
+                                             return_stats=True)
+    assert [p["image"][0, 0, 0].item() for p in preds] == list(range(6))
+    assert stats["batch_size"] == 3 and stats["images_per_s"] == pytest.approx(100.0)  # 6 images in 2 x 0.03 s

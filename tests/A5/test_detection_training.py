@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import common
 import detection_training as dt
@@ -377,3 +378,38 @@ def test_eval_batch_size_is_one_on_a_one_thread_cpu():
         assert dt.eval_batch_size({}, "cpu") == 1
     finally:
         torch.set_num_threads(threads)
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+class _Extractor(nn.Module):
+    out_channels = {"c3": 1}
+
+    def forward(self, images):
+        return {"c3": images[:, :1]}
+
+
+class _CachedDet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Module()
+        self.backbone.backbone = _Extractor()
+        self.p = nn.Parameter(torch.ones(()))
+
+    def forward(self, images, gt):
+        f = self.backbone.backbone(images)["c3"]
+        return {"loss": self.p * (f.mean() + gt[:, 0, 0].mean())}
+
+
+def test_train_on_cached_features_depends_only_on_seed():
+    """Batches (and random flips) come from the seeded generator, not the global RNG (kills
+    randint/rand without generator=gen)."""
+    cache = {"feats": {"c3": torch.arange(8.).view(8, 1, 1, 1).expand(8, 1, 2, 2).contiguous()},
+             "gt": torch.arange(8.).view(8, 1, 1).expand(8, 1, 5).contiguous(), "image_size": (2, 2)}
+    s = {"learning_rate": 0.0, "weight_decay": 0.0, "max_iters": 6, "warmup_iters": 0, "batch_size": 2}
+    runs = []
+    for g in (1, 2):
+        torch.manual_seed(g)
+        runs.append(dt.train_on_cached_features(_CachedDet(), cache, s, "cpu", seed=0, verbose=False,
+                                                random_flip=True, log_period=1)["loss_history"])
+    assert runs[0] == runs[1]

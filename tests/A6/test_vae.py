@@ -668,3 +668,17 @@ def test_vae_records_score_cvae_samples_of_every_digit_equally(monkeypatch):
     fd_labels = [labels for n, labels in asked if n == 200]
     assert len(fd_labels) == 1 and fd_labels[0].shape == (200,)
     assert torch.equal(torch.bincount(fd_labels[0], minlength=10), torch.full((10,), 20))
+
+
+# --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
+
+def test_batch_loader_partitions_an_epoch():
+    """BatchLoader: an epoch is len(x)//B disjoint batches of B (drop_last)
+    (kills order[i:i+B] -- overlapping batches -- and len ignoring drop_last)."""
+    ex = load_experiments(A6)
+    x = torch.arange(10).float()[:, None]
+    bl = ex.BatchLoader(x, torch.arange(10), batch_size=3, seed=0)
+    batches = [xb[:, 0].long().tolist() for xb, _ in bl]
+    assert len(bl) == 3 and len(batches) == 3
+    flat = sum(batches, [])
+    assert len(flat) == 9 and len(set(flat)) == 9
