@@ -774,3 +774,15 @@ def test_train_loader_shuffles(monkeypatch):
     with pytest.raises(_Seen):
         tx.train_and_evaluate((["1+1"], ["2"]), (["1+1"], ["2"]), "cpu")
     assert calls[0][1] is True
+
+
+@requires_arithmetic
+def test_load_splits_counts_overlap_against_all_training_expressions():
+    """"overlap" marks the test expressions that occur among all 4,500 training expressions
+    (the validation slice included): some occur only in that slice, so counting against the
+    fit part alone would differ."""
+    splits = tx.load_splits()
+    train, fit, val = set(splits["train"][0]), set(splits["fit"][0]), set(splits["val"][0])
+    assert (len(splits["train"][0]), len(splits["test"][0]), len(splits["val"][0])) == (4500, 500, 500)
+    assert splits["overlap"] == [x in train for x in splits["test"][0]]
+    assert any(x in val and x not in fit for x in splits["test"][0])
