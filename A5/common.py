@@ -285,7 +285,7 @@ def nms_masks(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 
     position = torch.arange(scores.shape[-1], device=scores.device)
     suppresses = (box_iou(sboxes, sboxes).to(torch.float64) > iou_threshold) & (position[:, None] < position)
     keep = svalid
-    for done in range(0, scores.shape[-1] + 1, rounds_per_check):
+    for _check in range(0, scores.shape[-1] + 1, rounds_per_check):
         previous = keep
         for _ in range(rounds_per_check):
             keep = svalid & ~(suppresses & keep[..., :, None]).any(dim=-2)

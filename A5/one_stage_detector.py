@@ -316,14 +316,14 @@ class FCOS(nn.Module):
         """`forward` from FPN features. `images` is only used for its shape (B, 3, H, W): a
         "meta" tensor works, which lets training run on precomputed backbone features."""
         ### BEGIN SOLUTION
-        ### HINT: pred_net -> per-level predictions; self.fpn_locations (their coordinates); no gt_boxes: return self.inference(..., **self._thresholds(test_score_thresh, test_nms_thresh)). Training: fcos_match_locations_to_gt and fcos_get_deltas_from_locations on the whole batch (or per image), concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
+        ### HINT: pred_net -> per-level predictions; self.fpn_locations (their coordinates); no gt_boxes: return self.inference(..., test_score_thresh, test_nms_thresh). Training: fcos_match_locations_to_gt and fcos_get_deltas_from_locations on the whole batch (or per image), concatenate levels (_cat_across_fpn_levels), in training mode only, update the buffer self._normalizer in place to 0.9 times itself plus 0.1 times the foreground locations per image of this batch, then elementwise loss_cls (sigmoid_focal_loss on one-hot targets without background), loss_box (0.25 * L1 on foreground) and loss_ctr (BCE with fcos_make_centerness_targets, foreground only); the code below sums and normalizes them.
         pred_cls_logits, pred_boxreg_deltas, pred_ctr_logits = self.pred_net(feats_per_fpn_level)
         strides = self.backbone.fpn_strides
         locations_per_fpn_level = self.fpn_locations(feats_per_fpn_level)
         cdtype = next(iter(locations_per_fpn_level.values())).dtype  # targets and losses too
         if gt_boxes is None:
             return self.inference(images, locations_per_fpn_level, pred_cls_logits, pred_boxreg_deltas,
-                                  pred_ctr_logits, **self._thresholds(test_score_thresh, test_nms_thresh))
+                                  pred_ctr_logits, test_score_thresh, test_nms_thresh)
 
         gt_boxes = gt_boxes.to(cdtype)
         # The whole batch at once: (B, L, 5) and (B, L, 4) over all levels, in the same level
@@ -374,12 +374,6 @@ class FCOS(nn.Module):
                                        dtype=torch.promote_types(any_feat.dtype, torch.float32),
                                        device=any_feat.device)
 
-    @staticmethod
-    def _thresholds(test_score_thresh, test_nms_thresh):
-        """The keyword arguments of `inference` that are set (None: its default)."""
-        kwargs = {"test_score_thresh": test_score_thresh, "test_nms_thresh": test_nms_thresh}
-        return {k: v for k, v in kwargs.items() if v is not None}
-
     @torch.no_grad()
     def detect_batch(self, images, test_score_thresh=None, test_nms_thresh=None):
         """Eval-mode detections for a batch of any size: backbone, FPN and head run on the whole
@@ -394,10 +388,9 @@ class FCOS(nn.Module):
         feats_per_fpn_level = self.backbone(images)
         predictions = self.pred_net(feats_per_fpn_level)  # (cls, box, ctr), each {level: (B, L, .)}
         locations_per_fpn_level = self.fpn_locations(feats_per_fpn_level)
-        thresholds = self._thresholds(test_score_thresh, test_nms_thresh)
         return [self.inference(images[b:b + 1], locations_per_fpn_level,
                                *({level: p[b:b + 1] for level, p in pred.items()} for pred in predictions),
-                               **thresholds)
+                               test_score_thresh, test_nms_thresh)
                 for b in range(images.shape[0])]
 
     @staticmethod
@@ -406,8 +399,9 @@ class FCOS(nn.Module):
         return torch.cat(list(dict_with_fpn_levels.values()), dim=dim)
 
     def inference(self, images, locations_per_fpn_level, pred_cls_logits, pred_boxreg_deltas,
-                  pred_ctr_logits, test_score_thresh=0.3, test_nms_thresh=0.5):
-        """Detections for ONE image (batch index 0).
+                  pred_ctr_logits, test_score_thresh=None, test_nms_thresh=None):
+        """Detections for ONE image (batch index 0). Thresholds: None gives the defaults,
+        test_score_thresh 0.3 and test_nms_thresh 0.5 (as `FasterRCNN.inference` takes None).
 
         Per level: score = sqrt(sigmoid(cls) * sigmoid(ctr)) of the best class at each location,
         keep scores > test_score_thresh (at most `pre_nms_topk` per level), decode the boxes,
@@ -417,6 +411,8 @@ class FCOS(nn.Module):
         Returns:
             pred_boxes (M, 4) xyxy in image pixels, pred_classes (M,) long, pred_scores (M,).
         """
+        test_score_thresh = 0.3 if test_score_thresh is None else test_score_thresh
+        test_nms_thresh = 0.5 if test_nms_thresh is None else test_nms_thresh
         height, width = images.shape[-2:]
         strides = self.backbone.fpn_strides
         ### BEGIN SOLUTION
