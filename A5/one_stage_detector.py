@@ -399,9 +399,9 @@ class FCOS(nn.Module):
         return torch.cat(list(dict_with_fpn_levels.values()), dim=dim)
 
     def inference(self, images, locations_per_fpn_level, pred_cls_logits, pred_boxreg_deltas,
-                  pred_ctr_logits, test_score_thresh=None, test_nms_thresh=None):
-        """Detections for ONE image (batch index 0). Thresholds: None gives the defaults,
-        test_score_thresh 0.3 and test_nms_thresh 0.5 (as `FasterRCNN.inference` takes None).
+                  pred_ctr_logits, test_score_thresh=0.3, test_nms_thresh=0.5):
+        """Detections for ONE image (batch index 0). A threshold of None is its default (as
+        `FasterRCNN.inference` takes None), so `forward` and `detect_batch` pass theirs through.
 
         Per level: score = sqrt(sigmoid(cls) * sigmoid(ctr)) of the best class at each location,
         keep scores > test_score_thresh (at most `pre_nms_topk` per level), decode the boxes,
