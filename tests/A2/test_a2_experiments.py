@@ -112,7 +112,6 @@ def test_run_two_layer_keeps_the_better_model_on_validation_and_tests_it_once(mo
 # --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
 
 def test_a2_full_settings_match_the_documented_protocol(monkeypatch):
-    from eecs598.reproduce import load_experiments
     exp = load_experiments(A2)
     monkeypatch.setenv("EECS598_QUICK", "0")
     lin, two = exp.linear_settings(), exp.two_layer_settings()
@@ -123,7 +122,6 @@ def test_a2_full_settings_match_the_documented_protocol(monkeypatch):
 
 
 def test_run_two_layer_retrains_on_the_flipped_set_with_the_settings_std(monkeypatch):
-    from eecs598.reproduce import load_experiments
     exp = load_experiments(A2)
     g = torch.Generator().manual_seed(0)
     data = {"X_train": torch.randn(8, 3072, generator=g), "y_train": torch.randint(3, (8,), generator=g),

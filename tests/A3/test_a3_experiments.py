@@ -75,13 +75,11 @@ def test_optimizer_comparison_starts_every_rule_from_the_same_weights(monkeypatc
 # --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
 
 def test_epochs_to_perfect_ignores_the_first_iteration_check():
-    import fc_experiments as fe
     assert fe.epochs_to_perfect([1.0, 0.5, 1.0]) == 2
 
 
 def test_overfit_keeps_the_final_weights_not_the_best_validation_ones(monkeypatch):
     """overfit()'s docstring: the model keeps its final (overfitted) weights."""
-    import fc_experiments as fe
     monkeypatch.setenv("EECS598_QUICK", "1")
     g = torch.Generator().manual_seed(0)
     data = {"X_train": torch.randn(50, 12, generator=g), "y_train": torch.randint(10, (50,), generator=g),
@@ -96,7 +94,6 @@ def test_overfit_keeps_the_final_weights_not_the_best_validation_ones(monkeypatc
 def test_initialization_study_uses_each_weight_scale_optimizer_and_subset(monkeypatch):
     """The init study: one DeepConvNet per weight scale (the scale really passed), SGD+momentum,
     on the first num_train images; the bn study: Adam at its own learning rate, same seed per net."""
-    import conv_experiments as ce
     monkeypatch.setenv("EECS598_QUICK", "1")
     built, given = [], []
     real = ce.cn.DeepConvNet
@@ -139,7 +136,6 @@ def test_initialization_study_uses_each_weight_scale_optimizer_and_subset(monkey
 def test_conv_run_resnet_half_alone_and_records(monkeypatch):
     """parts=("resnet_half",) is accepted (module docstring); the ResNet records carry the
     plain (no-flip) accuracy and the training time, not the evaluation time."""
-    import conv_experiments as ce
     res = {"config": {}, "num_train": 1, "num_test": 1, "steps": 1, "eval_seconds": 7.0, "train_seconds": 3.0,
            "test_acc": 0.9, "test_acc_no_tta": 0.8, "source": "fake"}
     monkeypatch.setattr(ce, "resnet_half_width", lambda device: res)
@@ -152,7 +148,6 @@ def test_conv_run_resnet_half_alone_and_records(monkeypatch):
 
 
 def test_conv_resnet_runs_on_cpu_in_quick_mode(monkeypatch):
-    import conv_experiments as ce
     monkeypatch.setenv("EECS598_QUICK", "1")
     monkeypatch.setattr(ce.resnet_from_scratch, "run_resnet", lambda device, **k: "ran")
     assert ce.resnet("cpu") == "ran"

@@ -1143,10 +1143,8 @@ def test_resnet9_init_is_kaiming_fan_in():
     cin = {"prep": 3, "layer1": w[0], "res1a": w[1], "res1b": w[1], "layer2": w[1], "layer3": w[2],
            "res3a": w[3], "res3b": w[3]}
     for name, c in cin.items():
-        t, std = m.params[f"{name}.w"], math.sqrt(2.0 / (9 * c))
-        assert abs(t.std().item() / std - 1) < 6 / math.sqrt(2 * t.numel()), name
-    t = m.params["fc.w"]
-    assert abs(t.std().item() / math.sqrt(1.0 / w[3]) - 1) < 6 / math.sqrt(2 * t.numel())
+        _assert_normal(m.params[f"{name}.w"], math.sqrt(2.0 / (9 * c)), name)
+    _assert_normal(m.params["fc.w"], math.sqrt(1.0 / w[3]), "fc.w")
 
 
 def test_resnet_full_settings_match_the_documented_recipe(monkeypatch):

@@ -671,39 +671,29 @@ def test_relu_backward_is_zero_at_zero():
     assert torch.equal(fc.ReLU.backward(dout, cache), leaf.grad)
 
 
-def _three_updates(rule, config):
-    """Three steps of `rule` from fixed weights and seeded gradients: (final w, the gradients)."""
-    w = torch.linspace(-0.4, 0.6, 6, dtype=F64)
-    gen = torch.Generator().manual_seed(0)
-    grads = [torch.randn(6, generator=gen, dtype=F64) for _ in range(3)]
-    for dw in grads:
-        w, config = rule(w.clone(), dw, config)
-    return w, grads
-
-
 def test_update_rules_read_non_default_hyperparameters():
     """Every hyperparameter comes from `config` (the other tests use the defaults, so rules
-    with 1e-2, 0.9, 0.99, 0.999 or 1e-8 written in would pass them): three steps against the
-    update formulas written out."""
-    w0 = torch.linspace(-0.4, 0.6, 6, dtype=F64)
-    ours, grads = _three_updates(fc.sgd, {"learning_rate": 0.3})
+    with 1e-2, 0.9, 0.99, 0.999 or 1e-8 written in would pass them): the known vectors' steps
+    against the update formulas written out."""
+    w0, grads = _known_vectors()
+    ours, _ = _run_rule(fc.sgd, w0, grads, {"learning_rate": 0.3})
     assert_close(ours, w0 - 0.3 * sum(grads), 1e-12, "sgd learning_rate")
 
-    ours, grads = _three_updates(fc.sgd_momentum, {"learning_rate": 0.2, "momentum": 0.5})
+    ours, _ = _run_rule(fc.sgd_momentum, w0, grads, {"learning_rate": 0.2, "momentum": 0.5})
     w, v = w0.clone(), torch.zeros_like(w0)
     for dw in grads:
         v = 0.5 * v - 0.2 * dw
         w = w + v
     assert_close(ours, w, 1e-12, "sgd_momentum momentum")
 
-    ours, grads = _three_updates(fc.rmsprop, {"learning_rate": 3e-3, "decay_rate": 0.5, "epsilon": 1e-2})
+    ours, _ = _run_rule(fc.rmsprop, w0, grads, {"learning_rate": 3e-3, "decay_rate": 0.5, "epsilon": 1e-2})
     w, cache = w0.clone(), torch.zeros_like(w0)
     for dw in grads:
         cache = 0.5 * cache + 0.5 * dw ** 2
         w = w - 3e-3 * dw / (cache.sqrt() + 1e-2)
     assert_close(ours, w, 1e-12, "rmsprop decay_rate / epsilon / learning_rate")
 
-    ours, grads = _three_updates(fc.adam, {"learning_rate": 3e-3, "beta1": 0.5, "beta2": 0.8, "epsilon": 1e-2})
+    ours, _ = _run_rule(fc.adam, w0, grads, {"learning_rate": 3e-3, "beta1": 0.5, "beta2": 0.8, "epsilon": 1e-2})
     w, m, v = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
     for t, dw in enumerate(grads, 1):
         m = 0.5 * m + 0.5 * dw

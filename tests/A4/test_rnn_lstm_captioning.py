@@ -988,23 +988,19 @@ def test_attention_gap_record_keeps_the_difference_and_its_interval_apart_from_a
 
 # --- a gap found by mutation testing: dropout before the output layer ---------------------
 
-def _feats_seeded(*shape, seed=0):
-    torch.manual_seed(seed)
-    return torch.randn(*shape, dtype=DT)
-
-
 @pytest.mark.parametrize("cell_type", ["rnn", "lstm", "attn"])
 def test_captioning_dropout_also_drops_the_hidden_states_before_the_output_layer(cell_type):
     """dropout=1 in training mode zeroes the word vectors AND the hidden states fed to the output
     layer, so every score is the output bias: loss = sum over real targets of
     cross_entropy(bias, target) / N (reference: F.cross_entropy, <NULL> ignored)."""
-    vocab = {w: i for i, w in enumerate(["<NULL>", "<START>", "<END>", "<UNK>", "a", "dog", "runs", "on", "grass"])}
+    vocab = _vocab()
     torch.manual_seed(31)
     model = rlc.CaptioningRNN(vocab, wordvec_dim=6, hidden_dim=5, cell_type=cell_type,
                               image_encoder_pretrained=False, dropout=1.0).to(DT).train()
     with torch.no_grad():
         model.output.bias.copy_(torch.randn(len(vocab), dtype=DT))
-    feats = _feats_seeded(2, 320, 2, 2, seed=3)
+    torch.manual_seed(3)
+    feats = _rand(2, 320, 2, 2)
     captions = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 5, 6, 2, 0, 0]])
     targets = captions[:, 1:].reshape(-1)
     ref = F.cross_entropy(model.output.bias.detach().expand(len(targets), -1), targets, ignore_index=0,

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 import one_stage_detector as osd
 from eecs598.testing import assert_close, host_reads, iou_of_two_boxes
 
@@ -379,7 +380,6 @@ def test_fcos_detect_batch_matches_one_image_at_a_time():
     """detect_batch runs backbone and head on the whole batch, then each image's `inference`: the
     detections of `forward` on that image alone (float64, so near-tied random scores keep their
     order); through `common.predict_detections` with batch_size 2 as well, with a last batch of 1."""
-    import common
     torch.manual_seed(5)
     model = osd.FCOS(num_classes=20, fpn_channels=16, stem_channels=[16], pretrained=False).double().eval()
     images = torch.randn(3, 3, 96, 128, dtype=torch.float64)

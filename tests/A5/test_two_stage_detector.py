@@ -338,11 +338,11 @@ def test_mix_gt_with_proposals_includes_gt():
 
 # --- RPN and FasterRCNN end to end (random backbone, synthetic data) -------------------------
 
-def _detector(**kw):
-    from common import DetectorBackboneWithFPN
+def _detector(fg_fraction=0.25, **kw):
+    """A small FasterRCNN (random backbone); `kw` go to its RPN, fg_fraction to its ROI head."""
     backbone = DetectorBackboneWithFPN(16, pretrained=False)
     rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=50, post_nms_topk=7, **kw)
-    return tsd.FasterRCNN(backbone, rpn, [8], num_classes=20, batch_size_per_image=16)
+    return tsd.FasterRCNN(backbone, rpn, [8], num_classes=20, batch_size_per_image=16, fg_fraction=fg_fraction)
 
 
 def _gt():
@@ -714,22 +714,6 @@ def test_faster_rcnn_inference_clips_non_square_and_caps_detections():
 # --- gaps found by mutation testing: stems, NMS threshold, matching boundaries, sampling, ROI
 # inference scores --------------------------------------------------------------------------
 
-def _frcnn(**kw):
-    backbone = DetectorBackboneWithFPN(16, pretrained=False)
-    rpn = tsd.RPN(16, [16], batch_size_per_image=32, pre_nms_topk=50, post_nms_topk=7)
-    return tsd.FasterRCNN(backbone, rpn, [8], num_classes=20, batch_size_per_image=16, **kw)
-
-def test_rpn_and_roi_head_stems_have_relu():
-    """A ReLU after each stem convolution (without, a stem is one linear map)."""
-    torch.manual_seed(0)
-    head = tsd.RPNPredictionNetwork(8, [8, 8], num_anchors=3)
-    x = torch.randn(2, 8, 5, 6)
-    assert sum(isinstance(m, nn.ReLU) for m in head.stem_rpn) == 2 and (head.stem_rpn(x) >= 0).all()
-    det = _frcnn()
-    roi = torch.randn(3, 16, 7, 7)
-    assert sum(isinstance(m, nn.ReLU) for m in det.stem) == 1 and (det.stem(roi) >= 0).all()
-
-
 def test_rpn_proposals_honour_nms_thresh():
     rpn = tsd.RPN(8, [], batch_size_per_image=8, nms_thresh=0.9, pre_nms_topk=10, post_nms_topk=10)
     anchors = {"p3": torch.tensor([[30.0, 30, 70, 70], [34, 30, 74, 70]])}  # IoU 0.818
@@ -774,7 +758,7 @@ def test_sample_rpn_training_is_random_and_floors_the_fraction():
 
 def test_roi_head_sampling_uses_its_fg_fraction(monkeypatch):
     torch.manual_seed(0)
-    det = _frcnn(fg_fraction=1 / 16).train()  # 16 per image: at most 1 foreground
+    det = _detector(fg_fraction=1 / 16).train()  # 16 per image: at most 1 foreground
     gt = torch.full((1, 4, 5), -1.0)
     gt[0, 0] = torch.tensor([20.0, 30, 120, 170, 3])
     gt[0, 1] = torch.tensor([150.0, 10, 200, 60, 11])
@@ -789,7 +773,7 @@ def test_roi_head_sampling_uses_its_fg_fraction(monkeypatch):
 
 
 def test_roi_inference_scores_include_background_and_every_class():
-    det = _frcnn().eval()
+    det = _detector().eval()
     prop = torch.tensor([[10.0, 10, 50, 50], [100.0, 100, 150, 150]])
     logits = torch.full((2, 21), -10.0)
     logits[0, 0], logits[0, 3] = 5.0, 3.0   # background wins: p(class 2) = 0.12 < 0.5
