@@ -435,26 +435,21 @@ def test_accuracy_checks_use_num_train_samples_of_train_and_num_val_samples_of_v
 
 # --- gaps found by mutation testing (each test fails on a one-line bug the others let through)
 
-class _TinySoftmax:
-    """Linear softmax classifier; loss returns a tensor; params updated in place by sgd."""
+class _TinySoftmax(LinearSoftmax):
+    """LinearSoftmax (4 features, 3 classes; zero: all-zero weights) that records the batch
+    size of every call."""
     def __init__(self, D=4, C=3, zero=False):
-        g = torch.Generator().manual_seed(0)
-        self.params = {"W": torch.zeros(D, C) if zero else torch.randn(D, C, generator=g) * 0.01}
+        super().__init__(D, C, std=0.0 if zero else 1e-2)
         self.calls = []
+
     def loss(self, X, y=None):
         self.calls.append(X.shape[0])
-        s = X @ self.params["W"]
-        if y is None:
-            return s
-        W = self.params["W"].detach().requires_grad_()
-        l = torch.nn.functional.cross_entropy(X @ W, y)
-        l.backward()
-        return l.detach(), {"W": W.grad}
+        return super().loss(X, y)
 
 
 def _tiny_data(N=50, D=4, C=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    X = torch.randn(N, D, generator=g)
+    X = torch.randn(N, D, generator=g, dtype=torch.float64)
     y = torch.randint(C, (N,), generator=g)
     return {"X_train": X, "y_train": y, "X_val": X[:40].clone(), "y_val": y[:40].clone()}
 
