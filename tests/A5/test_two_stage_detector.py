@@ -714,6 +714,17 @@ def test_faster_rcnn_inference_clips_non_square_and_caps_detections():
 # --- gaps found by mutation testing: stems, NMS threshold, matching boundaries, sampling, ROI
 # inference scores --------------------------------------------------------------------------
 
+def test_rpn_and_roi_head_stems_have_relu():
+    """A ReLU after each stem convolution (without, a stem is one linear map)."""
+    torch.manual_seed(0)
+    head = tsd.RPNPredictionNetwork(8, [8, 8], num_anchors=3)
+    x = torch.randn(2, 8, 5, 6)
+    assert sum(isinstance(m, nn.ReLU) for m in head.stem_rpn) == 2 and (head.stem_rpn(x) >= 0).all()
+    det = _detector()
+    roi = torch.randn(3, 16, 7, 7)
+    assert sum(isinstance(m, nn.ReLU) for m in det.stem) == 1 and (det.stem(roi) >= 0).all()
+
+
 def test_rpn_proposals_honour_nms_thresh():
     rpn = tsd.RPN(8, [], batch_size_per_image=8, nms_thresh=0.9, pre_nms_topk=10, post_nms_topk=10)
     anchors = {"p3": torch.tensor([[30.0, 30, 70, 70], [34, 30, 74, 70]])}  # IoU 0.818
