@@ -227,8 +227,11 @@ def evaluate(detector, dataset, device, score_thresh=EVAL_SCORE_THRESH, nms_thre
     return result
 
 
-def train(device=None, protocol=None, verbose=True, checkpoint=True):
+def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=None):
     """Train FCOS on voc07_train with a protocol ("gpu"/"cpu", default from the device).
+
+    overrides: settings replacing the protocol's (e.g. {"max_iters": 3000, "time_limit": None}:
+    a fixed number of iterations, as `train_for_iterations.py` runs the GPU recipe on a CPU).
 
     With `checkpoint` (and $EECS598_CACHE set), training state is saved every 500 iterations to
     $EECS598_CACHE/checkpoints/A5/fcos_<protocol>[_quick]_<settings digest>_train.pt, so an
@@ -240,7 +243,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     """
     device = get_device(device)
     protocol = protocol_name(protocol or protocol_for(device))
-    s = settings(protocol)
+    s = {**settings(protocol), **(overrides or {})}
     reset_seed(0)
     train_set = load_voc("train", s["num_train"])
     detector = build_fcos(s).to(device)

@@ -195,8 +195,11 @@ def overfit(device=None, num_images=None, iters=None, seed=0, verbose=False):
 
 
 # --------------------------------------------------------------------------------------------
-def train(device=None, protocol=None, verbose=True, checkpoint=True):
+def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=None):
     """Train Faster R-CNN on voc07_train with one protocol ("cuda"/"cpu", default from the device).
+
+    overrides: settings replacing the protocol's (e.g. {"max_iters": 1000, "time_limit": None}:
+    a fixed number of iterations, as `train_for_iterations.py` runs the GPU recipe on a CPU).
 
     With `checkpoint` (and $EECS598_CACHE set), the training state is saved under
     $EECS598_CACHE/checkpoints/A5/faster_rcnn_<protocol>[_quick]_<settings digest>_train.pt while
@@ -208,7 +211,7 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True):
     """
     device = eecs598.get_device(device)
     protocol = protocol_name(protocol or protocol_for(device))
-    s = settings(protocol)
+    s = {**settings(protocol), **(overrides or {})}
     eecs598.reset_seed(0)
     detector = build_detector(s).to(device)
     train_set = load_voc("train", s["num_train"])
