@@ -259,7 +259,8 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
 
     Returns dict(map, map_07, ap_per_class, images_per_s, iters, train_seconds, total_seconds,
     phases, settings, loss_history, detector, predictions, num_val, checkpoint, protocol, device,
-    result) plus the other entries of `trained`.
+    result and eval (both `common.evaluate_detector`'s dict; "eval" as fcos_experiments names it))
+    plus the other entries of `trained`.
     """
     device = eecs598.get_device(device)
     t_total = time.time()
@@ -277,7 +278,7 @@ def train_and_evaluate(device=None, protocol=None, verbose=True, checkpoint=True
         print(f"mAP@0.5 {100 * result['map']:.2f}% (11-point {100 * result['map_07']:.2f}%) on "
               f"{len(preds)} val images; {history['iters']} iterations; {images_per_s:.1f} images/s")
     return dict(out, map=result["map"], map_07=result["map_07"], ap_per_class=result["ap_per_class"],
-                result=result, images_per_s=images_per_s, iters=history["iters"],
+                result=result, eval=result, images_per_s=images_per_s, iters=history["iters"],
                 train_seconds=history["seconds"],
                 total_seconds=time.time() - t_total + (history["seconds"] if trained is not None else 0.0),
                 phases=phases, loss_history=history["loss_history"], predictions=preds, num_val=len(preds))

@@ -44,7 +44,7 @@ def train_and_evaluate(kind, iters, protocol="gpu", num_val=None, device=None, v
     trained = module.train(device, protocol, verbose=verbose, checkpoint=False, overrides=overrides)
     train_s = time.perf_counter() - start
     out = module.train_and_evaluate(device, verbose=verbose, trained=trained)
-    result = out["eval"] if kind == "fcos" else out["result"]
+    result = out["eval"]  # common.evaluate_detector's dict, for either detector
     losses = out["train"]["loss_history"][-50:]
     return {"kind": kind, "protocol": out["protocol"], "iters": out["train"]["iters"],
             "batch_size": out["settings"]["batch_size"], "train_s": round(train_s, 1),
