@@ -343,3 +343,24 @@ def test_a_float64_checkpoint_predicts_float32_data(tmp_path):
     restored.W = torch.tensor([[1e-3, -1e-3], [-2e-3, 2e-3]])
     X = torch.tensor([[200, 10], [10, 200]], dtype=torch.uint8)
     assert restored.predict(X).tolist() == [0, 1]
+
+
+def test_plot_search_results_places_each_setting_on_the_grid_including_reg_zero(monkeypatch):
+    """The search may use reg = 0 (svm_get_search_params allows reg >= 0): each (lr, reg) is a
+    square at (index of lr, index of reg) in the sorted grid, coloured by its accuracy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from a2_helpers import plot_search_results
+    monkeypatch.setattr(plt, "show", lambda: None)
+    results = {(1e-2, 0.0): (40.0, 38.0), (1e-2, 1e-3): (41.0, 39.0), (1e-1, 0.0): (30.0, 29.0)}
+    plot_search_results(results, "SVM")
+    train_ax, val_ax = plt.gcf().axes[:2]
+    for ax, idx in ((train_ax, 0), (val_ax, 1)):
+        squares = ax.collections[0]
+        positions = [tuple(p) for p in squares.get_offsets().tolist()]
+        keys = sorted(results)
+        assert positions == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0)]  # lr 0.01 < 0.1; reg 0 < 1e-3
+        assert squares.get_array().tolist() == [results[k][idx] for k in keys]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "0.001"]
+    plt.close("all")
