@@ -48,6 +48,8 @@ class ImageEncoder(nn.Module):
     Input: images (N, 3, H, W), uint8 in [0, 255] (scaled by 1/255) or float in [0, 1]; they are
     normalized with the ImageNet mean and std. The encoder is trainable (not frozen), as in the
     course; freeze it with `requires_grad_(False)` or precompute features for fast CPU training.
+    A frozen encoder stays in eval mode when its model is put in training mode, so its
+    BatchNorm layers keep their pretrained statistics (see `train`).
     """
 
     FEATURES = ("c5", "head")
@@ -67,6 +69,16 @@ class ImageEncoder(nn.Module):
                 dummy = self(torch.zeros(2, 3, size, size, dtype=torch.uint8))
             print(f"ImageEncoder ({backbone}, {feature}, pretrained={pretrained}): a (2, 3, {size}, {size}) "
                   f"batch gives features of shape {tuple(dummy.shape)}")
+
+    def train(self, mode=True):
+        """As `nn.Module.train`, except that a frozen CNN (none of its parameters requires a
+        gradient) stays in eval mode: in training mode its BatchNorm layers would normalize with
+        batch statistics and overwrite the pretrained running statistics at every forward pass,
+        so `requires_grad_(False)` alone would not freeze the features."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.cnn.parameters()):
+            self.cnn.eval()
+        return self
 
     @property
     def out_channels(self):

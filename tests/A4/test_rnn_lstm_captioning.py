@@ -313,6 +313,30 @@ def test_image_encoder_verbose_check_leaves_batch_norm_statistics_alone(capsys):
         assert torch.equal(buf, quiet_buffers[name]), name
 
 
+def test_a_frozen_image_encoder_keeps_its_batch_norm_statistics_in_training_mode():
+    """requires_grad_(False) freezes the encoder: model.train() (as train_captioner calls it)
+    leaves a frozen CNN in eval mode, so training passes do not overwrite its BatchNorm
+    statistics; a trainable encoder trains as usual (its statistics move)."""
+    torch.manual_seed(0)
+    model = rlc.CaptioningRNN(_vocab(), wordvec_dim=6, hidden_dim=5, image_encoder_pretrained=False,
+                              verbose=False)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    captions = torch.tensor([[1, 4, 5, 2, 0], [1, 5, 6, 7, 2]])
+    before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    model.image_encoder.requires_grad_(False)
+    model.train()
+    assert model.training and model.image_encoder.training and not model.image_encoder.cnn.training
+    model(images, captions).backward()
+    after = model.image_encoder.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    model.image_encoder.requires_grad_(True)
+    model.train()
+    assert model.image_encoder.cnn.training
+    model(images, captions)
+    moved = [k for k in before if k.endswith("running_mean") and not torch.equal(after[k], before[k])]
+    assert moved  # a trainable encoder's statistics do update
+
+
 def test_image_encoder_head_feature_is_what_the_classifier_pools():
     """feature="head": the 1280-channel map whose spatial mean, through the ImageNet classifier's
     final linear layer, gives the logits of the whole EfficientNetLite0 (reference: its forward)."""
@@ -949,7 +973,7 @@ def test_a_coco_pt_shaped_file_trains_and_samples_end_to_end(tmp_path, monkeypat
     torch.manual_seed(42)
     model = rlc.CaptioningRNN(data["vocab"]["token_to_idx"], wordvec_dim=16, hidden_dim=32, cell_type=cell_type,
                               image_encoder_pretrained=False)
-    model.image_encoder.requires_grad_(False)  # frozen, as the course suggests for CPU training
+    model.image_encoder.requires_grad_(False)  # frozen (train() keeps its CNN in eval mode), as the course suggests for CPU training
     _, hist = rlc.train_captioner(model, data["train_images"], data["train_captions"], num_epochs=40, batch_size=6,
                                   learning_rate=1e-2, verbose=False)
     assert len(hist) == 40 and hist[-1] < hist[0] / 2
