@@ -277,8 +277,10 @@ def conditional_accuracy_by_latent_norm(model, classifier, per_digit=1000, seed=
     (same z and labels), grouped into `bins` equal-size groups by the norm of their z, from
     the prior's centre to its tails. Returns (accuracy per group (bins,), the groups' upper
     norm edges (bins,)); the groups' mean is the overall conditional accuracy. `hits` as in
-    `cvae_conditional_accuracy`."""
+    `cvae_conditional_accuracy`; 10 * per_digit must be a multiple of `bins`."""
     correct, _, z_norm = requested_digit_hits(model, classifier, per_digit, seed) if hits is None else hits
+    if z_norm.numel() % bins:
+        raise ValueError(f"{z_norm.numel()} digits do not split into {bins} equal-size groups")
     groups = z_norm.argsort().chunk(bins)
     return (torch.stack([correct[g].mean() for g in groups]),
             torch.stack([z_norm[g].max() for g in groups]))

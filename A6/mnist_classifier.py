@@ -251,6 +251,8 @@ def load_or_train(config=None, device=None, verbose=True, data=None):
         data = mnist()
     x_train, y_train, x_test, y_test = data
     n = config["num_train"]
+    if x_train.shape[0] < n:  # the cache file is named by the config: it must be what trained
+        raise ValueError(f"config num_train={n} but the data hold {x_train.shape[0]} training images")
     with timer() as t:
         model, _ = train_mnist_classifier(
             x_train[:n], y_train[:n], epochs=config["epochs"], batch_size=config["batch_size"],

@@ -14,6 +14,7 @@ Differences from the reference solutions (on purpose):
 * the encoder runs once per forward pass (the reference ran it twice).
 """
 import math
+import weakref
 
 import torch
 import torch.nn as nn
@@ -237,6 +238,9 @@ def _model_device(model):
         return torch.device("cpu")
 
 
+_COURSE_FORM_OPTIMIZERS = weakref.WeakKeyDictionary()  # model -> the Adam of its per-epoch calls
+
+
 def train_vae(model, train_loader, num_epochs=10, cond=False, optimizer=None, lr=1e-3,
               device=None, num_classes=10, verbose=True, epoch_callback=None):
     """Train a VAE (or, with `cond=True`, a CVAE) for `num_epochs` epochs.
@@ -251,15 +255,25 @@ def train_vae(model, train_loader, num_epochs=10, cond=False, optimizer=None, lr
     - epoch_callback: optional f(epoch, model, history), called after every epoch
       (e.g. to show samples during training).
 
+    The course's per-epoch form, `train_vae(epoch, model, train_loader, cond=False)`, also
+    works: it trains one epoch and prints `epoch`; its calls share one Adam(lr) per model (the
+    course built a new one per call, which reset the moment estimates every epoch).
+
     Returns a history dict:
     - "epoch_loss": average negative ELBO per sample over each epoch (weighted by batch
       size, so it is the mean over every sample seen in the epoch, not the last batch);
     - "batch_loss": the loss of every minibatch;  "optimizer": the optimizer used.
     """
-    if isinstance(model, int):
-        raise TypeError("train_vae(model, train_loader, num_epochs=...) trains for all epochs in "
-                        "one call; the course's train_vae(epoch, model, loader) form is gone "
-                        "(it re-created the optimizer every epoch)")
+    if isinstance(model, int):  # the course's form: train_vae(epoch, model, train_loader, cond=False)
+        epoch, model, train_loader = model, train_loader, num_epochs
+        if optimizer is None:  # one Adam per model across the per-epoch calls (the course made one per call)
+            optimizer = _COURSE_FORM_OPTIMIZERS.get(model)
+            if optimizer is None:
+                optimizer = _COURSE_FORM_OPTIMIZERS[model] = torch.optim.Adam(model.parameters(), lr=lr)
+        history = train_vae(model, train_loader, 1, cond, optimizer, lr, device, num_classes, verbose=False)
+        if verbose:
+            print(f"Train Epoch: {epoch}  average loss per sample: {history['epoch_loss'][0]:.4f}")
+        return history
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     dtype = next(model.parameters()).dtype  # batches follow the model's dtype

@@ -10,6 +10,7 @@ Accepted copies, in order of preference (``<root>`` is the data root, see ``stor
 4. otherwise the official tarball is downloaded into the cache.
 """
 import io
+import operator
 import pickle
 import tarfile
 import zipfile
@@ -158,9 +159,13 @@ def load_cifar10_uint8():
 def _check_num(num, total, name):
     if num is None:
         return total
-    if not isinstance(num, int) or isinstance(num, bool) or not 1 <= num <= total:
+    try:  # any integer (Python, numpy or a one-element integer tensor), as the course's range check took
+        value = operator.index(num)
+    except TypeError:
+        value = None
+    if value is None or isinstance(num, bool) or not 1 <= value <= total:
         raise ValueError(f"Invalid value {name}={num!r}; must be an int in [1, {total}]")
-    return num
+    return value
 
 
 def cifar10(num_train=None, num_test=None, x_dtype=torch.float32):

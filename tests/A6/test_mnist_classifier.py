@@ -158,6 +158,9 @@ def test_load_or_train_caches_under_the_cache_dir(tmp_path, monkeypatch):
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
     assert not again.training
+    with pytest.raises(ValueError, match="num_train=200 but the data hold 96"):  # nothing cached under a false name
+        mc.load_or_train({**config, "num_train": 200}, device="cpu", verbose=False, data=(x, y, x[64:], y[64:]))
+    assert not mc.cache_path({**config, "num_train": 200}).exists()
 
 
 def test_onecycle_schedule_is_used_and_trains(monkeypatch):

@@ -6,6 +6,7 @@ formula in float64, F.one_hot, and the sampling distribution of the mean/varianc
 reparametrization statistics. Synthetic tensors throughout; one optional test uses the
 first 512 MNIST digits and skips without the data.
 """
+import copy
 import inspect
 import math
 import re
@@ -312,6 +313,8 @@ def test_conditional_accuracy_by_latent_norm_sorts_the_same_digits_by_z_norm():
     hits = experiments.requested_digit_hits(model, classifier, per_digit, seed=seed)
     assert experiments.cvae_conditional_accuracy(model, classifier, hits=hits)[0] == overall
     assert torch.equal(experiments.conditional_accuracy_by_latent_norm(model, classifier, hits=hits)[0], by_norm)
+    with pytest.raises(ValueError, match="400 digits do not split into 3"):  # unequal groups: no honest mean
+        experiments.conditional_accuracy_by_latent_norm(model, classifier, hits=hits, bins=3)
 
 
 def test_latent_class_probe_reads_a_code_that_carries_the_digit_and_not_noise():
@@ -372,6 +375,27 @@ def test_train_vae_one_optimizer_epoch_average_and_progress(monkeypatch, cond):
         expected = (200 * losses[0] + 200 * losses[1] + 112 * losses[2]) / 512
         assert abs(history["epoch_loss"][epoch] - expected) < 1e-6 * expected
     assert history["epoch_loss"][1] < history["epoch_loss"][0]
+
+
+@pytest.mark.parametrize("cond", [False, True])
+def test_train_vae_course_form_trains_one_epoch_per_call_with_one_optimizer(monkeypatch, capsys, cond):
+    """The course's loop `for e in range(2): train_vae(e, model, loader, cond)` works and trains
+    exactly as one `train_vae(model, loader, num_epochs=2, cond)` run: one Adam, whose moment
+    estimates carry over from call to call (the course re-created it every call)."""
+    x, y = _synthetic_digits(256)
+    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, 256, 100)]
+    torch.manual_seed(0)
+    reference = vae.CVAE(784) if cond else vae.VAE(784)
+    model = copy.deepcopy(reference)
+    torch.manual_seed(1)
+    expected = vae.train_vae(reference, batches, num_epochs=2, cond=cond, verbose=False)["epoch_loss"]
+    _CountingAdam.created = 0
+    monkeypatch.setattr(torch.optim, "Adam", _CountingAdam)
+    torch.manual_seed(1)
+    histories = [vae.train_vae(epoch, model, batches, cond=cond) for epoch in range(2)]
+    assert _CountingAdam.created == 1 and histories[0]["optimizer"] is histories[1]["optimizer"]
+    assert [h["epoch_loss"][0] for h in histories] == expected
+    assert [line.split("  ")[0] for line in capsys.readouterr().out.splitlines()] == ["Train Epoch: 0", "Train Epoch: 1"]
 
 
 def test_train_vae_uses_a_given_optimizer(monkeypatch):

@@ -242,6 +242,19 @@ def test_num_train_out_of_range_is_value_error():
         cifar10(num_train=10, num_test=10001)
 
 
+def test_sizes_may_be_numpy_or_torch_integers():
+    """The course's loaders only range-checked the size, so a computed np.int64 / torch integer
+    worked; it still does (as a Python int), and non-integers are still refused."""
+    import numpy as np
+    from eecs598.data.cifar import _check_num
+    for good in (np.int64(5), torch.tensor(5), 5):
+        value = _check_num(good, 10, "num_train")
+        assert value == 5 and type(value) is int
+    for bad in (np.float64(5.0), torch.tensor(5.0), np.int64(11), torch.tensor(0), np.bool_(True)):
+        with pytest.raises(ValueError, match="num_train"):
+            _check_num(bad, 10, "num_train")
+
+
 def _jpeg_bytes(color):
     from PIL import Image
     buf = io.BytesIO()
