@@ -128,10 +128,14 @@ def _make_submission(assignment_path, file_list, assignment_no, uniquename=None,
     assignment_path = os.fspath(assignment_path)
     missing = [f for f in file_list if not os.path.isfile(os.path.join(assignment_path, f))]
     if missing:
+        from .utils import quick_mode
+        advice = "Run the notebooks to the end (they save the models and images) and try again."
+        if quick_mode():
+            advice += ("\nQuick mode (EECS598_QUICK=1) is on: the notebooks then save them to a temporary "
+                       "folder, not here. Unset it and run them in full mode.")
         raise MissingSubmissionFiles(
-            "Cannot make the %s submission: %d file(s) missing in %s:\n  %s\n"
-            "Run the notebooks to the end (they save the models and images) and try again."
-            % (assignment_no, len(missing), os.path.abspath(assignment_path), "\n  ".join(missing)))
+            "Cannot make the %s submission: %d file(s) missing in %s:\n  %s\n%s"
+            % (assignment_no, len(missing), os.path.abspath(assignment_path), "\n  ".join(missing), advice))
 
     uniquename, umid = _get_user_info(uniquename, umid)
     zip_path = os.path.join(assignment_path, "{}_{}_{}.zip".format(uniquename, umid, assignment_no))

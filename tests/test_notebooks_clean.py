@@ -73,3 +73,22 @@ def test_write_notebook_writes_a_clean_notebook_that_passes_these_checks(tmp_pat
     assert all(ids) and len(set(ids)) == len(ids)
     assert [_source(c) for c in raw["cells"]] == [SETUP_CELL, "# Title\ntext", "x = 1\nprint(x)"]
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in raw["cells"] if c["cell_type"] == "code")
+
+
+def test_setup_cell_outside_the_repository_uses_an_installed_eecs598_or_says_what_to_do(tmp_path):
+    """A notebook run from a copy of its assignment folder (not inside a clone) finds an
+    installed eecs598 (here: on PYTHONPATH, as `pip install -e <clone>` would put it); with none
+    it fails with advice. (`-S`: no site-packages, so an editable install cannot be found.)"""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = [sys.executable, "-c", SETUP_CELL]
+    installed = subprocess.run(run, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"},
+                               capture_output=True, text=True, timeout=120)
+    assert installed.returncode == 0, installed.stderr
+    assert "mode: " in installed.stdout  # notebook_setup ran
+    missing = subprocess.run([sys.executable, "-S", "-c", SETUP_CELL], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0
+    assert "or an installed eecs598" in missing.stderr and "pip install -e" in missing.stderr

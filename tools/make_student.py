@@ -226,18 +226,48 @@ def _later(rel, upto):
 def git_ignored(root, rels):
     """The paths among `rels` (relative to `root`) that git ignores in the repository at
     `root` (outputs such as A6's generated images, which would hand students the staff's
-    results). Empty when `root` is not a git checkout or git is missing."""
+    results). Outside a git checkout (a tarball, a copy), or without git, the patterns of
+    `root/.gitignore` decide (`gitignore_matches`)."""
     rels = [rel.as_posix() for rel in rels]
-    if not rels or not (root / ".git").exists():
+    if not rels:
         return set()
-    try:
-        done = subprocess.run(["git", "-C", str(root), "check-ignore", "--stdin", "-z"],
-                              input="\0".join(rels) + "\0", capture_output=True, text=True, check=False)
-    except OSError:
-        return set()
-    if done.returncode not in (0, 1):  # 1: nothing ignored
-        return set()
-    return {Path(p) for p in done.stdout.split("\0") if p}
+    if (root / ".git").exists():
+        try:
+            done = subprocess.run(["git", "-C", str(root), "check-ignore", "--stdin", "-z"],
+                                  input="\0".join(rels) + "\0", capture_output=True, text=True, check=False)
+        except OSError:
+            done = None
+        if done is not None and done.returncode in (0, 1):  # 1: nothing ignored
+            return {Path(p) for p in done.stdout.split("\0") if p}
+    return {Path(rel) for rel in gitignore_matches(root, rels)}
+
+
+def gitignore_matches(root, rels):
+    """The paths among `rels` (POSIX, relative to `root`) that the patterns of `root/.gitignore`
+    match, in git's basic forms: "name/" matches a folder anywhere, a pattern with a "/" matches
+    the path from the root (a folder it matches takes its contents along), any other matches a
+    file or folder name anywhere (negations "!" are not supported and skipped)."""
+    path = root / ".gitignore"
+    if not path.is_file():
+        return []
+    patterns = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith(("#", "!"))]
+    matched = []
+    for rel in rels:
+        parts = rel.split("/")
+        for pattern in patterns:
+            if pattern.endswith("/"):
+                hit = any(fnmatch.fnmatchcase(part, pattern.rstrip("/")) for part in parts[:-1])
+            elif "/" in pattern.strip("/"):  # from the root, "*" within one name (as git)
+                segments = pattern.strip("/").split("/")
+                hit = len(parts) >= len(segments) and all(
+                    fnmatch.fnmatchcase(part, segment) for part, segment in zip(parts, segments))
+            else:
+                hit = any(fnmatch.fnmatchcase(part, pattern.lstrip("/")) for part in parts)
+            if hit:
+                matched.append(rel)
+                break
+    return matched
 
 
 def _sources(root, exclude, upto=None):

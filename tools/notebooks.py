@@ -18,10 +18,13 @@ from pathlib import Path
 _candidates = [Path.cwd(), *Path.cwd().parents, *Path("/content").glob("*"),
                *Path("/content/drive/MyDrive").glob("*")]
 REPO_ROOT = next((p for p in _candidates if (p / "eecs598" / "__init__.py").is_file()), None)
-if REPO_ROOT is None:
-    raise RuntimeError("Cannot find the course repository (a folder with eecs598/). "
-                       "Clone it and open the notebook from its assignment folder.")
-if str(REPO_ROOT) not in sys.path:
+if REPO_ROOT is None:  # outside the repository: an installed eecs598 (pip install -e <clone>) will do
+    import importlib.util
+    if importlib.util.find_spec("eecs598") is None:
+        raise RuntimeError("Cannot find the course repository (a folder with eecs598/) or an installed "
+                           "eecs598. Clone it and open the notebook from its assignment folder "
+                           "(or pip install -e <the clone>).")
+elif str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import eecs598

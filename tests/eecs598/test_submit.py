@@ -198,12 +198,17 @@ def test_submission_lists_hold_every_student_file():
         assert any(f in v for v in submit.SUBMISSION_FILES.values()), f
 
 
-def test_one_missing_file_is_reported_and_no_zip(tmp_path):
+@pytest.mark.parametrize("quick", ["0", "1"])
+def test_one_missing_file_is_reported_and_no_zip(tmp_path, monkeypatch, quick):
+    """In quick mode the notebooks save their files to a temporary folder: the error says so."""
+    monkeypatch.setenv("EECS598_QUICK", quick)
     files = submit.SUBMISSION_FILES["A1"]
     for f in files[1:]:
         (tmp_path / f).write_text("x")
-    with pytest.raises(submit.MissingSubmissionFiles):
+    with pytest.raises(submit.MissingSubmissionFiles) as err:
         submit.make_a1_submission(tmp_path, uniquename="u", umid="1")
+    assert files[0] in str(err.value)
+    assert ("Quick mode (EECS598_QUICK=1) is on" in str(err.value)) == (quick == "1")
     assert not list(tmp_path.glob("*.zip"))
 
 
