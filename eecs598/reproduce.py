@@ -49,7 +49,8 @@ def run_experiments(module, device, figures_dir=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m eecs598.reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny subsets, few iterations (sets EECS598_QUICK=1)")
     parser.add_argument("--only", nargs="*", help="assignments to run, e.g. A1 A2 (default: all)")
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"))
@@ -58,10 +59,18 @@ def main(argv=None):
     if args.quick:
         os.environ["EECS598_QUICK"] = "1"
 
+    import torch
+
     from .results import write_results
     from .utils import get_device, quick_mode
 
-    device = get_device(args.device)
+    try:
+        device = get_device(args.device)
+    except RuntimeError as err:  # torch.device's message for a name it does not know
+        parser.error(f"--device {args.device}: {err}")
+    if str(args.device).partition(":")[0] == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this PyTorch sees no CUDA device (torch.cuda.is_available() is "
+                     f"False); use --device cpu, or auto")
     if not assignment_dirs():
         parser.error(f"no assignment folder (A<n>/experiments.py) under {REPO_ROOT}: run it from a checkout of "
                      f"the repository (installed with `pip install -e .`, as `make` does)")

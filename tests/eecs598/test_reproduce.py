@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from eecs598.reproduce import assignment_dirs
 from eecs598.testing import cifar_available, shared_data_available
@@ -78,6 +79,18 @@ def test_reproduce_without_assignment_folders_fails_clearly(monkeypatch, capsys)
 
 # --- main(): --only, --device, --results-dir ------------------------------------------------
 
+@pytest.mark.parametrize("device, message", [("cuda", "sees no CUDA device"), ("cuda:1", "sees no CUDA device"),
+                                             ("gpu", "--device gpu: ")])
+def test_main_refuses_a_device_it_cannot_use_before_running_anything(monkeypatch, capsys, device, message):
+    from eecs598 import reproduce
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(reproduce, "run_experiments", lambda *a, **k: pytest.fail("ran experiments"))
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--device", device, "--only", "A1"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "usage: python -m eecs598.reproduce" in err
+
+
 @pytest.mark.parametrize("quick", [False, True])
 def test_main_runs_only_the_named_assignments_on_the_named_device(tmp_path, monkeypatch, quick):
     """--only runs just those folders, --device reaches run(), full mode gets
@@ -87,6 +100,7 @@ def test_main_runs_only_the_named_assignments_on_the_named_device(tmp_path, monk
     from eecs598.results import make_record
     monkeypatch.setenv("EECS598_QUICK", "")
     monkeypatch.setattr(utils, "get_device", lambda name: f"device<{name}>")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --device cuda:1 is accepted
     calls = []
 
     def run_experiments(module, device, figures_dir=None):
