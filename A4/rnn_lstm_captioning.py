@@ -46,7 +46,10 @@ class ImageEncoder(nn.Module):
              "pooled" image embedding.
 
     Input: images (N, 3, H, W), uint8 in [0, 255] (scaled by 1/255) or float in [0, 1]; they are
-    normalized with the ImageNet mean and std. The encoder is trainable (not frozen), as in the
+    normalized with the ImageNet mean and std and, with `input_normalization="imagenet"` (the
+    default: A4's recorded figures were measured so), given to the backbone as they are;
+    "lite" lets EfficientNet-Lite0 rescale them as its weights were trained, (pixel - 127) / 128
+    (`eecs598.backbones`; not measured for captioning). The encoder is trainable (not frozen), as in the
     course; freeze it with `requires_grad_(False)` or precompute features for fast CPU training.
     A frozen encoder stays in eval mode when its model is put in training mode, so its
     BatchNorm layers keep their pretrained statistics (see `train`).
@@ -54,13 +57,15 @@ class ImageEncoder(nn.Module):
 
     FEATURES = ("c5", "head")
 
-    def __init__(self, pretrained=True, verbose=True, backbone="efficientnet_lite0", feature="c5"):
+    def __init__(self, pretrained=True, verbose=True, backbone="efficientnet_lite0", feature="c5",
+                 input_normalization="imagenet"):
         super().__init__()
         if feature not in self.FEATURES:
             raise ValueError(f"feature must be one of {self.FEATURES}, not {feature!r}")
         self.backbone_name = backbone
         self.feature = feature
-        self.cnn = build_backbone(backbone, pretrained=pretrained, with_head=feature == "head")
+        self.cnn = build_backbone(backbone, pretrained=pretrained, with_head=feature == "head",
+                                  input_normalization=input_normalization)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if verbose:  # in eval mode: a training-mode pass would overwrite the pretrained BN statistics

@@ -231,7 +231,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=N
     """Train FCOS on voc07_train with a protocol ("gpu"/"cpu", default from the device).
 
     overrides: settings replacing the protocol's (e.g. {"max_iters": 3000, "time_limit": None}:
-    a fixed number of iterations, as `train_for_iterations.py` runs the GPU recipe on a CPU).
+    a fixed number of iterations, as `train_for_iterations.py` runs the GPU recipe on a CPU);
+    "seed" (default 0) seeds the initialization and the batches.
 
     With `checkpoint` (and $EECS598_CACHE set), training state is saved every 500 iterations to
     $EECS598_CACHE/checkpoints/A5/fcos_<protocol>[_quick]_<settings digest>_train.pt, so an
@@ -244,7 +245,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=N
     device = get_device(device)
     protocol = protocol_name(protocol or protocol_for(device))
     s = {**settings(protocol), **(overrides or {})}
-    reset_seed(0)
+    seed = s.get("seed", 0)
+    reset_seed(seed)
     train_set = load_voc("train", s["num_train"])
     detector = build_fcos(s).to(device)
     phases = {}
@@ -256,14 +258,14 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=N
         phases["feature_extraction_s"] = cache["seconds"]
         if verbose:
             print(f"cached features of {cache['gt'].shape[0]} images in {cache['seconds']:.0f}s", flush=True)
-        history = train_on_cached_features(detector, cache, s, device, verbose=verbose,
+        history = train_on_cached_features(detector, cache, s, device, seed=seed, verbose=verbose,
                                            checkpoint_path=train_ckpt)
         del cache
     else:
         with timer() as t:
             images, gts = load_images_to_device(train_set, device)
         phases["image_loading_s"] = t.seconds
-        history = train_end_to_end(detector, images, gts, s, device, verbose=verbose,
+        history = train_end_to_end(detector, images, gts, s, device, seed=seed, verbose=verbose,
                                    checkpoint_path=train_ckpt)
         del images, gts
     phases["training_s"] = history["seconds"]

@@ -199,7 +199,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=N
     """Train Faster R-CNN on voc07_train with one protocol ("cuda"/"cpu", default from the device).
 
     overrides: settings replacing the protocol's (e.g. {"max_iters": 1000, "time_limit": None}:
-    a fixed number of iterations, as `train_for_iterations.py` runs the GPU recipe on a CPU).
+    a fixed number of iterations, as `train_for_iterations.py` runs the GPU recipe on a CPU);
+    "seed" (default 0) seeds the initialization and the batches.
 
     With `checkpoint` (and $EECS598_CACHE set), the training state is saved under
     $EECS598_CACHE/checkpoints/A5/faster_rcnn_<protocol>[_quick]_<settings digest>_train.pt while
@@ -212,7 +213,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=N
     device = eecs598.get_device(device)
     protocol = protocol_name(protocol or protocol_for(device))
     s = {**settings(protocol), **(overrides or {})}
-    eecs598.reset_seed(0)
+    seed = s.get("seed", 0)
+    eecs598.reset_seed(seed)
     detector = build_detector(s).to(device)
     train_set = load_voc("train", s["num_train"])
     phases = {}
@@ -224,7 +226,8 @@ def train(device=None, protocol=None, verbose=True, checkpoint=True, overrides=N
         phases["feature_extraction_s"] = cache["seconds"]
         if verbose:
             print(f"cached features of {cache['gt'].shape[0]} images in {cache['seconds']:.0f}s", flush=True)
-        history = train_on_cached_features(detector, cache, s, device, verbose=verbose, checkpoint_path=ckpt)
+        history = train_on_cached_features(detector, cache, s, device, seed=seed, verbose=verbose,
+                                           checkpoint_path=ckpt)
         del cache
     else:
         workers = min(s["num_workers"], os.cpu_count() or 1)

@@ -2,6 +2,7 @@
 the protocol's time budget), then evaluate it on voc07_val.
 
     python A5/train_for_iterations.py fcos --iters 3000 [--protocol gpu] [--num-val N]
+                                      [--seed S] [--input-normalization lite]
                                       [--threads T] [--device cpu] [--json PATH]
     python A5/train_for_iterations.py faster_rcnn --iters 1000 ...
 
@@ -15,6 +16,10 @@ is written to results/; `--json` saves the figures.
 
 `--protocol` defaults to the GPU protocol ("gpu" for FCOS, "cuda" for Faster R-CNN; either name
 works for both); "cpu" gives the CPU protocol at the same number of iterations, to compare.
+`--seed` (default 0) seeds the initialization and the batches: runs differ by seed by several
+points (A5/README.md). `--input-normalization lite` feeds EfficientNet-Lite0 the pixel scaling
+its weights were trained with instead of the ImageNet-normalized input unchanged (the default;
+`eecs598.backbones`).
 """
 import argparse
 import json
@@ -25,29 +30,41 @@ import torch
 
 import fcos_experiments
 import rcnn_experiments
+from eecs598 import backbones
 from eecs598.utils import device_name, get_device
 
 MODULES = {"fcos": fcos_experiments, "faster_rcnn": rcnn_experiments}
 
 
-def train_and_evaluate(kind, iters, protocol="gpu", num_val=None, device=None, verbose=True):
-    """Train `kind` ("fcos" / "faster_rcnn") under `protocol` for `iters` iterations, evaluate on
-    the first `num_val` voc07_val images (None: all 2,510). Returns a JSON-ready dict: kind,
-    protocol, iters, batch_size, train_s, map, map_07, num_val, images_per_s, eval_batch_size,
-    device, threads, torch_version, final_loss (mean of the last 50 iterations), ap_per_class."""
+def train_and_evaluate(kind, iters, protocol="gpu", num_val=None, device=None, verbose=True, seed=0,
+                       input_normalization=None):
+    """Train `kind` ("fcos" / "faster_rcnn") under `protocol` for `iters` iterations with `seed`,
+    evaluate on the first `num_val` voc07_val images (None: all 2,510); `input_normalization`:
+    the EfficientNet-Lite0 backbone's (None: `backbones.DEFAULT_INPUT_NORMALIZATION`). Returns a
+    JSON-ready dict: kind, protocol, iters, batch_size, seed, input_normalization, train_s, map,
+    map_07, num_val, images_per_s, eval_batch_size, device, threads, torch_version, final_loss
+    (mean of the last 50 iterations), ap_per_class."""
     module = MODULES[kind]
     device = get_device(device)
-    overrides = {"max_iters": iters, "time_limit": None}
+    overrides = {"max_iters": iters, "time_limit": None, "seed": seed}
     if num_val is not None:
         overrides["num_val"] = num_val
-    start = time.perf_counter()
-    trained = module.train(device, protocol, verbose=verbose, checkpoint=False, overrides=overrides)
-    train_s = time.perf_counter() - start
+    input_normalization = input_normalization or backbones.DEFAULT_INPUT_NORMALIZATION
+    default = backbones.DEFAULT_INPUT_NORMALIZATION
+    backbones.DEFAULT_INPUT_NORMALIZATION = input_normalization  # the detector builds its backbone with it
+    try:
+        start = time.perf_counter()
+        trained = module.train(device, protocol, verbose=verbose, checkpoint=False, overrides=overrides)
+        train_s = time.perf_counter() - start
+    finally:
+        backbones.DEFAULT_INPUT_NORMALIZATION = default
     out = module.train_and_evaluate(device, verbose=verbose, trained=trained)
     result = out["eval"]  # common.evaluate_detector's dict, for either detector
     losses = out["train"]["loss_history"][-50:]
     return {"kind": kind, "protocol": out["protocol"], "iters": out["train"]["iters"],
-            "batch_size": out["settings"]["batch_size"], "train_s": round(train_s, 1),
+            "batch_size": out["settings"]["batch_size"], "seed": seed,
+            "input_normalization": trained["detector"].backbone.backbone.net.input_normalization,
+            "train_s": round(train_s, 1),
             "map": result["map"], "map_07": result["map_07"], "num_val": out["num_val"],
             "images_per_s": result["images_per_s"], "eval_batch_size": result["batch_size"],
             "device": device_name(device), "threads": torch.get_num_threads(),
@@ -61,6 +78,9 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, required=True, help="training iterations (the schedule spans them)")
     parser.add_argument("--protocol", default="gpu", help='"gpu" / "cuda" (end-to-end) or "cpu" (frozen backbone)')
     parser.add_argument("--num-val", type=int, default=None, help="evaluate on the first N val images (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches (default 0)")
+    parser.add_argument("--input-normalization", choices=backbones.INPUT_NORMALIZATIONS, default=None,
+                        help="EfficientNet-Lite0's input scaling (default: imagenet, the input unchanged)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: CUDA if present, else CPU")
     parser.add_argument("--json", metavar="PATH", help="write the figures to PATH")
@@ -69,8 +89,10 @@ def main(argv=None):
         parser.error("--iters must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = train_and_evaluate(args.kind, args.iters, args.protocol, args.num_val, args.device)
-    print(f"{args.kind} ({out['protocol']} protocol), {out['iters']} iterations x {out['batch_size']} in "
+    out = train_and_evaluate(args.kind, args.iters, args.protocol, args.num_val, args.device, seed=args.seed,
+                             input_normalization=args.input_normalization)
+    print(f"{args.kind} ({out['protocol']} protocol, seed {out['seed']}, {out['input_normalization']} input), "
+          f"{out['iters']} iterations x {out['batch_size']} in "
           f"{out['train_s']:.0f} s on {out['device']}: mAP@0.5 {100 * out['map']:.2f}% "
           f"(11-point {100 * out['map_07']:.2f}%) on {out['num_val']} val images")
     if args.json:

@@ -9,15 +9,23 @@ from eecs598.testing import shared_data_available
 
 
 @pytest.mark.skipif(not shared_data_available("voc2007", "voc07_val.json"), reason="VOC not in $EECS598_DATA")
-@pytest.mark.parametrize("kind,protocol", [("fcos", "gpu"), ("faster_rcnn", "gpu"), ("fcos", "cpu")])
-def test_trains_the_given_iterations_and_evaluates_the_given_images(kind, protocol, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind,protocol,extra", [("fcos", "gpu", []), ("faster_rcnn", "gpu", []),
+                                                 ("fcos", "cpu", ["--seed", "3", "--input-normalization", "lite"])])
+def test_trains_the_given_iterations_and_evaluates_the_given_images(kind, protocol, extra, tmp_path, monkeypatch):
     """Quick mode's settings would train 6 (FCOS) or 4 (Faster R-CNN) iterations and evaluate on
-    8 or 4 images: the tool's 3 iterations and 2 images must replace them."""
+    8 or 4 images: the tool's 3 iterations and 2 images must replace them; --seed and
+    --input-normalization reach the training (and the backbone's default is restored after)."""
     monkeypatch.setenv("EECS598_QUICK", "1")
     monkeypatch.setenv("EECS598_CACHE", str(tmp_path / "cache"))
+    seeds = []
+    monkeypatch.setattr(tfi.MODULES[kind], "reset_seed" if kind == "fcos" else "eecs598",
+                        _recording_reset_seed(seeds) if kind == "fcos" else _EecsWithRecordingSeed(seeds))
     path = tmp_path / "out.json"
     out = tfi.main([kind, "--iters", "3", "--num-val", "2", "--protocol", protocol, "--device", "cpu",
-                    "--json", str(path)])
+                    "--json", str(path), *extra])
+    assert seeds and set(seeds) == {3 if extra else 0}
+    assert out["seed"] == (3 if extra else 0) and out["input_normalization"] == ("lite" if extra else "imagenet")
+    assert tfi.backbones.DEFAULT_INPUT_NORMALIZATION == "imagenet"
     saved = json.loads(path.read_text())  # (classes without a box have AP NaN, so keys, not ==)
     assert saved.keys() == out.keys() and all(saved[k] == out[k] for k in ("iters", "map", "num_val", "protocol"))
     assert out["iters"] == 3 and out["num_val"] == 2 and out["kind"] == kind
@@ -25,6 +33,26 @@ def test_trains_the_given_iterations_and_evaluates_the_given_images(kind, protoc
     assert 0.0 <= out["map"] <= 1.0 and 0.0 <= out["map_07"] <= 1.0 and out["images_per_s"] > 0
     assert out["final_loss"] > 0 and len(out["ap_per_class"]) == 20
     assert not list((tmp_path / "cache").rglob("*.pt"))  # no checkpoint or weights left behind
+
+
+def _recording_reset_seed(seeds):
+    from eecs598.utils import reset_seed
+
+    def record(seed=0):
+        seeds.append(seed)
+        reset_seed(seed)
+    return record
+
+
+class _EecsWithRecordingSeed:
+    """rcnn_experiments' `eecs598` module with reset_seed recording its seeds."""
+
+    def __init__(self, seeds):
+        import eecs598
+        self._module, self.reset_seed = eecs598, _recording_reset_seed(seeds)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
 
 
 def test_iters_must_be_positive():

@@ -42,15 +42,41 @@ def test_checkpoint_loads_every_parameter():
     ("000132", {779, 874, 654}),         # bus -> school bus / trolleybus / minibus
     ("000246", set(range(151, 269))),    # dog -> one of the dog breeds
 ])
-def test_pretrained_weights_recognize_voc_photos(name, imagenet_ids):
+@pytest.mark.parametrize("input_normalization", ["imagenet", "lite"])
+def test_pretrained_weights_recognize_voc_photos(name, imagenet_ids, input_normalization):
     path = store.dataset_dir("voc2007") / "VOCdevkit" / "VOC2007" / "JPEGImages" / f"{name}.jpg"
     image = Image.open(path).convert("RGB").resize((224, 224))
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    net = EfficientNetLite0(pretrained=True).eval()
+    net = EfficientNetLite0(pretrained=True, input_normalization=input_normalization).eval()
     with torch.no_grad():
         top1 = net(x[None]).argmax(1).item()
     assert top1 in imagenet_ids
+
+
+def test_lite_input_normalization_feeds_the_weights_their_own_pixel_scaling():
+    """The backbone takes ImageNet-normalized input; "lite" runs the network on
+    (pixel - 127) / 128, the scaling of TensorFlow's EfficientNet-Lite weights, and "imagenet"
+    (the default) on the input unchanged. Reference: the "imagenet" network fed (pixel - 127) / 128."""
+    torch.manual_seed(0)
+    pixels = torch.randint(0, 256, (2, 3, 40, 36)).double()
+    x = (pixels / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)) / \
+        torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    lite = build_backbone(pretrained=False, input_normalization="lite").double().eval()
+    unchanged = build_backbone(pretrained=False).double().eval()
+    assert unchanged.net.input_normalization == "imagenet" == EfficientNetLite0(pretrained=False).input_normalization
+    unchanged.load_state_dict(lite.state_dict())  # same weights; the scaling is not in the state dict
+    with torch.no_grad():
+        ours, reference = lite(x), unchanged((pixels - 127) / 128)
+        plain = unchanged(x)
+    for level in ("c3", "c4", "c5"):
+        assert torch.allclose(ours[level], reference[level], atol=1e-10, rtol=1e-10), level
+    assert not torch.allclose(plain["c5"], ours["c5"])
+    assert lite.state_dict().keys() == unchanged.state_dict().keys()  # checkpoints stay compatible
+    with pytest.raises(ValueError, match="input_normalization"):
+        build_backbone(pretrained=False, input_normalization="tf")
+    with pytest.raises(ValueError, match="ImageNet-normalized input only"):
+        build_backbone("regnet_x_400mf", input_normalization="lite")
 
 
 def test_head_tap_matches_the_classifier_features():
