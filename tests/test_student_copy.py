@@ -741,7 +741,9 @@ def test_data_files_are_left_out_outside_git(fake_repo, tmp_path):
 def test_outside_git_the_gitignore_patterns_keep_outputs_out(fake_repo, tmp_path):
     """Without a git checkout, .gitignore's patterns still decide: A9/*.jpg (outputs students
     produce and submit, as A6's images), a folder pattern and a name pattern anywhere."""
-    (fake_repo / ".gitignore").write_text("# outputs\nA9/*.jpg\nscratch/\n*.lock\n!keep.lock\n")
+    (fake_repo / ".gitignore").write_text("# outputs\nA9/*.jpg\nscratch/\n*.lock\n!keep.lock\n/notes.md\n")
+    (fake_repo / "notes.md").write_text("x")  # "/notes.md": at the root only
+    (fake_repo / "A9" / "notes.md").write_text("kept\n")
     (fake_repo / "A9" / "samples.jpg").write_bytes(b"\0")
     (fake_repo / "A9" / "scratch").mkdir()
     (fake_repo / "A9" / "scratch" / "notes.py").write_text("x = 1\n")
@@ -751,5 +753,5 @@ def test_outside_git_the_gitignore_patterns_keep_outputs_out(fake_repo, tmp_path
     out = tmp_path / "student"
     make_student(fake_repo, out)
     assert sorted(p.relative_to(out / "A9").as_posix() for p in (out / "A9").rglob("*") if p.is_file()) == [
-        "fake.ipynb", "fake.py", "plain.py", "sub/figure.jpg"]
+        "fake.ipynb", "fake.py", "notes.md", "plain.py", "sub/figure.jpg"]
     assert not (out / "eecs598" / "run.lock").exists() and (out / ".gitignore").is_file()

@@ -244,9 +244,10 @@ def git_ignored(root, rels):
 
 def gitignore_matches(root, rels):
     """The paths among `rels` (POSIX, relative to `root`) that the patterns of `root/.gitignore`
-    match, in git's basic forms: "name/" matches a folder anywhere, a pattern with a "/" matches
-    the path from the root (a folder it matches takes its contents along), any other matches a
-    file or folder name anywhere (negations "!" are not supported and skipped)."""
+    match, in git's basic forms: "name/" matches a folder anywhere, a pattern with another "/"
+    (leading or inside) matches the path from the root (a folder it matches takes its contents
+    along), any other matches a file or folder name anywhere (negations "!" are not supported
+    and skipped)."""
     path = root / ".gitignore"
     if not path.is_file():
         return []
@@ -258,7 +259,7 @@ def gitignore_matches(root, rels):
         for pattern in patterns:
             if pattern.endswith("/"):
                 hit = any(fnmatch.fnmatchcase(part, pattern.rstrip("/")) for part in parts[:-1])
-            elif "/" in pattern.strip("/"):  # from the root, "*" within one name (as git)
+            elif "/" in pattern.rstrip("/"):  # from the root ("A6/*.jpg", "/build"); "*" within one name
                 segments = pattern.strip("/").split("/")
                 hit = len(parts) >= len(segments) and all(
                     fnmatch.fnmatchcase(part, segment) for part, segment in zip(parts, segments))
