@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 import common
+from eecs598 import backbones
 from eecs598.data.voc import VOC2007Detection
 from eecs598.results import make_record
 from eecs598.utils import cpu_flags, device_name, get_device
@@ -130,6 +131,23 @@ def lr_factor(it, elapsed, max_iters, time_limit=None, warmup_iters=0, warmup_st
 
 # ----------------------------------------------------------------------------- cached features
 @torch.no_grad()
+def set_backbone_input(detector, s):
+    """Give the detector's EfficientNet-Lite0 backbone the input scaling of settings `s`
+    ("input_normalization": "lite", the weights' own (pixel - 127) / 128, or "imagenet", the
+    ImageNet-normalized input unchanged; absent: "imagenet", as detectors exported before the
+    setting existed were trained). Returns `detector`."""
+    value = s.get("input_normalization", "imagenet")
+    net = getattr(detector.backbone.backbone, "net", None)  # eecs598.backbones._FeatureTaps
+    if net is None or not hasattr(net, "input_normalization"):
+        if value != "imagenet":
+            raise ValueError(f"input_normalization={value!r} needs the EfficientNet-Lite0 backbone")
+        return detector
+    if value not in backbones.INPUT_NORMALIZATIONS:
+        raise ValueError(f"input_normalization must be one of {backbones.INPUT_NORMALIZATIONS}, not {value!r}")
+    net.input_normalization = value
+    return detector
+
+
 def cache_backbone_features(extractor, dataset, device, flip=False, batch_size=None,
                             store_dtype=torch.float16, store_device="cpu", bf16=False,
                             channels_last=False, verbose=False):

@@ -61,12 +61,14 @@ PROTOCOLS = {
                  batch_size=16, learning_rate=0.02, weight_decay=1e-4, max_iters=20000,
                  warmup_iters=300, time_limit=360, num_workers=8, num_train=None, num_val=None,
                  score_thresh=0.05, nms_thresh=0.5,
+                 input_normalization="imagenet",  # the Lite0 input as the recipe was trialled (A5/README.md)
                  eval_batch_size=32),  # not measured against other sizes (no GPU lent so far)
     "cpu": dict(backbone="efficientnet_lite0", freeze_backbone=True, fpn_channels=64,
                 rpn_stem=[64], roi_stem=[64], rpn_batch_per_image=256, roi_batch_per_image=64,
                 pre_nms_topk=300, post_nms_topk=100, batch_size=8, learning_rate=0.02,
                 weight_decay=1e-4, max_iters=100000, warmup_iters=50, time_limit=480,
                 num_train=None, num_val=None, score_thresh=0.05, nms_thresh=0.5,
+                input_normalization="lite",  # the weights' own pixel scaling (A5/README.md, "Input scaling")
                 # with two threads 50.9 images/s against 39.2 one at a time and 44.6 in batches of 4
                 # (an earlier comparison: 1.45x the images/s of batches of 8); on one thread one
                 # image at a time (dt.eval_batch_size)
@@ -103,13 +105,15 @@ def settings(protocol):
 
 
 def build_detector(s, pretrained=True):
-    """EfficientNet-Lite0 + FPN, RPN and Faster R-CNN head as described by settings `s`."""
+    """EfficientNet-Lite0 + FPN, RPN and Faster R-CNN head as described by settings `s` (the
+    backbone's input scaling s["input_normalization"])."""
     backbone = common.DetectorBackboneWithFPN(s["fpn_channels"], backbone=s["backbone"],
                                               pretrained=pretrained, freeze_backbone=s["freeze_backbone"])
     rpn = tsd.RPN(s["fpn_channels"], s["rpn_stem"], batch_size_per_image=s["rpn_batch_per_image"],
                   pre_nms_topk=s["pre_nms_topk"], post_nms_topk=s["post_nms_topk"])
-    return tsd.FasterRCNN(backbone, rpn, s["roi_stem"], NUM_CLASSES,
-                          batch_size_per_image=s["roi_batch_per_image"])
+    detector = tsd.FasterRCNN(backbone, rpn, s["roi_stem"], NUM_CLASSES,
+                              batch_size_per_image=s["roi_batch_per_image"])
+    return dt.set_backbone_input(detector, s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,6 +304,7 @@ def run(device=None, trained=None, figures_dir=None):
     details = {
         "protocol": s["protocol"], "backbone": f"{s['backbone']} (ImageNet weights, "
         f"{'frozen' if s['freeze_backbone'] else 'fine-tuned'})",
+        "backbone_input_normalization": s.get("input_normalization", "imagenet"),
         "iterations": out["iters"], "train_seconds": round(out["train_seconds"], 1),
         "phases_s": {k: round(v, 1) for k, v in out["phases"].items()},
         "num_val_images": out["num_val"], "images_per_s": round(out["images_per_s"], 2),

@@ -17,8 +17,9 @@ is written to results/; `--json` saves the figures.
 `--protocol` defaults to the GPU protocol ("gpu" for FCOS, "cuda" for Faster R-CNN; either name
 works for both); "cpu" gives the CPU protocol at the same number of iterations, to compare.
 `--seed` (default 0) seeds the initialization and the batches: runs differ by seed by several
-points (A5/README.md). `--input-normalization lite` feeds EfficientNet-Lite0 the pixel scaling
-its weights were trained with instead of the ImageNet-normalized input unchanged (the default;
+points (A5/README.md). `--input-normalization` replaces the protocol's input scaling for the
+EfficientNet-Lite0 backbone: "lite", the (pixel - 127) / 128 its weights were trained with (the
+CPU protocols'), or "imagenet", the ImageNet-normalized input unchanged (the GPU protocols';
 `eecs598.backbones`).
 """
 import argparse
@@ -40,7 +41,7 @@ def train_and_evaluate(kind, iters, protocol="gpu", num_val=None, device=None, v
                        input_normalization=None):
     """Train `kind` ("fcos" / "faster_rcnn") under `protocol` for `iters` iterations with `seed`,
     evaluate on the first `num_val` voc07_val images (None: all 2,510); `input_normalization`:
-    the EfficientNet-Lite0 backbone's (None: `backbones.DEFAULT_INPUT_NORMALIZATION`). Returns a
+    the EfficientNet-Lite0 backbone's input scaling (None: the protocol's). Returns a
     JSON-ready dict: kind, protocol, iters, batch_size, seed, input_normalization, train_s, map,
     map_07, num_val, images_per_s, eval_batch_size, device, threads, torch_version, final_loss
     (mean of the last 50 iterations), ap_per_class."""
@@ -49,15 +50,11 @@ def train_and_evaluate(kind, iters, protocol="gpu", num_val=None, device=None, v
     overrides = {"max_iters": iters, "time_limit": None, "seed": seed}
     if num_val is not None:
         overrides["num_val"] = num_val
-    input_normalization = input_normalization or backbones.DEFAULT_INPUT_NORMALIZATION
-    default = backbones.DEFAULT_INPUT_NORMALIZATION
-    backbones.DEFAULT_INPUT_NORMALIZATION = input_normalization  # the detector builds its backbone with it
-    try:
-        start = time.perf_counter()
-        trained = module.train(device, protocol, verbose=verbose, checkpoint=False, overrides=overrides)
-        train_s = time.perf_counter() - start
-    finally:
-        backbones.DEFAULT_INPUT_NORMALIZATION = default
+    if input_normalization is not None:
+        overrides["input_normalization"] = input_normalization
+    start = time.perf_counter()
+    trained = module.train(device, protocol, verbose=verbose, checkpoint=False, overrides=overrides)
+    train_s = time.perf_counter() - start
     out = module.train_and_evaluate(device, verbose=verbose, trained=trained)
     result = out["eval"]  # common.evaluate_detector's dict, for either detector
     losses = out["train"]["loss_history"][-50:]
@@ -80,7 +77,7 @@ def main(argv=None):
     parser.add_argument("--num-val", type=int, default=None, help="evaluate on the first N val images (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialization and the batches (default 0)")
     parser.add_argument("--input-normalization", choices=backbones.INPUT_NORMALIZATIONS, default=None,
-                        help="EfficientNet-Lite0's input scaling (default: imagenet, the input unchanged)")
+                        help="EfficientNet-Lite0's input scaling (default: the protocol's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default=None, help="default: CUDA if present, else CPU")
     parser.add_argument("--json", metavar="PATH", help="write the figures to PATH")

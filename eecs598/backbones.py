@@ -16,12 +16,12 @@ Input scaling. The Lite0 checkpoint is a port of Google's TensorFlow EfficientNe
 trained on pixels scaled as (p - 127) / 128 (the Lite models' "inception-style" mean and std),
 not with ImageNet's per-channel mean and std. ``input_normalization="lite"`` maps the
 ImageNet-normalized input to that scaling before the first convolution (one per-channel affine
-map); ``"imagenet"`` (the default, ``DEFAULT_INPUT_NORMALIZATION``) feeds it unchanged, as every
-figure of this project was measured. Measured (2026-11-30): on 300 VOC photos of one
-ImageNet-mappable class each, the classifier's top-1 is 70.0% with "lite" and 61.3% with
-"imagenet"; for detection with the backbone frozen (FCOS, CPU protocol, 3,000 iterations, six
-seeds; A5/README.md) neither wins: mean mAP@0.5 44.3% vs 43.6%, "lite" within 42.5-45.9% and
-"imagenet" 38.2-46.5%.
+map); ``"imagenet"`` (the default, ``DEFAULT_INPUT_NORMALIZATION``) feeds it unchanged, as A4's
+captioning figures and A5's GPU-protocol trials were measured. Measured (2026-11-30): on 300 VOC
+photos of one ImageNet-mappable class each, the classifier's top-1 is 70.0% with "lite" and
+61.3% with "imagenet"; for detection with the backbone frozen (FCOS, CPU protocol, 3,000
+iterations, six seeds; A5/README.md) the mean mAP@0.5 is 44.3% vs 43.6%, "lite" within
+42.5-45.9% and "imagenet" 38.2-46.5% (two draws 8 points low), so A5's CPU protocols use "lite".
 """
 import math
 import socket

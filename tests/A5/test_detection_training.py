@@ -413,3 +413,23 @@ def test_train_on_cached_features_depends_only_on_seed():
         runs.append(dt.train_on_cached_features(_CachedDet(), cache, s, "cpu", seed=0, verbose=False,
                                                 random_flip=True, log_period=1)["loss_history"])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("kind", ["fcos", "faster_rcnn"])
+def test_each_protocol_gives_the_backbone_its_input_scaling(kind, monkeypatch):
+    """The CPU protocols feed the frozen Lite0 backbone its weights' own (pixel - 127) / 128
+    ("lite"), the GPU protocols the ImageNet-normalized input unchanged, as each was measured; a
+    settings dict without the entry (an export from before it existed) means "imagenet"."""
+    import fcos_experiments as fe
+    import rcnn_experiments as re_
+    monkeypatch.setenv("EECS598_QUICK", "1")
+    build = (lambda s: fe.build_fcos(s, pretrained=False)) if kind == "fcos" else \
+        (lambda s: re_.build_detector(s, pretrained=False))
+    settings = fe.settings if kind == "fcos" else re_.settings
+    scaling = lambda det: det.backbone.backbone.net.input_normalization  # noqa: E731
+    assert scaling(build(settings("cpu"))) == "lite"
+    assert scaling(build(settings("gpu"))) == "imagenet"
+    older = {k: v for k, v in settings("cpu").items() if k != "input_normalization"}
+    assert scaling(build(older)) == "imagenet"
+    with pytest.raises(ValueError, match="input_normalization"):
+        build({**settings("cpu"), "input_normalization": "tf"})
