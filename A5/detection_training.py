@@ -129,8 +129,6 @@ def lr_factor(it, elapsed, max_iters, time_limit=None, warmup_iters=0, warmup_st
     return factor, progress
 
 
-# ----------------------------------------------------------------------------- cached features
-@torch.no_grad()
 def set_backbone_input(detector, s):
     """Give the detector's EfficientNet-Lite0 backbone the input scaling of settings `s`
     ("input_normalization": "lite", the weights' own (pixel - 127) / 128, or "imagenet", the
@@ -148,6 +146,8 @@ def set_backbone_input(detector, s):
     return detector
 
 
+# ----------------------------------------------------------------------------- cached features
+@torch.no_grad()
 def cache_backbone_features(extractor, dataset, device, flip=False, batch_size=None,
                             store_dtype=torch.float16, store_device="cpu", bf16=False,
                             channels_last=False, verbose=False):

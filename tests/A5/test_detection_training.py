@@ -433,3 +433,19 @@ def test_each_protocol_gives_the_backbone_its_input_scaling(kind, monkeypatch):
     assert scaling(build(older)) == "imagenet"
     with pytest.raises(ValueError, match="input_normalization"):
         build({**settings("cpu"), "input_normalization": "tf"})
+
+
+def test_cached_features_carry_no_autograd_graph():
+    """Features are extracted under no_grad, even from an extractor whose parameters train."""
+    _, _, dataset = _tiny_data()
+    class Extractor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return {"c3": self.conv(x)}
+    extractor = Extractor()
+    assert all(p.requires_grad for p in extractor.parameters())
+    cache = dt.cache_backbone_features(extractor, dataset, "cpu", batch_size=2)
+    assert not cache["feats"]["c3"].requires_grad and cache["feats"]["c3"].grad_fn is None
