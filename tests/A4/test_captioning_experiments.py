@@ -49,13 +49,13 @@ def calls(monkeypatch):
     refusal of with_head for it), EfficientNet-Lite0 with random weights. Records each call."""
     seen = []
 
-    def fake(name="efficientnet_lite0", pretrained=True, with_head=False):
+    def fake(name="efficientnet_lite0", pretrained=True, with_head=False, input_normalization=None):
         seen.append((name, with_head))
         if name == REGNET:
             if with_head:
                 raise ValueError(f"with_head is only available for efficientnet_lite0, not {name!r}")
             return FakeRegNet()
-        return real_build_backbone(name, pretrained=False, with_head=with_head)
+        return real_build_backbone(name, pretrained=False, with_head=with_head, input_normalization=input_normalization)
 
     monkeypatch.setattr(rlc, "build_backbone", fake)
     return seen
