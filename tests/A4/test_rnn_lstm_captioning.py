@@ -276,7 +276,7 @@ def test_image_encoder_shapes_scaling_and_normalization():
     torch.manual_seed(10)
     enc = rlc.ImageEncoder(pretrained=False, verbose=False).eval()
     assert enc.out_channels == 320
-    assert enc.cnn.net.input_normalization == "imagenet"  # as A4's recorded figures were measured
+    assert enc.cnn.input_normalization == "imagenet"  # as A4's recorded figures were measured
     img = torch.randint(0, 256, (2, 3, 112, 112), dtype=torch.uint8)
     with torch.no_grad():
         out = enc(img)

@@ -426,7 +426,7 @@ def test_each_protocol_gives_the_backbone_its_input_scaling(kind, monkeypatch):
     build = (lambda s: fe.build_fcos(s, pretrained=False)) if kind == "fcos" else \
         (lambda s: re_.build_detector(s, pretrained=False))
     settings = fe.settings if kind == "fcos" else re_.settings
-    scaling = lambda det: det.backbone.backbone.net.input_normalization  # noqa: E731
+    scaling = lambda det: det.backbone.backbone.input_normalization  # noqa: E731
     assert scaling(build(settings("cpu"))) == "lite"
     assert scaling(build(settings("gpu"))) == "imagenet"
     older = {k: v for k, v in settings("cpu").items() if k != "input_normalization"}

@@ -64,7 +64,7 @@ def test_lite_input_normalization_feeds_the_weights_their_own_pixel_scaling():
         torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
     lite = build_backbone(pretrained=False, input_normalization="lite").double().eval()
     unchanged = build_backbone(pretrained=False).double().eval()
-    assert unchanged.net.input_normalization == "imagenet" == EfficientNetLite0(pretrained=False).input_normalization
+    assert unchanged.input_normalization == "imagenet" == EfficientNetLite0(pretrained=False).input_normalization
     unchanged.load_state_dict(lite.state_dict())  # same weights; the scaling is not in the state dict
     with torch.no_grad():
         ours, reference = lite(x), unchanged((pixels - 127) / 128)
@@ -73,6 +73,11 @@ def test_lite_input_normalization_feeds_the_weights_their_own_pixel_scaling():
         assert torch.allclose(ours[level], reference[level], atol=1e-10, rtol=1e-10), level
     assert not torch.allclose(plain["c5"], ours["c5"])
     assert lite.state_dict().keys() == unchanged.state_dict().keys()  # checkpoints stay compatible
+    unchanged.input_normalization = "lite"  # settable after construction (A5's settings do so)
+    with torch.no_grad():
+        assert torch.equal(unchanged(x)["c5"], ours["c5"])
+    with pytest.raises(ValueError, match="input_normalization"):
+        unchanged.input_normalization = "tf"
     with pytest.raises(ValueError, match="input_normalization"):
         build_backbone(pretrained=False, input_normalization="tf")
     with pytest.raises(ValueError, match="ImageNet-normalized input only"):
